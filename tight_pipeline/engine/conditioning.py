@@ -1,0 +1,106 @@
+"""The conditions the UNet sees: text embeds, the image's own embeds (the *tight* condition), one UNet call.
+
+Image embeddings are computed once per image (``embed_image``) and reused on every step of every phase:
+inversion, reconstruction and editing. The adapter's *negative* image embeds go to the unconditional branch
+of classifier-free guidance. Adapter scale 0 is the plain, text-only baseline: once an IP-Adapter is loaded
+diffusers needs image embeds on every call, so "off" means scale 0, not dropped embeds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class TextCondition:
+    """Prompt embeds for a batch of prompts (one row per prompt)."""
+
+    embeds: torch.Tensor  # (B, tokens, dim)
+    pooled: torch.Tensor | None  # (B, dim) for SDXL, None for SD
+    time_ids: torch.Tensor | None  # (B, 6) for SDXL, None for SD
+
+    def rows(self, index: list[int]) -> "TextCondition":
+        pick = torch.tensor(index, device=self.embeds.device)
+        return TextCondition(
+            self.embeds[pick],
+            None if self.pooled is None else self.pooled[pick],
+            None if self.time_ids is None else self.time_ids[pick],
+        )
+
+
+@dataclass(frozen=True)
+class ImageCondition:
+    """The image's adapter embeds, positive and negative, each shaped (1, n, ...) as diffusers expects."""
+
+    positive: torch.Tensor
+    negative: torch.Tensor
+
+    def rows(self, negative_mask: list[bool]) -> torch.Tensor:
+        """Stack per-row embeds: the negative embeds where ``negative_mask`` is True."""
+        return torch.cat([self.negative if neg else self.positive for neg in negative_mask], dim=0)
+
+
+def has_adapter(pipe) -> bool:
+    return getattr(pipe.unet, "encoder_hid_proj", None) is not None
+
+
+@torch.no_grad()
+def embed_text(pipe, prompts: list[str], height: int, width: int) -> TextCondition:
+    """Encode ``prompts`` with the pipeline's text encoder(s); no CFG duplication here."""
+    device = pipe.unet.device
+    if hasattr(pipe, "text_encoder_2"):  # SDXL: two encoders, pooled embeds and size/crop time ids
+        embeds, _, pooled, _ = pipe.encode_prompt(
+            prompt=prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False
+        )
+        proj_dim = pipe.text_encoder_2.config.projection_dim if pipe.text_encoder_2 is not None else pooled.shape[-1]
+        time_ids = pipe._get_add_time_ids(
+            (height, width), (0, 0), (height, width), dtype=embeds.dtype, text_encoder_projection_dim=proj_dim
+        )
+        return TextCondition(embeds, pooled, time_ids.to(device).repeat(len(prompts), 1))
+    embeds, _ = pipe.encode_prompt(prompts, device, 1, False)
+    return TextCondition(embeds, None, None)
+
+
+@torch.no_grad()
+def embed_image(pipe, image) -> ImageCondition | None:
+    """The image's own adapter embeds (``None`` when the model has no adapter). Computed once per image."""
+    if not has_adapter(pipe):
+        return None
+    embeds = pipe.prepare_ip_adapter_image_embeds(
+        ip_adapter_image=image,
+        ip_adapter_image_embeds=None,
+        device=pipe.unet.device,
+        num_images_per_prompt=1,
+        do_classifier_free_guidance=True,
+    )[0]
+    negative, positive = embeds.chunk(2)
+    return ImageCondition(positive=positive, negative=negative)
+
+
+def set_adapter_scale(pipe, scale: float) -> None:
+    if has_adapter(pipe):
+        pipe.set_ip_adapter_scale(float(scale))
+
+
+@torch.no_grad()
+def predict_noise(pipe, latents: torch.Tensor, t, text: TextCondition, image_embeds: torch.Tensor | None):
+    """One UNet call: the model's raw output for ``latents`` at timestep ``t`` under the given conditions.
+
+    ``image_embeds`` holds one row per latent row (already chosen positive/negative); the adapter scale is
+    whatever ``set_adapter_scale`` last set.
+    """
+    added: dict = {}
+    if text.pooled is not None:
+        added["text_embeds"] = text.pooled
+        added["time_ids"] = text.time_ids
+    if image_embeds is not None:
+        added["image_embeds"] = [image_embeds]
+    return pipe.unet(
+        latents,
+        t,
+        encoder_hidden_states=text.embeds,
+        added_cond_kwargs=added or None,
+        return_dict=False,
+    )[0]

@@ -1,0 +1,49 @@
+"""Denoising from one inverted z_T: the reconstruction and any number of edits, in one batch.
+
+Rows of a batch come in two kinds:
+- *plain* rows run the conditional branch only (guidance 1.0): the reconstruction, with the source
+  prompt and the image's positive embeds;
+- *guided* rows run classifier-free guidance: an unconditional row (negative prompt + the adapter's
+  *negative* image embeds) and a conditional row (edit prompt + positive image embeds) per edit.
+
+All rows start from the same z_T, so one inversion serves every edit of an item (variants, locales).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tight_pipeline.engine.conditioning import TextCondition, predict_noise
+from tight_pipeline.engine.inversion import Schedule, ddim_move
+
+
+@torch.no_grad()
+def denoise(
+    pipe,
+    z_T: torch.Tensor,
+    schedule: Schedule,
+    text: TextCondition,
+    image_embeds: torch.Tensor | None,
+    n_plain: int,
+    n_guided: int,
+    guidance: float,
+    callback=None,
+) -> torch.Tensor:
+    """DDIM denoising of ``n_plain + n_guided`` latents that all start at ``z_T``.
+
+    ``text`` and ``image_embeds`` hold ``n_plain + 2 * n_guided`` rows, ordered
+    ``[plain..., unconditional..., conditional...]``. Returns the ``n_plain + n_guided`` clean latents
+    (plain rows first).
+    """
+    p, g = n_plain, n_guided
+    z = z_T.repeat(p + g, 1, 1, 1)
+    for i, t in enumerate(schedule.timesteps):
+        a_t, a_prev = schedule.alpha(t), schedule.alpha(t - schedule.step_ratio)
+        model_in = torch.cat([z[:p], z[p:], z[p:]]) if g else z
+        out = predict_noise(pipe, model_in, t, text, image_embeds)
+        uncond, cond = out[p : p + g], out[p + g :]
+        combined = torch.cat([out[:p], uncond + guidance * (cond - uncond)])
+        z = ddim_move(z, combined, a_t, a_prev, schedule.prediction_type)
+        if callback:
+            callback(i)
+    return z

@@ -1,0 +1,114 @@
+"""Inversion loops: image latents z_0 → noise z_T, conditioned on the source prompt *and* the image.
+
+Both loops are written out step by step; the schedule is the model's own DDIM schedule.
+
+``invert_ddim`` is the reverse DDIM update, the same arithmetic as diffusers' ``DDIMInverseScheduler``:
+going from noise level ``t - Δ`` to ``t``, the model is evaluated at timestep ``t`` on the current latent.
+
+``invert_renoise`` refines every inversion step towards its fixed point (ReNoise, Garibi et al. 2024):
+the denoising step from ``z_t`` uses ε(z_t, t), so an exact inverse needs z_t = step(z_{t-Δ}, ε(z_t, t)).
+Starting from the DDIM guess, it re-evaluates the model at the current guess ``iterations`` times and uses
+the mean of the last ``average_last`` predictions. ``average_last = 1`` is the pure fixed-point iteration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from tight_pipeline.engine.conditioning import TextCondition, predict_noise
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """DDIM schedule of a model: descending timesteps and the alpha-bar at each noise level."""
+
+    timesteps: list[int]  # descending, as used for denoising
+    step_ratio: int
+    alphas_cumprod: torch.Tensor
+    final_alpha_cumprod: float  # alpha-bar "below" the last timestep (level of the clean latent)
+    prediction_type: str
+
+    def alpha(self, t: int) -> float:
+        return float(self.alphas_cumprod[t]) if t >= 0 else self.final_alpha_cumprod
+
+
+def make_schedule(scheduler, steps: int) -> Schedule:
+    """The DDIM schedule for ``steps`` steps from a diffusers DDIM scheduler's config."""
+    scheduler.set_timesteps(steps)
+    config = scheduler.config
+    final = 1.0 if config.set_alpha_to_one else float(scheduler.alphas_cumprod[0])
+    return Schedule(
+        timesteps=[int(t) for t in scheduler.timesteps],
+        step_ratio=config.num_train_timesteps // steps,
+        alphas_cumprod=scheduler.alphas_cumprod.clone(),
+        final_alpha_cumprod=final,
+        prediction_type=config.prediction_type,
+    )
+
+
+def split_prediction(output: torch.Tensor, sample: torch.Tensor, alpha: float, prediction_type: str):
+    """Model output at noise level ``alpha`` → (predicted clean latent x0, predicted noise eps)."""
+    a, b = alpha**0.5, (1 - alpha) ** 0.5
+    if prediction_type == "epsilon":
+        return (sample - b * output) / a, output
+    if prediction_type == "v_prediction":
+        return a * sample - b * output, a * output + b * sample
+    if prediction_type == "sample":
+        return output, (sample - a * output) / b
+    raise ValueError(f"unsupported prediction_type {prediction_type!r}")
+
+
+def ddim_move(sample: torch.Tensor, output: torch.Tensor, alpha_from: float, alpha_to: float, prediction_type: str):
+    """Deterministic DDIM move of ``sample`` from level ``alpha_from`` to ``alpha_to`` (either direction)."""
+    x0, eps = split_prediction(output, sample, alpha_from, prediction_type)
+    return alpha_to**0.5 * x0 + (1 - alpha_to) ** 0.5 * eps
+
+
+@torch.no_grad()
+def invert_ddim(pipe, latents: torch.Tensor, schedule: Schedule, text: TextCondition, image_embeds, callback=None):
+    """Plain DDIM inversion at guidance 1 (conditional branch only). Returns z_T."""
+    z = latents
+    for i, t in enumerate(reversed(schedule.timesteps)):
+        a_from, a_to = schedule.alpha(t - schedule.step_ratio), schedule.alpha(t)
+        out = predict_noise(pipe, z, t, text, image_embeds)
+        z = ddim_move(z, out, a_from, a_to, schedule.prediction_type)
+        if callback:
+            callback(i)
+    return z
+
+
+@torch.no_grad()
+def invert_renoise(
+    pipe,
+    latents: torch.Tensor,
+    schedule: Schedule,
+    text: TextCondition,
+    image_embeds,
+    iterations: int = 9,
+    average_last: int = 1,
+    callback=None,
+):
+    """ReNoise / fixed-point inversion: every step iterated towards z_t = move(z_{t-Δ}, ε(z_t, t))."""
+    if iterations < 1 or not 1 <= average_last <= iterations:
+        raise ValueError(f"renoise needs iterations >= 1 and 1 <= average_last <= iterations, got {iterations}, {average_last}")
+    z = latents
+    for i, t in enumerate(reversed(schedule.timesteps)):
+        a_from, a_to = schedule.alpha(t - schedule.step_ratio), schedule.alpha(t)
+        out = predict_noise(pipe, z, t, text, image_embeds)
+        guess = ddim_move(z, out, a_from, a_to, schedule.prediction_type)
+        kept = []
+        for k in range(iterations):
+            # The prediction at the guess for z_t is the one the denoising step from z_t will use.
+            out_k = predict_noise(pipe, guess, t, text, image_embeds)
+            if k >= iterations - average_last:
+                kept.append(out_k)
+            used = torch.stack(kept).mean(0) if kept else out_k
+            _, eps = split_prediction(used, guess, a_to, schedule.prediction_type)
+            # With the noise fixed, the DDIM step is affine: solve it for the z_t that lands on z_{t-Δ}.
+            guess = ddim_move(z, eps, a_from, a_to, "epsilon")
+        z = guess
+        if callback:
+            callback(i)
+    return z

@@ -1,0 +1,250 @@
+"""Model specs and loading: SDXL / SD pipelines plus an IP-Adapter in the h94/IP-Adapter layout.
+
+Weights are only ever read from a local folder or a pre-filled Hugging Face cache: every call passes
+``local_files_only=True``. Nothing here downloads.
+
+    spec = resolve_model_spec("path/to/model-folder")   # a folder with model.yaml, a YAML file, or a name
+    pipe = load_pipeline(spec)                          # a diffusers pipeline with the adapter loaded
+
+A model folder written by ``make_tiny_model`` is loaded by exactly this code, like real weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tight_pipeline.settings import configs_dir, state_dir
+
+FAMILIES = ("sdxl", "sd")
+DTYPES = ("float32", "float16", "bfloat16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ModelError(RuntimeError):
+    """A model cannot be resolved or loaded; the message says what is missing and how to get it."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a diffusion model and its image adapter live, and how to run them.
+
+    Attributes:
+        name: a label for logs, Parquet rows and MLflow.
+        family: ``sdxl`` (StableDiffusionXLPipeline) or ``sd`` (StableDiffusionPipeline, SD 1.5/2.1).
+        base: a local diffusers folder, or a Hugging Face repo id already in the local cache.
+        adapter: root of the IP-Adapter in the h94/IP-Adapter layout (folder or cached repo id);
+            ``None`` runs without an image condition (plain inversion only).
+        adapter_subfolder: subfolder holding the weight file, e.g. ``sdxl_models``.
+        adapter_weight: weight file name, e.g. ``ip-adapter-plus_sdxl_vit-h.safetensors``.
+        image_encoder: image encoder folder; with a ``/`` it is relative to ``adapter``
+            (``models/image_encoder``), without one relative to ``adapter/adapter_subfolder``.
+        resolution: working resolution in pixels (the image area is fitted to resolution**2).
+        dtype: ``float32``, ``float16`` or ``bfloat16``.
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+        allow_pickle: allow pickle ``.bin`` weights; refused by default (they can run code on load).
+        variant: diffusers weight variant (``fp16``) or ``None``.
+    """
+
+    name: str
+    base: str
+    family: str = "sdxl"
+    adapter: str | None = None
+    adapter_subfolder: str = "sdxl_models"
+    adapter_weight: str = "ip-adapter-plus_sdxl_vit-h.safetensors"
+    image_encoder: str = "models/image_encoder"
+    resolution: int = 1024
+    dtype: str = "float32"
+    device: str = "auto"
+    allow_pickle: bool = False
+    variant: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ModelError(f"model {self.name!r}: unknown family {self.family!r}; expected one of {FAMILIES}")
+        if self.dtype not in DTYPES:
+            raise ModelError(f"model {self.name!r}: unknown dtype {self.dtype!r}; expected one of {DTYPES}")
+        if self.device not in DEVICES:
+            raise ModelError(f"model {self.name!r}: unknown device {self.device!r}; expected one of {DEVICES}")
+        if not 64 <= self.resolution <= 4096 and not (32 <= self.resolution < 64):
+            raise ModelError(f"model {self.name!r}: resolution {self.resolution} out of range 32..4096")
+        if self.adapter is not None and not self.allow_pickle and not self.adapter_weight.endswith(".safetensors"):
+            raise ModelError(
+                f"model {self.name!r}: adapter weight {self.adapter_weight!r} is not a .safetensors file; pickle "
+                "weights can execute code when loaded. Convert it to safetensors, or set allow_pickle: true "
+                "in the model spec if you trust the file."
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def digest(self) -> str:
+        """Short stable hash of the spec (used in MLflow params and Parquet rows)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def _spec_from_mapping(data: dict[str, Any], relative_to: Path | None, origin: str) -> ModelSpec:
+    fields = {f.name for f in dataclasses.fields(ModelSpec)}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise ModelError(f"{origin}: unknown model spec keys {unknown}; allowed: {sorted(fields)}")
+    data = dict(data)
+    if relative_to is not None:
+        # Paths inside a model.yaml are relative to its folder, so a model folder can be moved as a whole.
+        for key in ("base", "adapter"):
+            value = data.get(key)
+            if value and not os.path.isabs(value) and (relative_to / value).exists():
+                data[key] = str((relative_to / value).resolve())
+    data.setdefault("name", origin)
+    try:
+        return ModelSpec(**data)
+    except TypeError as exc:
+        raise ModelError(f"{origin}: invalid model spec: {exc}") from exc
+
+
+def resolve_model_spec(ref: str | ModelSpec | None = None, **overrides: Any) -> ModelSpec:
+    """Turn ``--model`` into a spec: a folder with ``model.yaml``, a spec YAML file, or a name from
+    ``configs/models.yaml``. ``None`` means the built-in tiny model (``tiny-sdxl``).
+    """
+    if isinstance(ref, ModelSpec):
+        spec = ref
+    else:
+        ref = ref or "tiny-sdxl"
+        path = Path(ref).expanduser()
+        if path.is_dir():
+            yaml_path = path / "model.yaml"
+            if not yaml_path.exists():
+                raise ModelError(f"model folder {path} has no model.yaml (write one, or pass a spec YAML file)")
+            spec = _spec_from_mapping(yaml.safe_load(yaml_path.read_text()) or {}, path, str(path))
+        elif path.suffix in (".yaml", ".yml") and path.is_file():
+            spec = _spec_from_mapping(yaml.safe_load(path.read_text()) or {}, path.parent, str(path))
+        else:
+            named = load_named_models()
+            if ref not in named:
+                raise ModelError(
+                    f"unknown model {ref!r}: not a folder with model.yaml, not a spec YAML file, and not one of "
+                    f"the names in configs/models.yaml ({', '.join(sorted(named))})"
+                )
+            spec = named[ref]
+    if overrides:
+        spec = dataclasses.replace(spec, **{k: v for k, v in overrides.items() if v is not None})
+    return spec
+
+
+def load_named_models() -> dict[str, ModelSpec]:
+    """Named specs from ``configs/models.yaml``; ``${TIGHT_PIPELINE_HOME}`` in paths is expanded."""
+    path = configs_dir() / "models.yaml"
+    raw = yaml.safe_load(path.read_text()) or {}
+    out = {}
+    for name, data in (raw.get("models") or {}).items():
+        data = dict(data)
+        for key in ("base", "adapter"):
+            if isinstance(data.get(key), str):
+                data[key] = data[key].replace("${TIGHT_PIPELINE_HOME}", str(state_dir()))
+        data.setdefault("name", name)
+        out[name] = _spec_from_mapping(data, None, f"configs/models.yaml:{name}")
+    return out
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def pick_device(spec: ModelSpec) -> str:
+    import torch
+
+    if spec.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if spec.device == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"model {spec.name!r} asks for device cuda, but no CUDA device is visible")
+    return spec.device
+
+
+def _missing_hint(what: str, ref: str) -> str:
+    cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
+    return (
+        f"{what} {ref!r} is not on this machine (looked in the local folder and the Hugging Face cache at "
+        f"{cache}; downloads are disabled). On a machine with access run `hf download {ref}` and copy the "
+        "cache, or download the folder and point the model spec at it."
+    )
+
+
+def load_pipeline(spec: ModelSpec):
+    """Load the diffusers pipeline of ``spec`` and its IP-Adapter, offline, from safetensors.
+
+    Returns the pipeline on its device, with a DDIM scheduler configured from the model's own scheduler
+    config, the IP-Adapter loaded (scale 0 until set) and progress bars off.
+    """
+    import torch
+    import diffusers
+    import transformers
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    diffusers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+    cls = StableDiffusionXLPipeline if spec.family == "sdxl" else StableDiffusionPipeline
+    dtype = torch_dtype(spec.dtype)
+    device = pick_device(spec)
+    kwargs: dict[str, Any] = dict(dtype=dtype, local_files_only=True, use_safetensors=not spec.allow_pickle)
+    if spec.variant:
+        kwargs["variant"] = spec.variant
+    if spec.family == "sd":
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    base_path = Path(spec.base).expanduser()
+    if base_path.is_absolute() or spec.base.startswith("."):
+        if not base_path.is_dir():
+            raise ModelError(f"model {spec.name!r}: base folder {base_path} does not exist")
+        if not (base_path / "model_index.json").exists():
+            raise ModelError(f"model {spec.name!r}: {base_path} is not a diffusers folder (no model_index.json)")
+    try:
+        pipe = cls.from_pretrained(spec.base, **kwargs)
+    except OSError as exc:
+        text = str(exc)
+        if "safetensors" in text.lower() and not spec.allow_pickle:
+            raise ModelError(
+                f"model {spec.name!r}: {spec.base} has no safetensors weights for some component ({text.splitlines()[0]}). "
+                "Convert them, or set allow_pickle: true if you trust the .bin files."
+            ) from exc
+        raise ModelError(_missing_hint(f"model {spec.name!r}: base", spec.base) + f" ({text.splitlines()[0]})") from exc
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    if spec.adapter is not None:
+        adapter_root = Path(spec.adapter).expanduser()
+        if adapter_root.is_absolute() and not (adapter_root / spec.adapter_subfolder / spec.adapter_weight).exists():
+            raise ModelError(
+                f"model {spec.name!r}: adapter weight {adapter_root / spec.adapter_subfolder / spec.adapter_weight} "
+                "does not exist (expected the h94/IP-Adapter layout: <root>/<subfolder>/<weight file> and the image "
+                "encoder folder beside it)"
+            )
+        try:
+            pipe.load_ip_adapter(
+                spec.adapter,
+                subfolder=spec.adapter_subfolder,
+                weight_name=spec.adapter_weight,
+                image_encoder_folder=spec.image_encoder,
+                local_files_only=True,
+                torch_dtype=dtype,
+            )
+        except OSError as exc:
+            raise ModelError(
+                _missing_hint(f"model {spec.name!r}: IP-Adapter", spec.adapter) + f" ({str(exc).splitlines()[0]})"
+            ) from exc
+        pipe.set_ip_adapter_scale(0.0)
+    pipe.to(device)
+    if dtype == torch.float16 and getattr(pipe.vae.config, "force_upcast", False):
+        pipe.vae.to(torch.float32)  # the SDXL VAE overflows in fp16
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -1,0 +1,200 @@
+"""Write a tiny SDXL-shaped pipeline with random weights plus a separate IP-Adapter in the h94 layout.
+
+    tight-pipeline make-tiny-model DIR
+
+The folder is loaded by the same ``load_pipeline`` as real SDXL + IP-Adapter weights. Random weights prove
+the plumbing (shapes, layouts, loops, exactness of inversion), not that the image condition helps.
+
+Layout written (mirrors stabilityai/stable-diffusion-xl-base-1.0 and h94/IP-Adapter):
+
+    DIR/model_index.json, unet/, vae/, text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/, scheduler/
+    DIR/ip_adapter/sdxl_models/ip-adapter_tiny.safetensors      (image_proj.* and ip_adapter.* keys)
+    DIR/ip_adapter/models/image_encoder/                         (CLIPVisionModelWithProjection)
+    DIR/model.yaml                                               (the model spec, paths relative to DIR)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+TINY_WEIGHT_NAME = "ip-adapter_tiny.safetensors"
+TINY_RESOLUTION = 64
+_IMAGE_TOKENS = 4  # diffusers' ImageProjection for plain IP-Adapters uses 4 tokens
+
+
+def _byte_level_tokenizer(out: Path, max_length: int = 77) -> None:
+    """A CLIP tokenizer with a byte-level vocabulary and no merges (no hub download needed)."""
+    from transformers import CLIPTokenizer
+
+    # GPT-2/CLIP byte-to-unicode table: printable bytes map to themselves, the rest to 256+n.
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    extra = [b for b in range(256) if b not in printable]
+    chars = [chr(b) for b in printable] + [chr(256 + n) for n in range(len(extra))]
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for ch in chars:
+        vocab.setdefault(ch, len(vocab))
+    for ch in chars:
+        vocab.setdefault(ch + "</w>", len(vocab))
+    tmp = out / "_build"
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "vocab.json").write_text(json.dumps(vocab))
+    (tmp / "merges.txt").write_text("#version: 0.2\n")
+    tok = CLIPTokenizer(str(tmp / "vocab.json"), str(tmp / "merges.txt"), model_max_length=max_length)
+    tok.save_pretrained(out)
+    for f in tmp.iterdir():
+        f.unlink()
+    tmp.rmdir()
+
+
+def build_tiny_components(seed: int = 0) -> dict:
+    """Tiny SDXL components built from configs (the shapes diffusers' own fast tests use)."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=TINY_RESOLUTION // 2,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=80,  # 6 time ids * 8 + 32 pooled text dims
+        cross_attention_dim=64,
+        norm_num_groups=1,
+    )
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        sample_size=TINY_RESOLUTION,
+    )
+    text_config = CLIPTextConfig(
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+        hidden_size=32,
+        intermediate_size=37,
+        layer_norm_eps=1e-05,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        projection_dim=32,
+        vocab_size=600,
+        hidden_act="gelu",
+        max_position_embeddings=77,
+    )
+    torch.manual_seed(seed + 2)
+    text_encoder = CLIPTextModel(text_config)
+    torch.manual_seed(seed + 3)
+    text_encoder_2 = CLIPTextModelWithProjection(text_config)
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        timestep_spacing="leading",
+        num_train_timesteps=1000,
+    )
+    return dict(unet=unet, vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, scheduler=scheduler)
+
+
+def _tiny_adapter_state(unet, image_embed_dim: int, seed: int) -> dict:
+    """Random IP-Adapter weights in the h94 key layout for ``unet``'s cross-attention layers."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    cross_dim = unet.config.cross_attention_dim
+    state = {
+        "image_proj.proj.weight": torch.randn(cross_dim * _IMAGE_TOKENS, image_embed_dim, generator=gen) * 0.2,
+        "image_proj.proj.bias": torch.zeros(cross_dim * _IMAGE_TOKENS),
+        "image_proj.norm.weight": torch.ones(cross_dim),
+        "image_proj.norm.bias": torch.zeros(cross_dim),
+    }
+    # h94 numbering: cross-attention processors get odd ids 1, 3, 5, ... in attn_processors order.
+    key_id = 1
+    for name in unet.attn_processors.keys():
+        if name.endswith("attn1.processor"):
+            continue
+        if name.startswith("mid_block"):
+            hidden = unet.config.block_out_channels[-1]
+        elif name.startswith("up_blocks"):
+            hidden = list(reversed(unet.config.block_out_channels))[int(name[len("up_blocks.")])]
+        else:
+            hidden = unet.config.block_out_channels[int(name[len("down_blocks.")])]
+        for kind in ("to_k_ip", "to_v_ip"):
+            state[f"ip_adapter.{key_id}.{kind}.weight"] = torch.randn(hidden, cross_dim, generator=gen) * 0.2
+        key_id += 2
+    return state
+
+
+def make_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
+    """Write the tiny model folder (pipeline + separate h94-layout IP-Adapter + model.yaml); returns it."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    out = Path(out_dir).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    parts = build_tiny_components(seed)
+    _byte_level_tokenizer(out / "tokenizer")
+    from transformers import CLIPTokenizer
+
+    tok = CLIPTokenizer.from_pretrained(out / "tokenizer")
+    pipe = StableDiffusionXLPipeline(
+        **parts, tokenizer=tok, tokenizer_2=tok, image_encoder=None, feature_extractor=None,
+        force_zeros_for_empty_prompt=False,
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
+
+    torch.manual_seed(seed + 4)
+    vision = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=32,
+            projection_dim=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=37,
+            image_size=32,
+            patch_size=4,
+        )
+    )
+    adapter_root = out / "ip_adapter"
+    vision.save_pretrained(adapter_root / "models" / "image_encoder", safe_serialization=True)
+    (adapter_root / "sdxl_models").mkdir(parents=True, exist_ok=True)
+    state = _tiny_adapter_state(parts["unet"], vision.config.projection_dim, seed + 5)
+    save_file({k: v.contiguous() for k, v in state.items()}, adapter_root / "sdxl_models" / TINY_WEIGHT_NAME)
+
+    spec = dict(
+        name="tiny-sdxl",
+        family="sdxl",
+        base=".",
+        adapter="ip_adapter",
+        adapter_subfolder="sdxl_models",
+        adapter_weight=TINY_WEIGHT_NAME,
+        image_encoder="models/image_encoder",
+        resolution=TINY_RESOLUTION,
+        dtype="float32",
+        device="auto",
+    )
+    (out / "model.yaml").write_text(
+        "# Tiny SDXL-shaped model with random weights, written by `tight-pipeline make-tiny-model`.\n"
+        + yaml.safe_dump(spec, sort_keys=False)
+    )
+    return out

@@ -1,0 +1,132 @@
+"""Presets: named, frozen Tight Inversion settings a non-expert can pick, each with a stable content hash.
+
+    preset = load_preset("balanced")
+    preset.hash         # 12 hex chars over every setting (not the name or description)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tight_pipeline.settings import configs_dir
+
+METHODS = ("ddim", "renoise")
+
+
+class PresetError(ValueError):
+    """Unknown preset name or invalid preset values."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One full set of Tight Inversion settings.
+
+    Attributes:
+        name: the name users pick (``balanced``).
+        method: inversion method, ``ddim`` or ``renoise``.
+        steps: DDIM steps for inversion and for denoising (full inversion).
+        inversion_scale: adapter scale during inversion and reconstruction (0 = plain, text-only).
+        edit_scale: adapter scale during editing (the authors use the same value as inversion).
+        guidance: classifier-free guidance for edits; inversion and reconstruction run at 1.0.
+        seed: random seed (recorded; the DDIM paths are deterministic).
+        renoise_iterations: fixed-point iterations per inversion step (``renoise`` only).
+        renoise_average_last: how many of the last iterations' predictions are averaged.
+        negative_prompt: text of the unconditional branch for edits ("" = the model's empty prompt).
+        description: one line for people choosing a preset.
+    """
+
+    name: str
+    method: str = "ddim"
+    steps: int = 50
+    inversion_scale: float = 0.4
+    edit_scale: float = 0.4
+    guidance: float = 7.5
+    seed: int = 0
+    renoise_iterations: int = 0
+    renoise_average_last: int = 1
+    negative_prompt: str = ""
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.method not in METHODS:
+            problems.append(f"method {self.method!r} is not one of {METHODS}")
+        if not isinstance(self.steps, int) or not 1 <= self.steps <= 1000:
+            problems.append(f"steps {self.steps!r} must be an integer in 1..1000")
+        for key in ("inversion_scale", "edit_scale"):
+            value = getattr(self, key)
+            if not isinstance(value, (int, float)) or not 0.0 <= value <= 2.0:
+                problems.append(f"{key} {value!r} must be a number in 0..2")
+        if not isinstance(self.guidance, (int, float)) or not 1.0 <= self.guidance <= 30.0:
+            problems.append(f"guidance {self.guidance!r} must be a number in 1..30")
+        if self.method == "renoise" and (
+            not isinstance(self.renoise_iterations, int) or self.renoise_iterations < 1
+            or not 1 <= self.renoise_average_last <= self.renoise_iterations
+        ):
+            problems.append(
+                "renoise needs renoise_iterations >= 1 and 1 <= renoise_average_last <= renoise_iterations "
+                f"(got {self.renoise_iterations}, {self.renoise_average_last})"
+            )
+        if problems:
+            raise PresetError(f"preset {self.name!r}: " + "; ".join(problems))
+
+    def settings(self) -> dict[str, Any]:
+        """Every field that changes results (what the hash covers)."""
+        data = dataclasses.asdict(self)
+        data.pop("name")
+        data.pop("description")
+        data["inversion_scale"] = float(data["inversion_scale"])
+        data["edit_scale"] = float(data["edit_scale"])
+        data["guidance"] = float(data["guidance"])
+        return data
+
+    @property
+    def hash(self) -> str:
+        blob = json.dumps(self.settings(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "hash": self.hash, **self.settings(), "description": self.description}
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump({"presets": {self.name: {**self.settings(), "description": self.description}}}, sort_keys=False)
+
+    def with_scale(self, scale: float) -> "Preset":
+        """The same preset at another adapter scale (inversion and editing), named ``name@scale``."""
+        return dataclasses.replace(self, name=f"{self.name}@{scale:g}", inversion_scale=scale, edit_scale=scale)
+
+
+def load_presets(path: str | Path | None = None) -> dict[str, Preset]:
+    path = Path(path) if path else configs_dir() / "presets.yaml"
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    fields = {f.name for f in dataclasses.fields(Preset)}
+    out = {}
+    for name, data in (raw.get("presets") or {}).items():
+        if not isinstance(name, str):
+            raise PresetError(f"preset name {name!r} in {path} is not a string (quote names such as \"off\" in YAML)")
+        unknown = sorted(set(data or {}) - fields)
+        if unknown:
+            raise PresetError(f"preset {name!r} in {path}: unknown keys {unknown}")
+        out[name] = Preset(name=name, **(data or {}))
+    return out
+
+
+def load_preset(name: str, path: str | Path | None = None) -> Preset:
+    """The preset ``name``; ``name@0.3`` is that preset at adapter scale 0.3."""
+    presets = load_presets(path)
+    base, _, scale = name.partition("@")
+    if base not in presets:
+        raise PresetError(f"unknown preset {name!r}; choose one of: {', '.join(presets)}")
+    if scale:
+        try:
+            return presets[base].with_scale(float(scale))
+        except ValueError as exc:
+            raise PresetError(f"preset {name!r}: {exc}") from exc
+    return presets[base]
