@@ -1,0 +1,271 @@
+"""Manifests: which product photos to edit, and how. Read with fsspec from any URL, in JSONL, CSV or Parquet.
+
+One record per product photo:
+
+    {"item_id": "mug-001",                       # required; letters, digits, . _ - (used in output keys)
+     "image_uri": "s3://bucket/photos/mug-001.jpg",  # required; any allowed fsspec URL, or a path relative
+                                                 #   to the manifest's folder
+     "source_prompt": "a white ceramic mug",     # required; describes the photo as it is
+     "edits": [{"edit_id": "blue", "prompt": "a blue ceramic mug"}],   # list form, and/or
+     "locales": {"de-DE": "a white ceramic mug on a Christmas table"}, # locale -> prompt (edit_id = locale)
+     "preset": "faithful",                       # optional; overrides the run's preset for this item
+     "metadata": {"sku": "123"}}                 # optional; passed through to the output (as are
+                                                 #   any other columns)
+
+In CSV, ``edits``, ``locales`` and ``metadata`` hold JSON text. Validation never stops at the first problem:
+every bad record becomes an ``InvalidRow`` with its 1-based row number and the reason, and the run goes on
+with the good ones. A manifest that cannot be read at all, or whose header lacks a required column, raises
+``ManifestError`` before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from tight_pipeline import storage
+
+REQUIRED = ("item_id", "image_uri", "source_prompt")
+KNOWN = REQUIRED + ("edits", "locales", "preset", "metadata")
+MAX_PROMPT_CHARS = 4000
+
+
+class ManifestError(ValueError):
+    """The manifest as a whole cannot be used (unreadable, unknown format, missing columns)."""
+
+
+@dataclass(frozen=True)
+class Edit:
+    edit_id: str
+    prompt: str
+
+
+@dataclass(frozen=True)
+class Item:
+    row: int
+    item_id: str
+    image_uri: str
+    source_prompt: str
+    edits: tuple[Edit, ...]
+    preset: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "row": self.row,
+                "item_id": self.item_id,
+                "image_uri": self.image_uri,
+                "source_prompt": self.source_prompt,
+                "edits": [[e.edit_id, e.prompt] for e in self.edits],
+                "preset": self.preset,
+                "metadata": self.metadata,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> "Item":
+        d = json.loads(text)
+        return cls(d["row"], d["item_id"], d["image_uri"], d["source_prompt"],
+                   tuple(Edit(a, b) for a, b in d["edits"]), d["preset"], d["metadata"])
+
+
+@dataclass(frozen=True)
+class InvalidRow:
+    row: int
+    item_id: str | None
+    reason: str
+
+    def message(self) -> str:
+        who = f"item {self.item_id!r}" if self.item_id else "item without a usable item_id"
+        return f"manifest row {self.row} ({who}): {self.reason}"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    uri: str
+    digest: str  # sha256 of the manifest bytes
+    items: tuple[Item, ...]
+    invalid: tuple[InvalidRow, ...]
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.items) + len(self.invalid)
+
+
+def _records(data: bytes, fmt: str) -> list[tuple[int, dict | str]]:
+    """(row number, record or parse error text) for every data row."""
+    if fmt == "jsonl":
+        out = []
+        row = 0
+        for line in data.decode("utf-8", errors="replace").splitlines():
+            if not line.strip():
+                continue
+            row += 1
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                out.append((row, f"malformed JSON line: {exc.msg} at column {exc.colno}"))
+                continue
+            out.append((row, rec if isinstance(rec, dict) else f"line is JSON {type(rec).__name__}, not an object"))
+        return out
+    if fmt == "csv":
+        frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
+    elif fmt == "parquet":
+        frame = pd.read_parquet(io.BytesIO(data))
+    else:
+        raise ManifestError(f"unknown manifest format {fmt!r}")
+    missing = [c for c in REQUIRED if c not in frame.columns]
+    if missing:
+        raise ManifestError(f"manifest header lacks required column(s) {missing}; found {list(frame.columns)}")
+    return [(i + 1, {k: _plain(v) for k, v in rec.items()}) for i, rec in enumerate(frame.to_dict("records"))]
+
+
+def _plain(value: Any) -> Any:
+    """numpy/pyarrow values from Parquet → plain Python."""
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, float) and value != value:  # NaN
+        return None
+    return value
+
+
+def _maybe_json(value: Any, what: str) -> Any:
+    if isinstance(value, str):
+        if not value.strip():
+            return None
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{what} is not valid JSON ({exc.msg})") from None
+    return value
+
+
+def _check_prompt(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{what} is empty")
+    if len(value) > MAX_PROMPT_CHARS:
+        raise ValueError(f"{what} is {len(value)} characters, over the {MAX_PROMPT_CHARS}-character limit")
+    if "\x00" in value:
+        raise ValueError(f"{what} contains a NUL character")
+    return value
+
+
+def _edits(rec: dict) -> tuple[Edit, ...]:
+    edits: list[Edit] = []
+    raw = _maybe_json(rec.get("edits"), "edits")
+    if raw is not None:
+        if isinstance(raw, dict):
+            raw = [{"edit_id": k, "prompt": v} for k, v in raw.items()]
+        if not isinstance(raw, list):
+            raise ValueError("edits must be a list of {edit_id, prompt}")
+        for i, e in enumerate(raw):
+            if not isinstance(e, dict) or "edit_id" not in e or "prompt" not in e:
+                raise ValueError(f"edits[{i}] must be an object with edit_id and prompt")
+            edits.append(Edit(storage.check_id(e["edit_id"], f"edits[{i}].edit_id"), _check_prompt(e["prompt"], f"edits[{i}].prompt")))
+    locales = _maybe_json(rec.get("locales"), "locales")
+    if locales is not None:
+        if not isinstance(locales, dict):
+            raise ValueError("locales must be an object mapping locale to prompt")
+        for loc, prompt in locales.items():
+            edits.append(Edit(storage.check_id(loc, "locale"), _check_prompt(prompt, f"locales[{loc!r}]")))
+    if not edits:
+        raise ValueError("no edits: give `edits` and/or `locales`")
+    seen: set[str] = set()
+    for e in edits:
+        if e.edit_id in seen:
+            raise ValueError(f"edit_id {e.edit_id!r} appears twice")
+        if e.edit_id in ("reconstruction", "input"):
+            raise ValueError(f"edit_id {e.edit_id!r} is reserved")
+        seen.add(e.edit_id)
+    return tuple(edits)
+
+
+def _resolve_uri(image_uri: str, manifest_uri: str, allowed: tuple[str, ...]) -> str:
+    if "://" not in image_uri and not image_uri.startswith("/"):
+        base = manifest_uri.rsplit("/", 1)[0] if "/" in manifest_uri else "."
+        image_uri = storage.join(base, image_uri)
+    storage.check_scheme(image_uri, allowed)
+    return image_uri
+
+
+def parse_manifest(
+    data: bytes,
+    uri: str,
+    fmt: str,
+    known_presets: set[str] | None = None,
+    allowed_schemes: tuple[str, ...] = storage.DEFAULT_SCHEMES,
+) -> Manifest:
+    items: list[Item] = []
+    invalid: list[InvalidRow] = []
+    first_seen: dict[str, int] = {}
+    for row, rec in _records(data, fmt):
+        if isinstance(rec, str):
+            invalid.append(InvalidRow(row, None, rec))
+            continue
+        raw_id = rec.get("item_id")
+        shown_id = raw_id if isinstance(raw_id, str) else None
+        try:
+            missing = [c for c in REQUIRED if rec.get(c) in (None, "")]
+            if missing:
+                raise ValueError(f"missing required field(s) {missing}")
+            item_id = storage.check_id(raw_id, "item_id")
+            if item_id in first_seen:
+                raise ValueError(f"duplicate item_id (first seen at row {first_seen[item_id]})")
+            first_seen[item_id] = row
+            if not isinstance(rec["image_uri"], str):
+                raise ValueError("image_uri must be a string")
+            image_uri = _resolve_uri(rec["image_uri"], uri, allowed_schemes)
+            preset = rec.get("preset") or None
+            if preset is not None and known_presets is not None and preset.split("@")[0] not in known_presets:
+                raise ValueError(f"unknown preset {preset!r} (known: {', '.join(sorted(known_presets))})")
+            metadata = _maybe_json(rec.get("metadata"), "metadata") or {}
+            if not isinstance(metadata, dict):
+                raise ValueError("metadata must be an object")
+            extra = {k: v for k, v in rec.items() if k not in KNOWN and v not in (None, "")}
+            items.append(
+                Item(row, item_id, image_uri, _check_prompt(rec["source_prompt"], "source_prompt"), _edits(rec),
+                     preset, {**extra, **metadata})
+            )
+        except (ValueError, storage.StorageError) as exc:
+            invalid.append(InvalidRow(row, shown_id, str(exc)))
+    return Manifest(uri, hashlib.sha256(data).hexdigest(), tuple(items), tuple(invalid))
+
+
+def detect_format(uri: str) -> str:
+    lower = uri.lower().split("?")[0]
+    for suffix, fmt in ((".jsonl", "jsonl"), (".ndjson", "jsonl"), (".json", "jsonl"), (".csv", "csv"), (".parquet", "parquet")):
+        if lower.endswith(suffix):
+            return fmt
+    raise ManifestError(f"cannot tell the manifest format of {storage.redact(uri)!r}: use .jsonl, .csv or .parquet")
+
+
+def read_manifest(
+    uri: str,
+    known_presets: set[str] | None = None,
+    allowed_schemes: tuple[str, ...] = storage.DEFAULT_SCHEMES,
+) -> Manifest:
+    """Read and validate a manifest. Raises ``ManifestError`` only when nothing in it can be used."""
+    storage.check_scheme(uri, allowed_schemes)
+    fmt = detect_format(uri)
+    try:
+        data = storage.read_bytes(uri)
+    except FileNotFoundError:
+        raise ManifestError(f"manifest {storage.redact(uri)!r} does not exist") from None
+    except storage.StorageError as exc:
+        raise ManifestError(str(exc)) from exc
+    try:
+        return parse_manifest(data, uri, fmt, known_presets, allowed_schemes)
+    except (ValueError, OSError) as exc:
+        if isinstance(exc, ManifestError):
+            raise
+        raise ManifestError(f"manifest {storage.redact(uri)!r} cannot be parsed as {fmt}: {exc}") from exc
