@@ -1,0 +1,224 @@
+"""Command line: ``tight-pipeline edit | run | demo | tradeoff | presets | make-tiny-model``.
+
+Thin: parses, calls the library or a flow, prints where things are. Bad input exits with status 2 and
+one line naming the cause.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Tight Inversion for product photos at catalog scale.")
+
+
+def _prepare_env() -> None:
+    """Offline, quiet, local-by-default settings; must run before prefect/mlflow/ray are imported."""
+    from tight_pipeline.settings import state_dir
+
+    home = state_dir()
+    os.environ["HF_HUB_OFFLINE"] = "1"  # never download weights at run time
+    os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _user_errors():
+    from tight_pipeline.engine.models import ModelError
+    from tight_pipeline.engine.runner import InputError
+    from tight_pipeline.manifest import ManifestError
+    from tight_pipeline.presets import PresetError
+    from tight_pipeline.storage import ImageDecodeError, StorageError
+
+    return (ModelError, InputError, ManifestError, PresetError, ImageDecodeError, StorageError, FileNotFoundError)
+
+
+@app.command("make-tiny-model")
+def make_tiny_model_cmd(out_dir: Path = typer.Argument(..., help="folder to write"), seed: int = typer.Option(0)):
+    """Write a tiny SDXL-shaped model with random weights and an h94-layout IP-Adapter (for tests and first runs)."""
+    _prepare_env()
+    from tight_pipeline.engine.tiny_model import make_tiny_model
+
+    path = make_tiny_model(out_dir, seed=seed)
+    typer.echo(f"tiny model written to {path} (load it with --model {path})")
+
+
+@app.command()
+def presets():
+    """List the presets with their settings and hashes."""
+    from tight_pipeline.presets import load_presets
+
+    for p in load_presets().values():
+        typer.echo(f"{p.name:10s} {p.hash}  {p.method:7s} steps={p.steps:<3d} scale={p.inversion_scale:g}/{p.edit_scale:g} "
+                   f"cfg={p.guidance:g}  {p.description}")
+
+
+@app.command()
+def edit(
+    image: Path = typer.Argument(..., help="photo to edit (PNG/JPEG/WebP...)"),
+    source_prompt: str = typer.Option(..., "--source-prompt", help="what the photo shows"),
+    edits: list[str] = typer.Option(..., "--edit", help="edit prompt; repeat for several edits"),
+    preset: str = typer.Option("balanced", help="preset name (see `tight-pipeline presets`); name@scale allowed"),
+    model: Optional[str] = typer.Option(None, help="model folder / spec YAML / name (default: tiny-sdxl)"),
+    out: Path = typer.Option(..., "--out", help="output folder"),
+):
+    """Edit one photo: writes reconstruction.png, one PNG per edit, sheet.png and scores.json."""
+    _prepare_env()
+    from tqdm import tqdm
+
+    from tight_pipeline import sheets, storage
+    from tight_pipeline.engine.models import resolve_model_spec
+    from tight_pipeline.engine.runner import TightInversion
+    from tight_pipeline.presets import load_preset
+
+    try:
+        chosen = load_preset(preset)
+        if not image.exists():
+            raise FileNotFoundError(f"image {image} does not exist")
+        photo, notes = storage.decode_image(image.read_bytes())
+        for e in edits:
+            if not e.strip():
+                raise ValueError("an --edit prompt is empty")
+        if not source_prompt.strip():
+            raise ValueError("--source-prompt is empty")
+        spec = resolve_model_spec(model)
+        _ensure_default_model(model, spec)
+        engine = TightInversion.from_spec(spec)
+        edit_list = [(f"edit_{i + 1:02d}", p) for i, p in enumerate(edits)]
+        phases = 2 if chosen.inversion_scale == chosen.edit_scale or not edits else 3
+        with tqdm(total=chosen.steps * phases, desc=f"{image.name} [{chosen.name}]", unit="step", file=sys.stderr) as bar:
+            result = engine.edit_item(photo, source_prompt, edit_list, chosen, progress=lambda phase: bar.update(1))
+    except (*_user_errors(), ValueError) as exc:
+        _fail(str(exc))
+    out.mkdir(parents=True, exist_ok=True)
+    result.reconstruction.save(out / "reconstruction.png")
+    for edit_id, img in result.edits.items():
+        img.save(out / f"{edit_id}.png")
+    sheet = sheets.side_by_side([("input", result.input), ("reconstruction", result.reconstruction)]
+                                + [(p, result.edits[e]) for e, p in edit_list])
+    sheet.save(out / "sheet.png")
+    report = {
+        "image": str(image), "source_prompt": source_prompt, "preset": chosen.to_dict(), "model": spec.to_dict(),
+        "scores": result.scores, "lpips_note": "lpips not computed: no local backbone weights",
+        "edits": {e: {"prompt": p, **result.edit_scores[e]} for e, p in edit_list},
+        "timings_s": result.timings, "warnings": notes + result.warnings,
+    }
+    (out / "scores.json").write_text(json.dumps(report, indent=2))
+    for w in notes + result.warnings:
+        typer.echo(f"warning: {w}", err=True)
+    typer.echo(f"reconstruction PSNR {result.scores['psnr_vs_vae']:.2f} dB vs VAE round-trip, "
+               f"{result.scores['psnr_vs_input']:.2f} dB vs input; wrote {out}/ (sheet.png, scores.json)")
+
+
+def _ensure_default_model(ref: str | None, spec) -> None:
+    """The built-in tiny model is written on first use; any other model must already be on the machine."""
+    if ref in (None, "tiny-sdxl") and not Path(spec.base).exists():
+        from tight_pipeline.engine.tiny_model import make_tiny_model
+
+        typer.echo(f"writing the built-in tiny model to {spec.base} (random weights: plumbing, not quality)", err=True)
+        make_tiny_model(spec.base)
+
+
+def _print_summary(summary: dict) -> None:
+    typer.echo("")
+    for key in ("status_ok", "status_error", "status_invalid", "items_processed", "items_skipped_done_before", "wall_s"):
+        if key in summary:
+            typer.echo(f"  {key:28s} {summary[key]}")
+    typer.echo(f"  images          {summary['output']}/<preset-hash>/<item_id>/<edit_id>.png")
+    typer.echo(f"  parquet         {summary['scores']}")
+    typer.echo(f"  contact sheet   {summary['contact_sheet']}")
+    typer.echo(f"  mlflow run      {summary['mlflow_run_id']}  ({summary['mlflow']})")
+    url = summary.get("prefect_flow_run_url")
+    if url and os.environ.get("PREFECT_API_URL"):
+        typer.echo(f"  prefect         {url}")
+    else:
+        typer.echo(f"  prefect         flow run {summary['prefect_flow_run_id']} (temporary server; "
+                   f"`bash infra/local/prefect-server.sh start` with PREFECT_HOME={os.environ.get('PREFECT_HOME')} shows it)")
+
+
+@app.command()
+def run(
+    manifest: str = typer.Option(..., help="manifest URL: JSONL/CSV/Parquet on file://, s3://, gs://, ..."),
+    output: str = typer.Option(..., help="output prefix URL"),
+    preset: str = typer.Option("balanced", help="default preset (items may override)"),
+    model: Optional[str] = typer.Option(None, help="model folder / spec YAML / name (default: tiny-sdxl)"),
+    actors: int = typer.Option(1, help="actor pool size (one model per actor)"),
+    actor_cpus: float = typer.Option(1.0, help="CPUs reserved per actor"),
+    max_failure_rate: float = typer.Option(1.0, help="exit non-zero when more rows than this fraction fail"),
+):
+    """Run the catalog-localization flow over a manifest."""
+    _prepare_env()
+    from tight_pipeline.engine.models import resolve_model_spec
+
+    try:
+        _ensure_default_model(model, resolve_model_spec(model))
+        from flows.catalog_localization import catalog_localization
+
+        summary = catalog_localization(manifest=manifest, output=output, preset=preset, model=model, actors=actors,
+                                       actor_cpus=actor_cpus, max_failure_rate=max_failure_rate)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    _print_summary(summary)
+    if summary["failed"]:
+        _fail(f"failure rate {summary['failure_rate']:.1%} exceeds --max-failure-rate {max_failure_rate:.1%} "
+              "(every row was still written; see the error column)")
+
+
+@app.command()
+def demo(
+    preset: str = typer.Option("balanced", help="preset for the demo run"),
+    output: Optional[str] = typer.Option(None, help="output prefix (default: $TIGHT_PIPELINE_HOME/demo/out)"),
+):
+    """End to end on bundled real photos (scikit-image) with the default model: Prefect + Ray + Parquet + MLflow."""
+    _prepare_env()
+    from tight_pipeline.demo import write_demo_inputs
+    from tight_pipeline.engine.models import resolve_model_spec
+    from tight_pipeline.settings import state_dir
+
+    _ensure_default_model(None, resolve_model_spec(None))
+    manifest = write_demo_inputs(str(state_dir() / "demo" / "in"))
+    out = output or str(state_dir() / "demo" / "out")
+    typer.echo(f"demo manifest: {manifest}")
+    from flows.catalog_localization import catalog_localization
+
+    summary = catalog_localization(manifest=manifest, output=out, preset=preset)
+    _print_summary(summary)
+
+
+@app.command()
+def tradeoff(
+    manifest: str = typer.Option(..., help="manifest URL"),
+    output: str = typer.Option(..., help="output prefix URL"),
+    scales: str = typer.Option("0,0.2,0.4,0.6,0.8,1.0", help="comma-separated adapter scales"),
+    sample: int = typer.Option(8, help="items sampled from the manifest"),
+    preset: str = typer.Option("balanced", help="base preset"),
+    model: Optional[str] = typer.Option(None),
+):
+    """Sweep the adapter scale on a sample; logs the reconstruction-vs-edit curve to MLflow."""
+    _prepare_env()
+    from flows.tradeoff_benchmark import tradeoff_benchmark
+    from tight_pipeline.engine.models import resolve_model_spec
+
+    _ensure_default_model(model, resolve_model_spec(model))
+    result = tradeoff_benchmark(manifest=manifest, output=output, scales=[float(s) for s in scales.split(",")],
+                                sample=sample, base_preset=preset, model=model)
+    for row in result["table"]:
+        typer.echo(f"scale {row['scale']:.2f}: recon {row['psnr_vs_vae']:.2f} dB vs VAE, edit change {row['edit_change']:.4f}")
+    typer.echo(f"mlflow run {result['mlflow_run_id']}")
+
+
+if __name__ == "__main__":
+    app()

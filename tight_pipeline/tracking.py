@@ -1,0 +1,171 @@
+"""MLflow tracking, driver side only (the fluent API is not thread-safe; actors never log).
+
+One MLflow run per pipeline run: the preset (all fields + hash) and model spec as params, the manifest as
+an input dataset (URI + digest), aggregate metrics, and artifacts: the Parquet scores (or a link when large),
+a contact sheet PNG and the preset YAML. Presets are tracked too, in the experiment ``tight-pipeline-presets``
+(one run per preset hash), and every pipeline run is tagged with the preset run it used.
+
+With no ``MLFLOW_TRACKING_URI`` the store is ``sqlite:///<TIGHT_PIPELINE_HOME>/mlflow.db`` (always explicit:
+MLflow falls back to a file store when ./mlruns exists).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from tight_pipeline import sheets, storage
+from tight_pipeline.job import JobResult
+from tight_pipeline.presets import Preset
+from tight_pipeline.settings import state_dir
+
+PRESETS_EXPERIMENT = "tight-pipeline-presets"
+MAX_INLINE_PARQUET = 50 * 1024 * 1024
+
+
+def tracking_uri() -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    return uri if uri else f"sqlite:///{state_dir() / 'mlflow.db'}"
+
+
+def _mlflow():
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    mlflow.set_tracking_uri(tracking_uri())
+    return mlflow
+
+
+def _experiment(mlflow, name: str) -> str:
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    artifact_location = None
+    if tracking_uri().startswith("sqlite:"):
+        artifact_location = (state_dir() / "mlartifacts" / name).as_uri()
+    return mlflow.create_experiment(name, artifact_location=artifact_location)
+
+
+def track_preset(preset: Preset) -> str:
+    """The MLflow run id that records ``preset`` (created once per preset hash)."""
+    mlflow = _mlflow()
+    client = mlflow.MlflowClient()
+    exp_id = _experiment(mlflow, PRESETS_EXPERIMENT)
+    found = client.search_runs([exp_id], f"tags.preset_hash = '{preset.hash}'", max_results=1)
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(exp_id, run_name=f"{preset.name}-{preset.hash}", tags={"preset_hash": preset.hash, "preset": preset.name})
+    for key, value in preset.to_dict().items():
+        client.log_param(run.info.run_id, key, value)
+    client.log_text(run.info.run_id, preset.to_yaml(), "preset.yaml")
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def aggregate_metrics(rows: pd.DataFrame, wall_s: float, processed_items: int) -> dict[str, float]:
+    """Counts, mean and percentiles of the scores, items per second."""
+    metrics: dict[str, float] = {
+        "rows": float(len(rows)),
+        "rows_ok": float((rows["status"] == "ok").sum()),
+        "rows_error": float((rows["status"] == "error").sum()),
+        "rows_invalid": float((rows["status"] == "invalid").sum()),
+        "items_processed": float(processed_items),
+        "wall_s": wall_s,
+        "items_per_s": processed_items / wall_s if wall_s > 0 else 0.0,
+    }
+    ok = rows[rows["status"] == "ok"]
+    per_item = ok.drop_duplicates(["preset_hash", "item_id"])
+    for col, frame in (("psnr_vs_input", per_item), ("ssim_vs_input", per_item), ("psnr_vs_vae", per_item),
+                       ("ssim_vs_vae", per_item), ("edit_change", ok)):
+        values = pd.to_numeric(frame[col], errors="coerce").dropna().to_numpy()
+        if len(values):
+            metrics[f"{col}_mean"] = float(values.mean())
+            for q in (5, 50, 95):
+                metrics[f"{col}_p{q}"] = float(np.percentile(values, q))
+    return metrics
+
+
+def build_contact_sheet(rows: pd.DataFrame, max_items: int = 8) -> Image.Image:
+    """input | reconstruction | edits for a sample of ok items, read back from the output store."""
+    ok = rows[rows["status"] == "ok"]
+    entries = []
+    for (_, item_id), group in list(ok.groupby(["preset_hash", "item_id"], sort=True))[:max_items]:
+        first = group.iloc[0]
+        tiles = []
+        for label, uri in [("input", first["input_uri"]), (f"recon {first['psnr_vs_vae']:.1f} dB vs VAE", first["reconstruction_uri"])]:
+            tiles.append((label, _load(uri)))
+        for _, r in group.iterrows():
+            tiles.append((str(r["edit_id"]), _load(r["edit_uri"])))
+        entries.append((f"{item_id}  [{first['preset']}]  \"{first['source_prompt']}\"", tiles))
+    return sheets.contact_sheet(entries)
+
+
+def _load(uri: str) -> Image.Image:
+    return Image.open(io.BytesIO(storage.read_bytes(uri))).convert("RGB")
+
+
+def log_run(result: JobResult, sheet: Image.Image | None = None, flow_name: str = "tight-pipeline",
+            extra_tags: dict | None = None, experiment: str = "tight-pipeline",
+            contact_sheet_uri: str | None = None, extra_artifacts: dict[str, bytes] | None = None) -> dict[str, str]:
+    """Log one pipeline run. Returns ids and links (run id, UI link, contact sheet URI)."""
+    mlflow = _mlflow()
+    exp_id = _experiment(mlflow, experiment)
+    preset_runs = {p.hash: track_preset(p) for p in result.presets.values()}
+    cfg = result.config
+    default = next(p for p in result.presets.values() if p.name == cfg.preset)
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"{flow_name}-{cfg.run_id}") as run:
+        mlflow.set_tags({
+            "flow": flow_name, "run_id": cfg.run_id, "preset": default.name, "preset_hash": default.hash,
+            "preset_run_id": preset_runs[default.hash], "model": result.model.name,
+            "output": storage.redact(cfg.output), **(extra_tags or {}),
+        })
+        params = {f"preset.{k}": v for k, v in default.to_dict().items()}
+        params.update({f"model.{k}": v for k, v in result.model.to_dict().items()})
+        params["model.digest"] = result.model.digest
+        params.update({
+            "manifest_uri": storage.redact(cfg.manifest), "manifest_digest": result.manifest.digest,
+            "output": storage.redact(cfg.output), "actors": cfg.actors, "batch_size": cfg.batch_size,
+            "presets_used": ",".join(sorted(f"{p.name}:{p.hash}" for p in result.presets.values())),
+        })
+        mlflow.log_params({k: storage.redact(str(v))[:500] for k, v in params.items()})
+        _log_input(mlflow, result)
+        mlflow.log_metrics(aggregate_metrics(result.rows, result.wall_s, result.processed_items))
+        mlflow.log_text(default.to_yaml(), "preset.yaml")
+        with tempfile.TemporaryDirectory() as tmp:
+            parquet = Path(tmp) / "scores.parquet"
+            result.rows.to_parquet(parquet, index=False)
+            if parquet.stat().st_size <= MAX_INLINE_PARQUET:
+                mlflow.log_artifact(str(parquet))
+            else:
+                mlflow.log_text(storage.redact(result.scores_uri), "scores_link.txt")
+            sheet_path = Path(tmp) / "contact_sheet.png"
+            (sheet if sheet is not None else build_contact_sheet(result.rows)).save(sheet_path)
+            mlflow.log_artifact(str(sheet_path))
+            for name, data in (extra_artifacts or {}).items():
+                (Path(tmp) / name).write_bytes(data)
+                mlflow.log_artifact(str(Path(tmp) / name))
+        if contact_sheet_uri:
+            mlflow.set_tag("contact_sheet_uri", storage.redact(contact_sheet_uri))
+        run_id = run.info.run_id
+    return {"mlflow_run_id": run_id, "mlflow_experiment_id": exp_id, "tracking_uri": storage.redact(tracking_uri()),
+            "mlflow_run_link": run_link(exp_id, run_id)}
+
+
+def _log_input(mlflow, result: JobResult) -> None:
+    frame = pd.DataFrame([{"item_id": i.item_id, "image_uri": storage.redact(i.image_uri)} for i in result.manifest.items])
+    dataset = mlflow.data.from_pandas(frame, source=storage.redact(result.manifest.uri), name="manifest",
+                                      digest=result.manifest.digest[:16])
+    mlflow.log_input(dataset, context="manifest")
+
+
+def run_link(experiment_id: str, run_id: str) -> str:
+    uri = tracking_uri()
+    if uri.startswith("http"):
+        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"mlflow ui --backend-store-uri {uri}  →  experiment {experiment_id}, run {run_id}"
