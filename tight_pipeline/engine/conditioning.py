@@ -22,7 +22,7 @@ class TextCondition:
     time_ids: torch.Tensor | None  # (B, 6) for SDXL, None for SD
 
     def rows(self, index: list[int]) -> "TextCondition":
-        pick = torch.tensor(index, device=self.embeds.device)
+        pick = torch.tensor(index, dtype=torch.long, device=self.embeds.device)
         return TextCondition(
             self.embeds[pick],
             None if self.pooled is None else self.pooled[pick],

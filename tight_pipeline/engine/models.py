@@ -73,7 +73,7 @@ class ModelSpec:
             raise ModelError(f"model {self.name!r}: unknown dtype {self.dtype!r}; expected one of {DTYPES}")
         if self.device not in DEVICES:
             raise ModelError(f"model {self.name!r}: unknown device {self.device!r}; expected one of {DEVICES}")
-        if not 64 <= self.resolution <= 4096 and not (32 <= self.resolution < 64):
+        if not 32 <= self.resolution <= 4096:
             raise ModelError(f"model {self.name!r}: resolution {self.resolution} out of range 32..4096")
         if self.adapter is not None and not self.allow_pickle and not self.adapter_weight.endswith(".safetensors"):
             raise ModelError(

@@ -61,7 +61,7 @@ class TightInversion:
         self.spec = spec
         self.clip = clip_scorer
         unet_down = 2 ** (len(pipe.unet.config.block_out_channels) - 1)
-        self.multiple = pipe.vae_scale_factor * unet_down
+        self.multiple = max(8, pipe.vae_scale_factor * unet_down)  # diffusers pipelines need multiples of 8
         self.device = pipe.unet.device
         self.dtype = pipe.unet.dtype
 

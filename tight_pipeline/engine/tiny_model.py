@@ -143,26 +143,27 @@ def _tiny_adapter_state(unet, image_embed_dim: int, seed: int) -> dict:
     return state
 
 
-def make_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
-    """Write the tiny model folder (pipeline + separate h94-layout IP-Adapter + model.yaml); returns it."""
+def build_tiny_pipeline(seed: int = 0, tokenizer_dir: str | Path | None = None):
+    """The tiny pipeline in memory: (pipeline without adapter, image encoder, adapter state dict).
+
+    ``make_tiny_model`` saves exactly these objects; tests compare them with what loads back from disk.
+    """
+    import tempfile
+
     import torch
     from diffusers import StableDiffusionXLPipeline
-    from safetensors.torch import save_file
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+    from transformers import CLIPTokenizer, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    out = Path(out_dir).expanduser().resolve()
-    out.mkdir(parents=True, exist_ok=True)
     parts = build_tiny_components(seed)
-    _byte_level_tokenizer(out / "tokenizer")
-    from transformers import CLIPTokenizer
-
-    tok = CLIPTokenizer.from_pretrained(out / "tokenizer")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tokenizer_dir) if tokenizer_dir else Path(tmp) / "tokenizer"
+        if not (folder / "vocab.json").exists():
+            _byte_level_tokenizer(folder)
+        tok = CLIPTokenizer.from_pretrained(folder)
     pipe = StableDiffusionXLPipeline(
         **parts, tokenizer=tok, tokenizer_2=tok, image_encoder=None, feature_extractor=None,
         force_zeros_for_empty_prompt=False,
     )
-    pipe.save_pretrained(out, safe_serialization=True)
-
     torch.manual_seed(seed + 4)
     vision = CLIPVisionModelWithProjection(
         CLIPVisionConfig(
@@ -175,10 +176,22 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
             patch_size=4,
         )
     )
+    state = _tiny_adapter_state(parts["unet"], vision.config.projection_dim, seed + 5)
+    return pipe, vision, state
+
+
+def make_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
+    """Write the tiny model folder (pipeline + separate h94-layout IP-Adapter + model.yaml); returns it."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    _byte_level_tokenizer(out / "tokenizer")
+    pipe, vision, state = build_tiny_pipeline(seed, tokenizer_dir=out / "tokenizer")
+    pipe.save_pretrained(out, safe_serialization=True)
     adapter_root = out / "ip_adapter"
     vision.save_pretrained(adapter_root / "models" / "image_encoder", safe_serialization=True)
     (adapter_root / "sdxl_models").mkdir(parents=True, exist_ok=True)
-    state = _tiny_adapter_state(parts["unet"], vision.config.projection_dim, seed + 5)
     save_file({k: v.contiguous() for k, v in state.items()}, adapter_root / "sdxl_models" / TINY_WEIGHT_NAME)
 
     spec = dict(

@@ -1,0 +1,75 @@
+"""Shared fixtures: a tiny model written once per session, isolated state dirs, one embedded Ray."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="tp-test-home-"))
+# Set before prefect / mlflow / ray are imported anywhere.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TIGHT_PIPELINE_HOME"] = str(_SESSION_HOME)
+os.environ["PREFECT_HOME"] = str(_SESSION_HOME / "prefect")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+os.environ["RAY_TMPDIR"] = str(Path(tempfile.gettempdir()) / f"tpray-test-{os.getpid()}")
+os.environ.pop("RAY_ADDRESS", None)
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ.pop("PREFECT_API_URL", None)
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    if cuda_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    from tight_pipeline.engine.tiny_model import make_tiny_model
+
+    return make_tiny_model(_SESSION_HOME / "models" / "tiny-sdxl")
+
+
+@pytest.fixture(scope="session")
+def tiny_spec(tiny_model_dir):
+    from tight_pipeline.engine.models import resolve_model_spec
+
+    return resolve_model_spec(str(tiny_model_dir), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def engine(tiny_spec):
+    from tight_pipeline.engine.runner import TightInversion
+
+    return TightInversion.from_spec(tiny_spec)
+
+
+@pytest.fixture(scope="session")
+def photo():
+    from PIL import Image
+    from skimage import data
+
+    return Image.fromarray(data.coffee())
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    from tight_pipeline.job import connect_ray
+
+    ray = connect_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()
