@@ -1,0 +1,104 @@
+"""The Ray Data job on an embedded, loopback-only Ray: exactly-once rows, resume, redo, actor crashes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.corpus import image_files
+from tight_pipeline.job import JobConfig, load_scores, run_job
+
+PRESET = "draft@0.4"
+
+
+def _manifest(folder: Path, n_good: int = 4) -> Path:
+    (folder / "img").mkdir(parents=True, exist_ok=True)
+    files = image_files()
+    names = ["good.png", "cmyk.jpg", "gray.png", "palette.png", "rgba.png", "good.jpg"][:n_good]
+    lines = []
+    for i, name in enumerate(names):
+        (folder / "img" / name).write_bytes(files[name])
+        lines.append({"item_id": f"item-{i}", "image_uri": f"img/{name}", "source_prompt": "a product photo",
+                      "locales": {"de-DE": "ein Produktfoto", "fr-FR": "une photo de produit"}})
+    lines.append({"item_id": "broken", "image_uri": "img/missing.png", "source_prompt": "x",
+                  "edits": [{"edit_id": "a", "prompt": "y"}]})
+    lines.append({"item_id": "item-0", "image_uri": "img/good.png", "source_prompt": "dup", "edits": [{"edit_id": "a", "prompt": "b"}]})
+    path = folder / "manifest.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    return path
+
+
+def _assert_exactly_once(rows, n_good):
+    keys = list(zip(rows["preset_hash"], rows["item_id"], rows["edit_id"]))
+    assert len(keys) == len(set(keys))
+    assert len(rows) == 2 * n_good + 1 + 1  # 2 locales per good item, 1 error row (1 edit), 1 invalid row
+    assert sorted(rows["row"].tolist()) == sorted([r for r in range(1, n_good + 1) for _ in range(2)] + [n_good + 1, n_good + 2])
+
+
+def test_rows_exactly_once_then_resume_then_redo_deleted(tmp_path, tiny_model_dir, ray_session):
+    manifest = _manifest(tmp_path / "in")
+    out = tmp_path / "out"
+    config = JobConfig(manifest=str(manifest), output=str(out), preset=PRESET, model=str(tiny_model_dir), checkpoint_rows=3)
+
+    first = run_job(config)
+    rows = first.rows
+    _assert_exactly_once(rows, 4)
+    assert first.processed_items == 5 and first.skipped_items == 0  # 4 good + the missing image
+    assert first.counts == {"ok": 8, "error": 1, "invalid": 1}
+    err = rows[rows["status"] == "error"].iloc[0]
+    assert "item 'broken'" in err["error"] and "does not exist" in err["error"]
+    inv = rows[rows["status"] == "invalid"].iloc[0]
+    assert inv["row"] == 6 and "duplicate item_id" in inv["error"] and inv["edit_id"] == "*row6"
+    ok = rows[rows["status"] == "ok"]
+    assert ok["psnr_vs_vae"].notna().all() and (ok["time_total_s"] > 0).all()
+    for uri in ok["edit_uri"].tolist() + ok["reconstruction_uri"].tolist():
+        assert Path(uri).is_file() and Path(uri).resolve().is_relative_to(out.resolve())
+    assert not list((out / "scores" / "_parts").glob("*.parquet"))  # compacted
+
+    second = run_job(config)
+    assert second.processed_items == 1 and second.skipped_items == 4  # only the failed item is retried
+    _assert_exactly_once(second.rows, 4)
+
+    victim = ok.iloc[0]
+    os.remove(victim["edit_uri"])
+    third = run_job(config)
+    assert third.processed_items == 2  # the item whose PNG vanished + the still-failing one
+    _assert_exactly_once(third.rows, 4)
+    assert Path(victim["edit_uri"]).is_file()
+    stored, _ = load_scores(str(out))
+    assert len(stored) == len(third.rows)  # the Parquet file holds no duplicates either
+
+
+def test_killed_actor_is_restarted_and_no_row_is_lost(tmp_path, tiny_model_dir, ray_session):
+    manifest = _manifest(tmp_path / "in", n_good=6)
+    out = tmp_path / "out"
+    config = JobConfig(manifest=str(manifest), output=str(out), preset="balanced@0.4", model=str(tiny_model_dir))
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.setdefault("r", run_job(config)))
+    thread.start()
+    killed = None
+    deadline = time.time() + 240
+    while time.time() < deadline and killed is None and thread.is_alive():
+        if list(out.glob("*/*/reconstruction.png")):
+            for proc in psutil.process_iter(["pid", "cmdline"]):
+                cmd = " ".join(proc.info["cmdline"] or [])
+                if "EditorActor" in cmd and proc.pid != os.getpid():
+                    os.kill(proc.pid, signal.SIGKILL)
+                    killed = proc.pid
+                    break
+        time.sleep(0.2)
+    thread.join(timeout=400)
+    assert killed is not None, "no actor process was found to kill"
+    rows = result["r"].rows
+    _assert_exactly_once(rows, 6)
+    assert (rows["status"] == "ok").sum() == 12
+    assert not psutil.pid_exists(killed) or psutil.Process(killed).status() == psutil.STATUS_ZOMBIE
+    workers = set(rows.loc[rows["status"] == "ok", "worker"])
+    assert all(not w.endswith(f":{killed}") for w in workers)  # the restarted actor redid the lost work

@@ -1,0 +1,96 @@
+"""Manifest parsing/validation in every format, and presets."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from tight_pipeline.manifest import ManifestError, read_manifest
+from tight_pipeline.presets import PresetError, Preset, load_preset, load_presets
+
+
+def _records():
+    return [
+        {"item_id": "mug-1", "image_uri": "img/mug.png", "source_prompt": "a mug",
+         "locales": {"de-DE": "ein Becher", "fr-FR": "une tasse"}, "sku": "123"},
+        {"item_id": "mug-2", "image_uri": "s3://bucket/mug2.png", "source_prompt": "a mug",
+         "edits": [{"edit_id": "blue", "prompt": "a blue mug"}], "preset": "faithful"},
+        {"item_id": "mug-1", "image_uri": "x.png", "source_prompt": "dup", "edits": [{"edit_id": "a", "prompt": "b"}]},
+        {"item_id": "bad/id", "image_uri": "x.png", "source_prompt": "a", "edits": [{"edit_id": "a", "prompt": "b"}]},
+        {"item_id": "no-edits", "image_uri": "x.png", "source_prompt": "a"},
+    ]
+
+
+def _check(m):
+    assert [i.item_id for i in m.items] == ["mug-1", "mug-2"]
+    assert [e.edit_id for e in m.items[0].edits] == ["de-DE", "fr-FR"]
+    assert m.items[0].image_uri.endswith("/img/mug.png")  # relative to the manifest's folder
+    assert m.items[0].metadata.get("sku") == "123"  # extra columns pass through
+    assert m.items[1].preset == "faithful"
+    assert [(b.row, b.item_id) for b in m.invalid] == [(3, "mug-1"), (4, "bad/id"), (5, "no-edits")]
+    assert "duplicate item_id (first seen at row 1)" in m.invalid[0].message()
+    assert "manifest row 4" in m.invalid[1].message() and "not a safe id" in m.invalid[1].message()
+    assert "no edits" in m.invalid[2].reason
+
+
+def test_jsonl(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in _records()) + "\n\n")
+    _check(read_manifest(str(path), set(load_presets())))
+
+
+def test_csv_with_json_columns(tmp_path):
+    rows = [{k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()} for r in _records()]
+    path = tmp_path / "m.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    _check(read_manifest(f"file://{path}", set(load_presets())))
+
+
+def test_parquet_via_memory_filesystem():
+    import fsspec
+
+    rows = [{k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()} for r in _records()]
+    with fsspec.open("memory://manifests/m.parquet", "wb") as f:
+        pd.DataFrame(rows).to_parquet(f, index=False)
+    _check(read_manifest("memory://manifests/m.parquet", set(load_presets())))
+
+
+def test_missing_columns_and_unreadable_manifests_fail_before_any_work(tmp_path):
+    path = tmp_path / "m.csv"
+    pd.DataFrame([{"item_id": "a", "image": "x"}]).to_csv(path, index=False)
+    with pytest.raises(ManifestError, match=r"lacks required column\(s\) \['image_uri', 'source_prompt'\]"):
+        read_manifest(str(path))
+    with pytest.raises(ManifestError, match="does not exist"):
+        read_manifest(str(tmp_path / "nope.jsonl"))
+    with pytest.raises(ManifestError, match="cannot tell the manifest format"):
+        read_manifest(str(tmp_path / "m.txt"))
+
+
+def test_presets_are_complete_frozen_and_hashed():
+    presets = load_presets()
+    assert {"off", "faithful", "balanced", "creative"} <= set(presets)
+    assert presets["off"].inversion_scale == 0.0 and presets["off"].edit_scale == 0.0
+    assert presets["balanced"].inversion_scale == 0.4 and presets["balanced"].guidance == 7.5
+    assert presets["faithful"].method == "renoise"
+    assert len({p.hash for p in presets.values()}) == len(presets)
+    assert load_preset("balanced").hash == load_preset("balanced").hash
+    with pytest.raises(Exception):
+        presets["balanced"].steps = 3  # frozen
+    scaled = load_preset("balanced@0.7")
+    assert scaled.inversion_scale == scaled.edit_scale == 0.7 and scaled.hash != presets["balanced"].hash
+    # name and description do not change the hash; any setting does
+    assert Preset(name="x", description="y").hash == Preset(name="z").hash
+    assert Preset(name="x", steps=49).hash != Preset(name="x").hash
+
+
+def test_preset_errors_are_clear():
+    with pytest.raises(PresetError, match="unknown preset 'ultra'; choose one of"):
+        load_preset("ultra")
+    with pytest.raises(PresetError, match="inversion_scale 3.0 must be a number in 0..2"):
+        Preset(name="bad", inversion_scale=3.0)
+    with pytest.raises(PresetError, match="method 'dpm'"):
+        Preset(name="bad", method="dpm")
+    with pytest.raises(PresetError, match="renoise needs"):
+        Preset(name="bad", method="renoise", renoise_iterations=0)
