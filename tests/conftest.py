@@ -67,7 +67,25 @@ def photo():
 
 
 @pytest.fixture(scope="session")
-def ray_session():
+def s3():
+    """A real SeaweedFS S3 server on loopback for the whole session; its env is set before Ray starts so
+    that embedded Ray workers inherit the credentials (they are never passed through Ray itself)."""
+    from infra.local.services import SeaweedS3
+
+    server = SeaweedS3(_SESSION_HOME / "seaweedfs").start()
+    saved = {k: os.environ.get(k) for k in server.env()}
+    os.environ.update(server.env())
+    yield server
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def ray_session(s3):
     from tight_pipeline.job import connect_ray
 
     ray = connect_ray(num_cpus=2)

@@ -1,0 +1,128 @@
+"""The Prefect flows end to end on the real stack: SeaweedFS S3, embedded Ray, MLflow on SQLite, Prefect harness."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.corpus import image_files
+from tight_pipeline.settings import state_dir
+
+
+@pytest.fixture(scope="module")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        yield
+
+
+def _upload_manifest(fs, bucket: str, n: int = 3) -> str:
+    if not fs.exists(bucket):
+        fs.mkdir(bucket)
+    files = image_files()
+    names = ["good.png", "gray.png", "cmyk.jpg", "palette.png"][:n]
+    lines = []
+    for i, name in enumerate(names):
+        fs.pipe(f"{bucket}/in/img/{name}", files[name])
+        lines.append({"item_id": f"sku-{i}", "image_uri": f"img/{name}", "source_prompt": "a product photo",
+                      "locales": {"de-DE": "ein Produktfoto, Weihnachten", "ja-JP": "製品写真"}})
+    lines.append({"item_id": "sku-bad", "image_uri": "img/nope.png", "source_prompt": "x", "edits": [{"edit_id": "a", "prompt": "y"}]})
+    fs.pipe(f"{bucket}/in/manifest.jsonl", ("\n".join(json.dumps(r, ensure_ascii=False) for r in lines) + "\n").encode())
+    return f"s3://{bucket}/in/manifest.jsonl"
+
+
+def test_catalog_localization_on_s3_tracks_everything_and_leaks_nothing(s3, ray_session, prefect_harness, tiny_model_dir):
+    import mlflow
+    from prefect.client.orchestration import get_client
+
+    from flows.catalog_localization import catalog_localization
+    from tight_pipeline import tracking
+
+    fs = s3.filesystem()
+    manifest = _upload_manifest(fs, "catalog")
+    summary = catalog_localization(manifest=manifest, output="s3://catalog/out", preset="draft", model=str(tiny_model_dir))
+    assert summary["status_ok"] == 6 and summary["status_error"] == 1 and summary["rows"] == 7
+    assert summary["items_processed"] == 4
+
+    # Parquet and images are on S3, under deterministic keys.
+    scores = pd.read_parquet(io.BytesIO(fs.cat("catalog/out/scores/scores.parquet")))
+    assert len(scores) == 7 and scores[["item_id", "edit_id"]].duplicated().sum() == 0
+    ok = scores[scores["status"] == "ok"]
+    for uri in ok["edit_uri"]:
+        assert uri.startswith("s3://catalog/out/") and fs.exists(uri)
+    assert fs.exists(summary["contact_sheet"])
+
+    # MLflow: params, metrics, artifacts, and the preset tracked on its own.
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    run = mlflow.get_run(summary["mlflow_run_id"])
+    assert run.data.params["preset.name"] == "draft" and run.data.params["preset.hash"] == ok["preset_hash"].iloc[0]
+    assert run.data.params["manifest_uri"] == manifest
+    assert run.data.metrics["rows_ok"] == 6 and run.data.metrics["rows_error"] == 1
+    assert run.data.metrics["psnr_vs_vae_mean"] > 0 and run.data.metrics["items_per_s"] > 0
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    assert {"contact_sheet.png", "scores.parquet", "preset.yaml"} <= artifacts
+    assert run.inputs.dataset_inputs[0].dataset.digest
+    preset_run = mlflow.get_run(run.data.tags["preset_run_id"])
+    assert preset_run.data.params["hash"] == run.data.params["preset.hash"]
+
+    # Prefect: the summary table and links artifacts exist for the flow run.
+    import asyncio
+
+    async def artifacts_of_run():
+        async with get_client() as client:
+            from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+            return await client.read_artifacts(artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[summary["prefect_flow_run_id"]])))
+
+    kinds = {a.type for a in asyncio.run(artifacts_of_run())}
+    assert {"table", "markdown", "progress"} <= kinds
+
+    # Second run: nothing new to do but the broken row.
+    again = catalog_localization(manifest=manifest, output="s3://catalog/out", preset="draft", model=str(tiny_model_dir))
+    assert again["items_processed"] == 1 and again["items_skipped_done_before"] == 3 and again["rows"] == 7
+
+    # No credential anywhere: MLflow DB and artifacts, Parquet, outputs, Prefect DB.
+    secrets = [s3.secret_key.encode(), s3.access_key.encode()]
+    home = state_dir()
+    for path in list(home.rglob("*")):
+        if path.is_file() and "seaweedfs" not in path.parts and path.stat().st_size < 200_000_000:
+            data = path.read_bytes()
+            assert not any(s in data for s in secrets), f"credential found in {path}"
+    for key in fs.find("catalog/out"):
+        assert not any(s in fs.cat(key) for s in secrets), f"credential found in s3://{key}"
+
+
+def test_variant_generation_and_tradeoff_benchmark(tmp_path, ray_session, prefect_harness, tiny_model_dir):
+    import mlflow
+
+    from flows.tradeoff_benchmark import tradeoff_benchmark
+    from flows.variant_generation import variant_generation
+    from tight_pipeline import tracking
+
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "a.png").write_bytes(image_files()["good.png"])
+    (tmp_path / "img" / "b.png").write_bytes(image_files()["gray.png"])
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("\n".join(json.dumps({"item_id": i, "image_uri": f"img/{i}.png", "source_prompt": "a mug",
+                                               "edits": [{"edit_id": "blue", "prompt": "a blue mug"}]}) for i in "ab") + "\n")
+    summary = variant_generation(manifest=str(manifest), output=str(tmp_path / "out"), n=3, preset="draft",
+                                 model=str(tiny_model_dir))
+    assert summary["status_ok"] == 6  # 2 items x 3 variants
+    scores = pd.read_parquet(tmp_path / "out" / "scores" / "scores.parquet")
+    assert sorted(scores["edit_id"].unique()) == ["variant-00", "variant-01", "variant-02"]
+
+    result = tradeoff_benchmark(manifest=str(manifest), output=str(tmp_path / "sweep"), scales=[0.0, 1.0], sample=2,
+                                base_preset="draft", model=str(tiny_model_dir))
+    table = pd.DataFrame(result["table"])
+    assert table["scale"].tolist() == [0.0, 1.0] and (table["items"] == 2).all()
+    assert table["psnr_vs_vae"].iloc[0] != table["psnr_vs_vae"].iloc[1]  # the scale changes the outcome
+    assert (tmp_path / "sweep" / "tradeoff" / "draft.png").stat().st_size > 1000
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(result["mlflow_run_id"])}
+    assert {"tradeoff.csv", "tradeoff.png"} <= artifacts
