@@ -72,7 +72,7 @@ def image_files() -> dict[str, bytes]:
         "gray.png": _save(good.convert("L"), "PNG"),
         "rgba.png": _save(rgba, "PNG"),
         "rotated.jpg": _exif_rotated(),
-        "wide.png": _save(_photo(400, 20), "PNG"),
+        "wide.png": _save(_photo(800, 40), "PNG"),
         "tiny.png": _save(_photo(16, 16), "PNG"),
         "bomb.png": _png_header_only(100_000, 100_000),
     }

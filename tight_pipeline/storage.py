@@ -73,7 +73,7 @@ def _fs(url: str):
     return fs, path
 
 
-def with_retries(fn, what: str, attempts: int = 5, base_delay: float = 0.5):
+def with_retries(fn, what: str, attempts: int = 8, base_delay: float = 0.5, max_delay: float = 8.0):
     """Call ``fn`` with exponential backoff on I/O errors (object stores hiccup, servers restart)."""
     for attempt in range(attempts):
         try:
@@ -87,7 +87,7 @@ def with_retries(fn, what: str, attempts: int = 5, base_delay: float = 0.5):
                 raise
             last = exc
         if attempt < attempts - 1:
-            time.sleep(base_delay * 2**attempt)
+            time.sleep(min(max_delay, base_delay * 2**attempt))
     raise StorageError(f"{what}: {redact(str(last))} (after {attempts} attempts)") from last
 
 

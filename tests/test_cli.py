@@ -1,0 +1,108 @@
+"""The command line as users run it: `edit` on one photo, `run` over the bad-input corpus."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from tests.corpus import image_files, write_corpus
+
+CLI = [sys.executable, "-m", "tight_pipeline.cli"]
+
+
+def _env(tmp_path: Path) -> dict:
+    env = dict(os.environ)
+    env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="tpr", dir="/tmp")  # short: Ray's socket paths are length-limited
+    env.pop("AWS_ENDPOINT_URL", None)
+    return env
+
+
+def test_edit_writes_images_sheet_and_scores(tmp_path, tiny_model_dir, photo):
+    photo.save(tmp_path / "coffee.jpg")
+    out = tmp_path / "out"
+    proc = subprocess.run(CLI + ["edit", str(tmp_path / "coffee.jpg"), "--source-prompt", "a cup of coffee",
+                                 "--edit", "a cup of green tea", "--edit", "a red cup of coffee", "--preset", "draft",
+                                 "--model", str(tiny_model_dir), "--out", str(out)],
+                          capture_output=True, text=True, env=_env(tmp_path), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["edit_01.png", "edit_02.png", "reconstruction.png", "scores.json", "sheet.png"]
+    report = json.loads((out / "scores.json").read_text())
+    assert report["preset"]["name"] == "draft" and report["scores"]["psnr_vs_vae"] > 5
+    assert report["scores"]["lpips_vs_input"] is None and "lpips" in report["lpips_note"]
+    assert report["edits"]["edit_01"]["prompt"] == "a cup of green tea"
+    sheet = Image.open(out / "sheet.png")
+    assert sheet.width == 4 * sheet.height - 4 * 18  # four labelled tiles: input | reconstruction | 2 edits
+    assert "step" in proc.stderr  # progress bar
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("missing", "does not exist"),
+        ("html", "cannot identify image (HTML)"),
+        ("truncated", "truncated"),
+        ("empty-prompt", "--source-prompt is empty"),
+        ("unknown-preset", "unknown preset 'ultra'"),
+        ("unknown-model", "unknown model 'nope'"),
+    ],
+)
+def test_edit_bad_input_exits_2_with_one_clear_line(tmp_path, tiny_model_dir, case, expected):
+    files = {"html": ("page.html", image_files()["page.html"]), "truncated": ("t.jpg", image_files()["truncated.jpg"])}
+    image = tmp_path / "good.png"
+    image.write_bytes(image_files()["good.png"])
+    if case in files:
+        image = tmp_path / files[case][0]
+        image.write_bytes(files[case][1])
+    if case == "missing":
+        image = tmp_path / "nope.jpg"
+    args = ["edit", str(image), "--source-prompt", "   " if case == "empty-prompt" else "a mug", "--edit", "a blue mug",
+            "--preset", "ultra" if case == "unknown-preset" else "draft",
+            "--model", "nope" if case == "unknown-model" else str(tiny_model_dir), "--out", str(tmp_path / "o")]
+    proc = subprocess.run(CLI + args, capture_output=True, text=True, env=_env(tmp_path), timeout=120)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.strip().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and expected in lines[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_input_corpus_through_run(tmp_path, tiny_model_dir):
+    manifest, expect = write_corpus(tmp_path / "corpus")
+    out = tmp_path / "out"
+    before = {p for p in tmp_path.rglob("*")}
+    proc = subprocess.run(CLI + ["run", "--manifest", str(manifest), "--output", str(out), "--preset", "draft",
+                                 "--model", str(tiny_model_dir), "--max-failure-rate", "0.2"],
+                          capture_output=True, text=True, env=_env(tmp_path), timeout=600)
+    # More than 20% of the corpus fails by design: exit non-zero, yet every row is written.
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "exceeds --max-failure-rate" in proc.stderr
+    rows = pd.read_parquet(out / "scores" / "scores.parquet")
+    assert rows["row"].is_unique  # every corpus item has one edit: one row per manifest row
+    assert sorted(rows["row"]) == list(range(1, len(expect) + 1))
+    for key, (status, needle) in expect.items():
+        if key.startswith("row-"):
+            row = rows[rows["row"] == int(key[4:])].iloc[0]
+        else:
+            row = rows[(rows["item_id"] == key) & ~rows["edit_id"].str.startswith("*")].iloc[0]
+        assert row["status"] == status, (key, row["status"], row["error"])
+        if status != "ok":
+            assert needle in row["error"], (key, row["error"])
+            who = row["item_id"] if not key.startswith("row-") else f"manifest row {key[4:]}"
+            assert who in row["error"], (key, row["error"])
+        elif needle == "tokens":
+            assert "tokens" in row["warnings"]
+        elif needle == "upright":
+            fitted = Image.open(row["input_uri"])
+            assert fitted.height > fitted.width and "EXIF" in row["warnings"]
+    # Nothing was written outside the output prefix (Ray's and the CLI's own state aside).
+    written = {p for p in tmp_path.rglob("*") if p.is_file()} - before
+    outside = [p for p in written if not p.is_relative_to(out)]
+    assert outside == []
