@@ -146,7 +146,7 @@ def _print_summary(summary: dict) -> None:
         typer.echo(f"  prefect         {url}")
     else:
         typer.echo(f"  prefect         flow run {summary['prefect_flow_run_id']} (temporary server; "
-                   f"`bash infra/local/prefect-server.sh start` with PREFECT_HOME={os.environ.get('PREFECT_HOME')} shows it)")
+                   f"`python infra/local/services.py start prefect` with PREFECT_HOME={os.environ.get('PREFECT_HOME')} shows it)")
 
 
 @app.command()

@@ -131,17 +131,28 @@ class JobResult:
 # -- Ray ----------------------------------------------------------------------------------------------
 def connect_ray(num_cpus: int | None = None):
     """Attach to ``RAY_ADDRESS`` when set; otherwise start an embedded, loopback-only, single-node Ray."""
+    # Environment first: Ray reads some of these when it is imported.
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        host = address.split("://")[-1].rsplit(":", 1)[0]
+        if host in ("127.0.0.1", "localhost"):
+            # A loopback cluster (infra/local): without this the driver dials the node's public IP and hangs.
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        token_file = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+        if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or os.path.exists(token_file)):
+            os.environ["RAY_AUTH_MODE"] = "token"  # clusters started with a token refuse drivers without it
+    else:
+        # Loopback only: without this Ray listens on every interface (see ../shared/STACK.md).
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     import ray
 
     if ray.is_initialized():
         return ray
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     runtime_env = {"env_vars": {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "AWS_ENDPOINT_URL", "TIGHT_PIPELINE_CONFIGS") if k in os.environ}}
-    if os.environ.get("RAY_ADDRESS"):
+    if address:
         ray.init(runtime_env=runtime_env, log_to_driver=True)
     else:
-        # Loopback only: without this Ray listens on every interface (see ../shared/STACK.md).
-        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
         tmp = os.environ.get("RAY_TMPDIR") or f"/tmp/tpray-{os.getuid()}"
         os.makedirs(tmp, exist_ok=True)
         ray.init(
@@ -419,7 +430,9 @@ def _run_ray(config: JobConfig, spec: ModelSpec, presets: dict[str, Preset], tod
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     threads = config.torch_threads or max(1, (os.cpu_count() or 1) // max(1, config.actors))
     limits = storage.ImageLimits(max_pixels=config.max_pixels, min_side=config.min_side)
-    ds = ray.data.from_items([{"item": i.to_json()} for i in todo], override_num_blocks=max(1, min(len(todo), 4 * config.actors)))
+    # Small blocks (one item each, up to 2000 blocks) stream results back as items finish: checkpoints stay
+    # fine-grained and a slow item does not hold back a whole block.
+    ds = ray.data.from_items([{"item": i.to_json()} for i in todo], override_num_blocks=max(1, min(len(todo), 2000)))
     ds = ds.map_batches(
         EditorActor,
         fn_constructor_args=(spec, presets, config.output, config.run_id, config.manifest, limits, threads,

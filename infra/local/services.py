@@ -199,7 +199,7 @@ class RayHead:
         subprocess.run(
             [_bin("ray"), "start", "--head", f"--port={self.port}", f"--node-ip-address={HOST}",
              f"--num-cpus={self.num_cpus}", "--include-dashboard=false", f"--temp-dir={self.tmpdir}",
-             "--disable-usage-stats", f"--ray-client-server-port={free_port()}"],
+             "--disable-usage-stats"],
             env=env, check=True, capture_output=True, timeout=120,
         )
         return self

@@ -1,0 +1,128 @@
+"""Faults: the driver killed mid-run, the S3 server restarted mid-run, and a separately started Ray cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from infra.local.services import RayHead, stop_pids
+from tests.corpus import image_files
+from tight_pipeline.job import JobConfig, load_scores, run_job
+
+IMAGES = ["good.png", "cmyk.jpg", "gray.png", "palette.png", "rgba.png", "good.jpg"]
+
+
+def _records(n: int) -> list[dict]:
+    return [{"item_id": f"p-{i}", "image_uri": f"img/{IMAGES[i % len(IMAGES)]}", "source_prompt": "a product photo",
+             "locales": {"de-DE": "ein Produktfoto", "fr-FR": "une photo de produit"}} for i in range(n)]
+
+
+def _local_manifest(folder: Path, n: int) -> Path:
+    (folder / "img").mkdir(parents=True, exist_ok=True)
+    for name in IMAGES:
+        (folder / "img" / name).write_bytes(image_files()[name])
+    path = folder / "manifest.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in _records(n)) + "\n")
+    return path
+
+
+def _exactly_once(rows: pd.DataFrame, n_items: int) -> None:
+    assert len(rows) == 2 * n_items
+    assert not rows.duplicated(["preset_hash", "item_id", "edit_id"]).any()
+    assert (rows["status"] == "ok").all(), rows.loc[rows["status"] != "ok", "error"].tolist()
+
+
+def test_killed_driver_resumes_with_only_the_missing_rows(tmp_path, tiny_model_dir, ray_session):
+    n = 8
+    manifest = _local_manifest(tmp_path / "in", n)
+    out = tmp_path / "out"
+    ray_tmp = tempfile.mkdtemp(prefix="tpk", dir="/tmp")
+    script = (f"from tight_pipeline.job import JobConfig, run_job; run_job(JobConfig(manifest={str(manifest)!r}, "
+              f"output={str(out)!r}, preset='draft', model={str(tiny_model_dir)!r}, checkpoint_rows=2))")
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp}
+    env.pop("AWS_ENDPOINT_URL", None)
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parts = out / "scores" / "_parts"
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(parts.glob("*.parquet"))) < 2 and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its embedded Ray, like a lost machine
+    proc.wait()
+    stop_pids(RayHead(Path(ray_tmp)).pids(), grace=2)
+    assert not (out / "scores" / "scores.parquet").exists()  # it never got to compact
+
+    checkpointed, _ = load_scores(str(out))
+    done_before = set(checkpointed.loc[checkpointed["status"] == "ok", "item_id"])
+    assert 2 <= len(done_before) < n
+
+    result = run_job(JobConfig(manifest=str(manifest), output=str(out), preset="draft", model=str(tiny_model_dir)))
+    assert result.skipped_items == len(done_before)
+    assert result.processed_items == n - len(done_before)
+    _exactly_once(result.rows, n)
+    assert not list(parts.glob("*.parquet"))
+    stored = pd.read_parquet(out / "scores" / "scores.parquet")
+    _exactly_once(stored, n)
+
+
+def test_s3_server_restart_mid_run_is_retried(tmp_path, s3, tiny_model_dir, ray_session):
+    fs = s3.filesystem()
+    fs.mkdir("restart")
+    for name in IMAGES:
+        fs.pipe(f"restart/in/img/{name}", image_files()[name])
+    n = 6
+    fs.pipe("restart/in/manifest.jsonl", ("\n".join(json.dumps(r) for r in _records(n)) + "\n").encode())
+    config = JobConfig(manifest="s3://restart/in/manifest.jsonl", output="s3://restart/out", preset="balanced",
+                       model=str(tiny_model_dir))
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.setdefault("r", run_job(config)))
+    thread.start()
+    deadline = time.time() + 300
+    restarted = False
+    while time.time() < deadline and thread.is_alive():
+        if s3.filesystem().glob("restart/out/*/*/reconstruction.png"):
+            s3.restart()  # stop (SIGTERM, by PID) and start again on the same port and data
+            restarted = True
+            break
+        time.sleep(0.3)
+    thread.join(timeout=500)
+    assert restarted
+    _exactly_once(result["r"].rows, n)
+    assert len(s3.filesystem().glob("restart/out/*/*/de-DE.png")) == n
+
+
+def test_job_runs_on_a_separately_started_ray_cluster(tmp_path, tiny_model_dir):
+    manifest = _local_manifest(tmp_path / "in", 2)
+    head_tmp = Path(tempfile.mkdtemp(prefix="tph", dir="/tmp"))
+    driver_tmp = Path(tempfile.mkdtemp(prefix="tpd", dir="/tmp"))
+    with RayHead(head_tmp) as head:
+        env = {**os.environ, "RAY_ADDRESS": head.address, "RAY_TMPDIR": str(driver_tmp)}
+        env.pop("AWS_ENDPOINT_URL", None)
+        proc = subprocess.run([sys.executable, "-m", "tight_pipeline.cli", "run", "--manifest", str(manifest),
+                               "--output", str(tmp_path / "out"), "--preset", "draft", "--model", str(tiny_model_dir),
+                               "--actor-cpus", "0.5"], env=env, capture_output=True, text=True, timeout=400)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        rows = pd.read_parquet(tmp_path / "out" / "scores" / "scores.parquet")
+        _exactly_once(rows, 2)
+        # The work ran on the cluster's workers (their logs are in the head's temp dir) and no embedded
+        # Ray was started by the driver.
+        pid = rows["worker"].iloc[0].rsplit(":", 1)[1]
+        logs = [p.name for p in head_tmp.rglob("*") if p.is_file()]
+        assert any(f"_{pid}.log" in name or f"-{pid}." in name for name in logs), pid
+        assert not list(driver_tmp.glob("session_*"))
+        listeners = subprocess.run(["ss", "-ltnp"], capture_output=True, text=True).stdout
+        for pid_ in head.pids():
+            for line in listeners.splitlines():
+                if f"pid={pid_}," in line:
+                    assert line.split()[3].startswith(("127.0.0.1:", "[::ffff:127.0.0.1]:")), line
+    assert head.pids() == []
