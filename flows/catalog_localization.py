@@ -22,10 +22,13 @@ def catalog_localization(
     actors: int = 1,
     actor_cpus: float = 1.0,
     max_failure_rate: float = 1.0,
+    item_timeout_s: float = 0.0,
+    max_pixels: int = 40_000_000,
     flow_label: str = "catalog-localization",
 ) -> dict:
     config = JobConfig(manifest=manifest, output=output, preset=preset, model=model, actors=actors,
-                       actor_cpus=actor_cpus, max_failure_rate=max_failure_rate).with_run_id()
+                       actor_cpus=actor_cpus, max_failure_rate=max_failure_rate,
+                       item_timeout_s=item_timeout_s, max_pixels=max_pixels).with_run_id()
     validate_manifest(config)
     result = edit_items(config)
     sheet_uri, sheet = write_contact_sheet(result)

@@ -78,3 +78,14 @@ def test_scheme_allow_list():
         storage.check_scheme("http://example.com/x.png")
     with pytest.raises(storage.StorageError):
         storage.check_scheme("file:///etc/passwd", allowed=("s3",))
+
+
+def test_file_roots_confine_local_reads(tmp_path, monkeypatch):
+    inside = tmp_path / "catalog" / "a.png"
+    monkeypatch.setenv("TIGHT_PIPELINE_FILE_ROOTS", str(tmp_path / "catalog"))
+    storage.check_scheme(str(inside))
+    storage.check_scheme(f"file://{inside}")
+    storage.check_scheme("s3://bucket/a.png")  # object stores are governed by their own credentials
+    for outside in ("/etc/passwd", f"file://{tmp_path}/catalog/../secret.txt", f"{tmp_path}/catalog-evil/x.png"):
+        with pytest.raises(storage.StorageError, match="outside the allowed roots"):
+            storage.check_scheme(outside)

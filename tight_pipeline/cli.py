@@ -158,6 +158,8 @@ def run(
     actors: int = typer.Option(1, help="actor pool size (one model per actor)"),
     actor_cpus: float = typer.Option(1.0, help="CPUs reserved per actor"),
     max_failure_rate: float = typer.Option(1.0, help="exit non-zero when more rows than this fraction fail"),
+    item_timeout: float = typer.Option(0.0, help="per-item time limit in seconds (0 = none)"),
+    max_pixels: int = typer.Option(40_000_000, help="refuse images with more pixels (checked before decoding)"),
 ):
     """Run the catalog-localization flow over a manifest."""
     _prepare_env()
@@ -168,7 +170,8 @@ def run(
         from flows.catalog_localization import catalog_localization
 
         summary = catalog_localization(manifest=manifest, output=output, preset=preset, model=model, actors=actors,
-                                       actor_cpus=actor_cpus, max_failure_rate=max_failure_rate)
+                                       actor_cpus=actor_cpus, max_failure_rate=max_failure_rate,
+                                       item_timeout_s=item_timeout, max_pixels=max_pixels)
     except _user_errors() as exc:
         _fail(str(exc))
     _print_summary(summary)

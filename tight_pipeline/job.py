@@ -74,6 +74,7 @@ class JobConfig:
         torch_threads: intra-op threads per actor; 0 = CPUs of this machine / actors.
         batch_size: items per ``map_batches`` call.
         max_pixels / min_side: image limits (pixel count is checked before decoding).
+        item_timeout_s: per-item time limit (0 = none); checked at every model step, the item becomes an error.
         allowed_schemes: URL schemes the manifest and images may use.
         checkpoint_rows: rows collected before a checkpoint part is written.
         max_failure_rate: fraction of error/invalid rows above which ``JobResult.failed`` is true.
@@ -92,6 +93,7 @@ class JobConfig:
     batch_size: int = 1
     max_pixels: int = 40_000_000
     min_side: int = 32
+    item_timeout_s: float = 0.0
     allowed_schemes: tuple[str, ...] = storage.DEFAULT_SCHEMES
     checkpoint_rows: int = 32
     max_failure_rate: float = 1.0
@@ -174,7 +176,8 @@ class EditorActor:
     """Loads the model once per actor; ``__call__`` turns a batch of items into a batch of score rows."""
 
     def __init__(self, spec: ModelSpec, presets: dict[str, Preset], output: str, run_id: str, manifest_uri: str,
-                 limits: storage.ImageLimits, torch_threads: int, clip_model: str | None, allowed_schemes: tuple[str, ...]):
+                 limits: storage.ImageLimits, torch_threads: int, clip_model: str | None, allowed_schemes: tuple[str, ...],
+                 item_timeout_s: float = 0.0):
         import torch
 
         from tight_pipeline.engine.runner import TightInversion
@@ -185,6 +188,7 @@ class EditorActor:
         self.spec, self.presets, self.output = spec, presets, output
         self.run_id, self.manifest_uri, self.limits = run_id, manifest_uri, limits
         self.allowed = allowed_schemes
+        self.item_timeout_s = item_timeout_s
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
@@ -192,6 +196,19 @@ class EditorActor:
         for text in batch["item"]:
             rows.extend(self.process(Item.from_json(str(text))))
         return rows_to_columns(rows)
+
+    def _deadline(self, t_start: float):
+        """A progress callback that aborts the item once it has run longer than ``item_timeout_s``."""
+        if self.item_timeout_s <= 0:
+            return None
+        limit = self.item_timeout_s
+
+        def check(phase: str) -> None:
+            elapsed = time.perf_counter() - t_start
+            if elapsed > limit:
+                raise TimeoutError(f"item took longer than item_timeout_s={limit:g} s (aborted during {phase})")
+
+        return check
 
     def process(self, item: Item) -> list[dict]:
         from tight_pipeline.engine.runner import InputError
@@ -209,7 +226,8 @@ class EditorActor:
                 raise InputError(f"image {storage.redact(item.image_uri)} does not exist") from None
             image, notes = storage.decode_image(data, self.limits)
             fetch_s = time.perf_counter() - t0
-            result = self.engine.edit_item(image, item.source_prompt, [(e.edit_id, e.prompt) for e in item.edits], preset)
+            result = self.engine.edit_item(image, item.source_prompt, [(e.edit_id, e.prompt) for e in item.edits], preset,
+                                           progress=self._deadline(t_start))
             t0 = time.perf_counter()
             folder = storage.join(self.output, preset.hash, item.item_id)
             input_uri, recon_uri = storage.join(folder, "input.png"), storage.join(folder, "reconstruction.png")
@@ -436,7 +454,7 @@ def _run_ray(config: JobConfig, spec: ModelSpec, presets: dict[str, Preset], tod
     ds = ds.map_batches(
         EditorActor,
         fn_constructor_args=(spec, presets, config.output, config.run_id, config.manifest, limits, threads,
-                             config.clip_model, config.allowed_schemes),
+                             config.clip_model, config.allowed_schemes, config.item_timeout_s),
         batch_size=config.batch_size,
         batch_format="pandas",
         compute=ray.data.ActorPoolStrategy(size=config.actors),

@@ -43,10 +43,23 @@ def scheme_of(url: str) -> str:
     return url.split("://", 1)[0].lower() if "://" in url else "file"
 
 
+def file_roots() -> tuple[str, ...]:
+    """Folders local reads are confined to when ``TIGHT_PIPELINE_FILE_ROOTS`` is set (``:``-separated);
+    empty = no confinement (a person's own machine). Set it when running as a shared service."""
+    raw = os.environ.get("TIGHT_PIPELINE_FILE_ROOTS", "")
+    return tuple(os.path.realpath(r) for r in raw.split(":") if r)
+
+
 def check_scheme(url: str, allowed: tuple[str, ...] = DEFAULT_SCHEMES) -> None:
+    """Refuse URL schemes outside ``allowed`` and, with ``TIGHT_PIPELINE_FILE_ROOTS``, local paths outside it."""
     scheme = scheme_of(url)
     if scheme not in allowed:
         raise StorageError(f"URL scheme {scheme!r} of {redact(url)!r} is not allowed (allowed: {', '.join(allowed)})")
+    roots = file_roots()
+    if scheme == "file" and roots:
+        path = os.path.realpath(url.split("://", 1)[1] if "://" in url else url)
+        if not any(path == r or path.startswith(r + os.sep) for r in roots):
+            raise StorageError(f"local path {url!r} is outside the allowed roots ({', '.join(roots)})")
 
 
 def join(base: str, *parts: str) -> str:
