@@ -26,7 +26,8 @@ def _manifest(folder: Path, n_good: int = 4) -> Path:
     for i, name in enumerate(names):
         (folder / "img" / name).write_bytes(files[name])
         lines.append({"item_id": f"item-{i}", "image_uri": f"img/{name}", "source_prompt": "a product photo",
-                      "locales": {"de-DE": "ein Produktfoto", "fr-FR": "une photo de produit"}})
+                      "locales": {"de-DE": "ein Produktfoto", "fr-FR": "une photo de produit"},
+                      **({"preset": "draft@0.70"} if i == 1 else {})})
     lines.append({"item_id": "broken", "image_uri": "img/missing.png", "source_prompt": "x",
                   "edits": [{"edit_id": "a", "prompt": "y"}]})
     lines.append({"item_id": "item-0", "image_uri": "img/good.png", "source_prompt": "dup", "edits": [{"edit_id": "a", "prompt": "b"}]})
@@ -57,6 +58,8 @@ def test_rows_exactly_once_then_resume_then_redo_deleted(tmp_path, tiny_model_di
     inv = rows[rows["status"] == "invalid"].iloc[0]
     assert inv["row"] == 6 and "duplicate item_id" in inv["error"] and inv["edit_id"] == "*row6"
     ok = rows[rows["status"] == "ok"]
+    per_item = rows[rows["item_id"] == "item-1"]  # its own preset, resolved and hashed like any other
+    assert set(per_item["preset"]) == {"draft@0.7"} and set(per_item["preset_hash"]).isdisjoint(set(rows.loc[rows["item_id"] == "item-0", "preset_hash"]))
     assert ok["psnr_vs_vae"].notna().all() and (ok["time_total_s"] > 0).all()
     for uri in ok["edit_uri"].tolist() + ok["reconstruction_uri"].tolist():
         assert Path(uri).is_file() and Path(uri).resolve().is_relative_to(out.resolve())

@@ -111,7 +111,8 @@ class JobConfig:
 class JobResult:
     config: JobConfig
     manifest: Manifest
-    presets: dict[str, Preset]
+    preset: Preset  # the run's default preset
+    presets: dict[str, Preset]  # every preset used, by name
     model: ModelSpec
     rows: pd.DataFrame  # this manifest's rows (new and previously done), one per (item, edit)
     processed_items: int  # items run through the model in this run
@@ -388,10 +389,11 @@ def run_job(config: JobConfig, progress: Callable[[int, int], None] | None = Non
     default = load_preset(config.preset)
     spec = resolve_model_spec(config.model)
     manifest = read_manifest(config.manifest, set(all_presets), config.allowed_schemes)
-    presets = {default.name: default}
-    for item in manifest.items:
-        if item.preset and item.preset not in presets:
-            presets[item.preset] = load_preset(item.preset)
+    # Resolve every preset named in the manifest once; items then carry the resolved name.
+    by_ref = {ref: load_preset(ref) for ref in {i.preset for i in manifest.items if i.preset}}
+    manifest = dataclasses.replace(manifest, items=tuple(
+        dataclasses.replace(i, preset=by_ref[i.preset].name) if i.preset else i for i in manifest.items))
+    presets = {default.name: default, **{p.name: p for p in by_ref.values()}}
     previous, part_urls = load_scores(config.output)
     todo, skipped = plan(manifest, presets, default, previous, config.output)
     log.info("manifest %s: %d items (%d to do, %d done before), %d invalid rows",
@@ -415,7 +417,7 @@ def run_job(config: JobConfig, progress: Callable[[int, int], None] | None = Non
     wanted |= {(r["preset_hash"], r["item_id"], r["edit_id"]) for r in new_rows if r["status"] == "invalid"}
     mine = merged[[k in wanted for k in merged[KEY].itertuples(index=False, name=None)]].reset_index(drop=True)
     counts = mine["status"].value_counts().to_dict()
-    return JobResult(config, manifest, presets, spec, mine, len(todo), len(skipped), time.perf_counter() - t_start,
+    return JobResult(config, manifest, default, presets, spec, mine, len(todo), len(skipped), time.perf_counter() - t_start,
                      scores_uri(config.output), {k: int(v) for k, v in counts.items()})
 
 

@@ -118,7 +118,7 @@ def log_run(result: JobResult, sheet: Image.Image | None = None, flow_name: str 
     exp_id = _experiment(mlflow, experiment)
     preset_runs = {p.hash: track_preset(p) for p in result.presets.values()}
     cfg = result.config
-    default = next(p for p in result.presets.values() if p.name == cfg.preset)
+    default = result.preset
     with mlflow.start_run(experiment_id=exp_id, run_name=f"{flow_name}-{cfg.run_id}") as run:
         mlflow.set_tags({
             "flow": flow_name, "run_id": cfg.run_id, "preset": default.name, "preset_hash": default.hash,
