@@ -151,3 +151,25 @@ def test_model_errors_name_what_is_missing(tmp_path, tiny_model_dir):
         resolve_model_spec(str(tiny_model_dir), adapter_weight="ip-adapter.bin")
     with pytest.raises(ModelError, match="not on this machine"):
         load_pipeline(resolve_model_spec("sdxl-ip-plus", device="cpu", dtype="float32"))
+
+
+def test_edit_friendly_ddpm_reconstructs_exactly_with_image_embeds(engine, photo):
+    import numpy as np
+
+    preset = dataclasses.replace(load_preset("edit-friendly"), steps=12)
+    result = engine.edit_item(photo, "a cup of coffee", [("tea", "a cup of green tea")], preset)
+    print(f"ddpm_ef reconstruction {result.scores['psnr_vs_vae']:.1f} dB vs VAE")
+    assert result.scores["psnr_vs_vae"] >= 60.0
+    assert result.edit_scores["tea"]["edit_change"] > 0.01  # the maps do not freeze the edit
+    again = engine.edit_item(photo, "a cup of coffee", [("tea", "a cup of green tea")], preset)
+    assert np.array_equal(np.asarray(again.edits["tea"]), np.asarray(result.edits["tea"]))  # seeded
+    other = engine.edit_item(photo, "a cup of coffee", [("tea", "a cup of green tea")], dataclasses.replace(preset, seed=1))
+    assert not np.array_equal(np.asarray(other.edits["tea"]), np.asarray(result.edits["tea"]))
+
+
+def test_edit_friendly_noise_maps_see_the_image_condition(engine, photo):
+    pipe, _, z0, text, rows, schedule = _setup(engine, photo, scale=0.0, steps=6)
+    _, maps0 = inversion.invert_ddpm_ef(pipe, z0, schedule, text, rows, seed=0)
+    conditioning.set_adapter_scale(pipe, 0.8)
+    _, maps8 = inversion.invert_ddpm_ef(pipe, z0, schedule, text, rows, seed=0)
+    assert len(maps0) == 6 and max((a - b).abs().max().item() for a, b in zip(maps0, maps8)) > 1e-3

@@ -17,7 +17,7 @@ import yaml
 
 from tight_pipeline.settings import configs_dir
 
-METHODS = ("ddim", "renoise")
+METHODS = ("ddim", "renoise", "ddpm_ef")
 
 
 class PresetError(ValueError):
@@ -30,12 +30,13 @@ class Preset:
 
     Attributes:
         name: the name users pick (``balanced``).
-        method: inversion method, ``ddim`` or ``renoise``.
+        method: inversion method: ``ddim``, ``renoise`` (fixed-point refinement) or ``ddpm_ef``
+            (edit-friendly DDPM: per-step noise maps, exact reconstruction; uses ``seed``).
         steps: DDIM steps for inversion and for denoising (full inversion).
         inversion_scale: adapter scale during inversion and reconstruction (0 = plain, text-only).
         edit_scale: adapter scale during editing (the authors use the same value as inversion).
         guidance: classifier-free guidance for edits; inversion and reconstruction run at 1.0.
-        seed: random seed (recorded; the DDIM paths are deterministic).
+        seed: random seed of the ``ddpm_ef`` noise (the DDIM paths are deterministic).
         renoise_iterations: fixed-point iterations per inversion step (``renoise`` only).
         renoise_average_last: how many of the last iterations' predictions are averaged.
         negative_prompt: text of the unconditional branch for edits ("" = the model's empty prompt).

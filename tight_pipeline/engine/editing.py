@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from tight_pipeline.engine.conditioning import TextCondition, predict_noise
-from tight_pipeline.engine.inversion import Schedule, ddim_move
+from tight_pipeline.engine.inversion import Schedule, ddim_move, ddpm_move
 
 
 @torch.no_grad()
@@ -28,12 +28,14 @@ def denoise(
     n_guided: int,
     guidance: float,
     callback=None,
+    noises: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """DDIM denoising of ``n_plain + n_guided`` latents that all start at ``z_T``.
 
     ``text`` and ``image_embeds`` hold ``n_plain + 2 * n_guided`` rows, ordered
     ``[plain..., unconditional..., conditional...]``. Returns the ``n_plain + n_guided`` clean latents
-    (plain rows first).
+    (plain rows first). With ``noises`` (from ``invert_ddpm_ef``) every step is the stochastic DDPM step
+    driven by that step's noise map, shared by all rows; without, the deterministic DDIM step.
     """
     p, g = n_plain, n_guided
     z = z_T.repeat(p + g, 1, 1, 1)
@@ -43,7 +45,10 @@ def denoise(
         out = predict_noise(pipe, model_in, t, text, image_embeds)
         uncond, cond = out[p : p + g], out[p + g :]
         combined = torch.cat([out[:p], uncond + guidance * (cond - uncond)])
-        z = ddim_move(z, combined, a_t, a_prev, schedule.prediction_type)
+        if noises is None:
+            z = ddim_move(z, combined, a_t, a_prev, schedule.prediction_type)
+        else:
+            z = ddpm_move(z, combined, a_t, a_prev, schedule.prediction_type, noises[i])
         if callback:
             callback(i)
     return z

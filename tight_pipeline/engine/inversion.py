@@ -9,6 +9,12 @@ going from noise level ``t - Δ`` to ``t``, the model is evaluated at timestep `
 the denoising step from ``z_t`` uses ε(z_t, t), so an exact inverse needs z_t = step(z_{t-Δ}, ε(z_t, t)).
 Starting from the DDIM guess, it re-evaluates the model at the current guess ``iterations`` times and uses
 the mean of the last ``average_last`` predictions. ``average_last = 1`` is the pure fixed-point iteration.
+
+``invert_ddpm_ef`` is edit-friendly DDPM inversion (Huberman-Spiegelglas et al. 2024, the inversion behind
+LEDITS++): independent noisy versions x_t of the latent at every level, then per step the noise map
+z_t = (x_{t-Δ} - μ(x_t, ε(x_t, t))) / σ_t that makes the stochastic DDPM step land exactly on x_{t-Δ}.
+Denoising with the same maps (``editing.denoise(..., noises=...)``) reconstructs exactly; with an edit
+prompt it edits while the maps keep the structure.
 """
 
 from __future__ import annotations
@@ -112,3 +118,38 @@ def invert_renoise(
         if callback:
             callback(i)
     return z
+
+
+def ddpm_sigma(alpha_t: float, alpha_prev: float) -> float:
+    """Standard deviation of the DDPM (eta = 1) step from level alpha_t to alpha_prev."""
+    return ((1 - alpha_prev) / (1 - alpha_t) * (1 - alpha_t / alpha_prev)) ** 0.5
+
+
+def ddpm_move(sample, output, alpha_t: float, alpha_prev: float, prediction_type: str, noise):
+    """One stochastic DDPM step (eta = 1) from ``alpha_t`` to ``alpha_prev`` driven by the given ``noise``."""
+    x0, eps = split_prediction(output, sample, alpha_t, prediction_type)
+    sigma = ddpm_sigma(alpha_t, alpha_prev)
+    return alpha_prev**0.5 * x0 + max(0.0, 1 - alpha_prev - sigma**2) ** 0.5 * eps + sigma * noise
+
+
+@torch.no_grad()
+def invert_ddpm_ef(pipe, latents: torch.Tensor, schedule: Schedule, text: TextCondition, image_embeds,
+                   seed: int = 0, callback=None):
+    """Edit-friendly DDPM inversion. Returns (x_T, noise maps in denoising order, one per step)."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    levels = {}
+    for t in schedule.timesteps:
+        a = schedule.alpha(t)
+        noise = torch.randn(latents.shape, generator=gen, dtype=torch.float32).to(latents.device, latents.dtype)
+        levels[t] = a**0.5 * latents + (1 - a) ** 0.5 * noise
+    noises = []
+    for i, t in enumerate(schedule.timesteps):
+        t_prev = t - schedule.step_ratio
+        a_t, a_prev = schedule.alpha(t), schedule.alpha(t_prev)
+        out = predict_noise(pipe, levels[t], t, text, image_embeds)
+        target = levels[t_prev] if t_prev in levels else latents
+        mean = ddpm_move(levels[t], out, a_t, a_prev, schedule.prediction_type, torch.zeros_like(latents))
+        noises.append((target - mean) / ddpm_sigma(a_t, a_prev))
+        if callback:
+            callback(i)
+    return levels[schedule.timesteps[0]], noises

@@ -99,12 +99,15 @@ class TightInversion:
         return [f"{what} has {n} tokens; the model reads the first {limit}, the rest is ignored"] if n > limit else []
 
     def invert(self, z0, text, image_rows, schedule, preset: Preset, callback=None):
+        """z_0 → (z_T, noise maps or None) with the preset's method."""
         if preset.method == "ddim":
-            return inversion.invert_ddim(self.pipe, z0, schedule, text, image_rows, callback=callback)
+            return inversion.invert_ddim(self.pipe, z0, schedule, text, image_rows, callback=callback), None
+        if preset.method == "ddpm_ef":
+            return inversion.invert_ddpm_ef(self.pipe, z0, schedule, text, image_rows, seed=preset.seed, callback=callback)
         return inversion.invert_renoise(
             self.pipe, z0, schedule, text, image_rows,
             iterations=preset.renoise_iterations, average_last=preset.renoise_average_last, callback=callback,
-        )
+        ), None
 
     def edit_item(
         self,
@@ -148,7 +151,7 @@ class TightInversion:
         source = text_all.rows([0])
         t0 = time.perf_counter()
         conditioning.set_adapter_scale(self.pipe, preset.inversion_scale)
-        z_T = self.invert(z0, source, img and img.rows([False]), schedule, preset, step("invert"))
+        z_T, noises = self.invert(z0, source, img and img.rows([False]), schedule, preset, step("invert"))
         timings["invert_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -159,13 +162,13 @@ class TightInversion:
             # One batch: [reconstruction, uncond x n, cond x n].
             text = _cat([source, uncond_text, edit_text]) if n else source
             rows = img and img.rows([False] + [True] * n + [False] * n)
-            z = editing.denoise(self.pipe, z_T, schedule, text, rows, 1, n, preset.guidance, step("denoise"))
+            z = editing.denoise(self.pipe, z_T, schedule, text, rows, 1, n, preset.guidance, step("denoise"), noises)
         else:
-            z_rec = editing.denoise(self.pipe, z_T, schedule, source, img and img.rows([False]), 1, 0, 1.0, step("denoise"))
+            z_rec = editing.denoise(self.pipe, z_T, schedule, source, img and img.rows([False]), 1, 0, 1.0, step("denoise"), noises)
             conditioning.set_adapter_scale(self.pipe, preset.edit_scale)
             z_edit = editing.denoise(
                 self.pipe, z_T, schedule, _cat([uncond_text, edit_text]),
-                img and img.rows([True] * n + [False] * n), 0, n, preset.guidance, step("denoise"),
+                img and img.rows([True] * n + [False] * n), 0, n, preset.guidance, step("denoise"), noises,
             )
             z = torch.cat([z_rec, z_edit])
         timings["denoise_s"] = time.perf_counter() - t0
