@@ -72,6 +72,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="tp-bench-"))
     os.environ.setdefault("TIGHT_PIPELINE_HOME", str(work / "home"))
     os.environ.setdefault("PREFECT_HOME", str(work / "home" / "prefect"))
+    from tight_pipeline.settings import apply_local_defaults
+
+    apply_local_defaults()  # the same environment `tight-pipeline run` sets up
     from tight_pipeline.engine.models import resolve_model_spec
 
     spec = resolve_model_spec(args.model)

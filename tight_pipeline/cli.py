@@ -19,16 +19,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Tight Invers
 
 def _prepare_env() -> None:
     """Offline, quiet, local-by-default settings; must run before prefect/mlflow/ray are imported."""
-    from tight_pipeline.settings import state_dir
+    from tight_pipeline.settings import apply_local_defaults
 
-    home = state_dir()
-    os.environ["HF_HUB_OFFLINE"] = "1"  # never download weights at run time
-    os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    apply_local_defaults()
 
 
 def _fail(message: str) -> None:
