@@ -89,7 +89,7 @@ def edit(
             raise ValueError("--source-prompt is empty")
         spec = resolve_model_spec(model)
         _ensure_default_model(model, spec)
-        engine = TightInversion.from_spec(spec)
+        engine = TightInversion.from_spec(spec, clip_model=os.environ.get("TIGHT_PIPELINE_CLIP_MODEL"))
         edit_list = [(f"edit_{i + 1:02d}", p) for i, p in enumerate(edits)]
         phases = 2 if chosen.inversion_scale == chosen.edit_scale or not edits else 3
         with tqdm(total=chosen.steps * phases, desc=f"{image.name} [{chosen.name}]", unit="step", file=sys.stderr) as bar:

@@ -456,7 +456,8 @@ def _run_ray(config: JobConfig, spec: ModelSpec, presets: dict[str, Preset], tod
     ds = ds.map_batches(
         EditorActor,
         fn_constructor_args=(spec, presets, config.output, config.run_id, config.manifest, limits, threads,
-                             config.clip_model, config.allowed_schemes, config.item_timeout_s),
+                             config.clip_model or os.environ.get("TIGHT_PIPELINE_CLIP_MODEL"), config.allowed_schemes,
+                             config.item_timeout_s),
         batch_size=config.batch_size,
         batch_format="pandas",
         compute=ray.data.ActorPoolStrategy(size=config.actors),

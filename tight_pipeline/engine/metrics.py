@@ -56,6 +56,9 @@ class ClipScorer:
             inputs = {k: v.to(self.device) for k, v in inputs.items()}
             img = self.model.get_image_features(pixel_values=inputs["pixel_values"])
             txt = self.model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+            # transformers >= 5 returns an output object whose pooler_output holds the projected embeds
+            img = img if torch.is_tensor(img) else img.pooler_output
+            txt = txt if torch.is_tensor(txt) else txt.pooler_output
             img = img / img.norm(dim=-1, keepdim=True)
             txt = txt / txt.norm(dim=-1, keepdim=True)
             return [float(v) for v in (img * txt).sum(-1)]
