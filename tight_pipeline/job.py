@@ -401,7 +401,9 @@ def run_job(config: JobConfig, progress: Callable[[int, int], None] | None = Non
 
     new_rows: list[dict] = invalid_rows(manifest, default, spec, config.run_id)
     if todo:
-        new_rows += _run_ray(config, spec, presets, todo, progress)
+        ray_rows, parts_written = _run_ray(config, spec, presets, todo, progress)
+        new_rows += ray_rows
+        part_urls += parts_written
 
     # Compact: previous rows minus what this run redid, minus this manifest's old invalid rows, plus new rows.
     new = pd.DataFrame(new_rows, columns=SCHEMA.names)
@@ -411,7 +413,7 @@ def run_job(config: JobConfig, progress: Callable[[int, int], None] | None = Non
     merged = pd.concat([keep, new], ignore_index=True) if len(keep) else new
     merged = merged.sort_values("finished_at", kind="stable").drop_duplicates(KEY, keep="last").reset_index(drop=True)
     write_parquet_atomic(scores_uri(config.output), merged)
-    _remove_parts(part_urls + _parts_of(config))
+    _remove_parts(part_urls)
 
     wanted = {(presets[i.preset].hash, i.item_id, e.edit_id) for i in todo + skipped for e in i.edits}
     wanted |= {(r["preset_hash"], r["item_id"], r["edit_id"]) for r in new_rows if r["status"] == "invalid"}
@@ -419,13 +421,6 @@ def run_job(config: JobConfig, progress: Callable[[int, int], None] | None = Non
     counts = mine["status"].value_counts().to_dict()
     return JobResult(config, manifest, default, presets, spec, mine, len(todo), len(skipped), time.perf_counter() - t_start,
                      scores_uri(config.output), {k: int(v) for k, v in counts.items()})
-
-
-_PARTS_WRITTEN: dict[str, list[str]] = {}
-
-
-def _parts_of(config: JobConfig) -> list[str]:
-    return _PARTS_WRITTEN.pop(config.run_id, [])
 
 
 def _remove_parts(urls: list[str]) -> None:
@@ -439,7 +434,9 @@ def _remove_parts(urls: list[str]) -> None:
             pass
 
 
-def _run_ray(config: JobConfig, spec: ModelSpec, presets: dict[str, Preset], todo: list[Item], progress) -> list[dict]:
+def _run_ray(config: JobConfig, spec: ModelSpec, presets: dict[str, Preset], todo: list[Item],
+             progress) -> tuple[list[dict], list[str]]:
+    """Run ``todo`` through the actor pool; returns the rows and the checkpoint parts written."""
     ray = connect_ray()
     import ray.data
 
@@ -468,7 +465,7 @@ def _run_ray(config: JobConfig, spec: ModelSpec, presets: dict[str, Preset], tod
     rows: list[dict] = []
     pending: list[dict] = []
     done_items: set[str] = set()
-    written = _PARTS_WRITTEN.setdefault(config.run_id, [])
+    written: list[str] = []
     for batch in ds.iter_batches(batch_size=None, batch_format="pandas"):
         records = batch.to_dict("records")
         rows.extend(records)
@@ -481,7 +478,7 @@ def _run_ray(config: JobConfig, spec: ModelSpec, presets: dict[str, Preset], tod
             pending = []
     if pending:
         written.append(_checkpoint(config, pending, len(written)))
-    return [{k: (None if _isnan(v) else v) for k, v in r.items()} for r in rows]
+    return [{k: (None if _isnan(v) else v) for k, v in r.items()} for r in rows], written
 
 
 def _isnan(v) -> bool:
