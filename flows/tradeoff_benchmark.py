@@ -11,6 +11,7 @@ import io
 import json
 
 import pandas as pd
+from PIL import Image
 from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 
@@ -67,8 +68,8 @@ def plot_curve(table: pd.DataFrame) -> bytes:
 
 @task(name="log-tradeoff", **IO_RETRIES)
 def log_tradeoff(table: pd.DataFrame, plot: bytes, manifest: str, base_preset: str) -> str:
-    mlflow = tracking._mlflow()
-    exp_id = tracking._experiment(mlflow, "tight-pipeline-tradeoff")
+    mlflow = tracking.connect()
+    exp_id = tracking.experiment_id(mlflow, "tight-pipeline-tradeoff")
     with mlflow.start_run(experiment_id=exp_id, run_name=f"tradeoff-{base_preset}") as run:
         mlflow.log_params({"manifest_uri": storage.redact(manifest), "base_preset": base_preset,
                            "scales": ",".join(f"{s:g}" for s in table["scale"])})
@@ -77,7 +78,7 @@ def log_tradeoff(table: pd.DataFrame, plot: bytes, manifest: str, base_preset: s
                                 "edit_change": r.edit_change}, step=step)
         mlflow.log_text(table.to_csv(index=False), "tradeoff.csv")
         mlflow.log_text(table.to_markdown(index=False) if _has_tabulate() else table.to_string(index=False), "tradeoff.md")
-        mlflow.log_image(__import__("PIL.Image", fromlist=["Image"]).open(io.BytesIO(plot)), "tradeoff.png")
+        mlflow.log_image(Image.open(io.BytesIO(plot)), "tradeoff.png")
         return run.info.run_id
 
 

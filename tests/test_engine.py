@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-import torch
 from diffusers import DDIMInverseScheduler
 
 from tight_pipeline.engine import conditioning, editing, inversion

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import psutil
-import pytest
 
 from tests.corpus import image_files
 from tight_pipeline.job import JobConfig, load_scores, run_job

@@ -33,7 +33,6 @@ from tight_pipeline import storage
 from tight_pipeline.engine.models import ModelSpec, resolve_model_spec
 from tight_pipeline.manifest import Item, Manifest, read_manifest
 from tight_pipeline.presets import Preset, load_preset, load_presets
-from tight_pipeline.settings import state_dir
 
 log = logging.getLogger("tight_pipeline.job")
 

@@ -117,10 +117,6 @@ def read_bytes(url: str, max_bytes: int | None = None) -> bytes:
     return with_retries(_read, f"reading {redact(url)}")
 
 
-def exists(url: str) -> bool:
-    return with_retries(lambda: (lambda fs, p: fs.exists(p))(*_fs(url)), f"checking {redact(url)}")
-
-
 def write_bytes_atomic(url: str, data: bytes) -> None:
     """Write so that a reader never sees a half-written object.
 

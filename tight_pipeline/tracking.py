@@ -34,7 +34,8 @@ def tracking_uri() -> str:
     return uri if uri else f"sqlite:///{state_dir() / 'mlflow.db'}"
 
 
-def _mlflow():
+def connect():
+    """The mlflow module, pointed at ``tracking_uri()``."""
     import mlflow
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -42,7 +43,8 @@ def _mlflow():
     return mlflow
 
 
-def _experiment(mlflow, name: str) -> str:
+def experiment_id(mlflow, name: str) -> str:
+    """Id of experiment ``name`` (created on first use, with local artifacts for a SQLite store)."""
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
@@ -54,9 +56,9 @@ def _experiment(mlflow, name: str) -> str:
 
 def track_preset(preset: Preset) -> str:
     """The MLflow run id that records ``preset`` (created once per preset hash)."""
-    mlflow = _mlflow()
+    mlflow = connect()
     client = mlflow.MlflowClient()
-    exp_id = _experiment(mlflow, PRESETS_EXPERIMENT)
+    exp_id = experiment_id(mlflow, PRESETS_EXPERIMENT)
     found = client.search_runs([exp_id], f"tags.preset_hash = '{preset.hash}'", max_results=1)
     if found:
         return found[0].info.run_id
@@ -114,8 +116,8 @@ def log_run(result: JobResult, sheet: Image.Image | None = None, flow_name: str 
             extra_tags: dict | None = None, experiment: str = "tight-pipeline",
             contact_sheet_uri: str | None = None, extra_artifacts: dict[str, bytes] | None = None) -> dict[str, str]:
     """Log one pipeline run. Returns ids and links (run id, UI link, contact sheet URI)."""
-    mlflow = _mlflow()
-    exp_id = _experiment(mlflow, experiment)
+    mlflow = connect()
+    exp_id = experiment_id(mlflow, experiment)
     preset_runs = {p.hash: track_preset(p) for p in result.presets.values()}
     cfg = result.config
     default = result.preset
