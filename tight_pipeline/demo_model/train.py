@@ -1,0 +1,266 @@
+"""Train the catalog demo model from scratch on synthetic product shots (CPU is enough; uses CUDA if present).
+
+    tight-pipeline train-demo-model --out tight_pipeline/demo_model/weights --work .tight-pipeline/demo-train
+
+Three phases, each an explicit loop with a progress bar, checkpointed to ``--work`` every
+``checkpoint_every`` steps (run the same command again to resume; batches and noise depend only on the
+seed and the step, so a resumed run draws exactly what an uninterrupted one would):
+
+1. **autoencoder**: the VAE on 64x64 shots (L1 + MSE, a tiny KL term); then every training image is
+   encoded once and the latent scale (``scaling_factor``) set to give unit variance;
+2. **diffusion**: UNet + both text encoders + image encoder + IP-Adapter Plus jointly, epsilon prediction,
+   with condition dropout: the adapter scale is drawn per step (0 = text only, 1, or uniform in between),
+   10 % of captions are replaced by the empty prompt and 10 % of images by the zero image (what the
+   unconditional branch of classifier-free guidance sees), so the model works with and without each
+   condition and under CFG; an EMA of the weights is what gets saved;
+3. **export**: the EMA weights in the diffusers + h94 layout (float16 storage, loaded as float32).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tight_pipeline.demo_model.products import SIZE, ProductSpec, render_product
+
+TRAIN_SEED_OFFSET = 0  # training shots: ProductSpec.sample(seed, i)
+HELDOUT_SEED_OFFSET = 10_000  # held-out shots: ProductSpec.sample(seed + 10_000, i), never trained on
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 0
+    train_images: int = 8192
+    vae_steps: int = 400
+    vae_batch: int = 32
+    vae_lr: float = 1e-3
+    unet_steps: int = 3000
+    unet_batch: int = 64
+    unet_lr: float = 1e-3
+    warmup: int = 100
+    ema_decay: float = 0.995
+    text_dropout: float = 0.1
+    image_dropout: float = 0.1  # zero image (the negative embeds)
+    scale_zero: float = 0.25  # probability of a text-only step (adapter scale 0)
+    scale_one: float = 0.45  # probability of adapter scale 1 (the rest: uniform in (0, 1))
+    checkpoint_every: int = 250
+
+
+def _lr(step: int, total: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _step_seed(seed: int, phase: int, step: int) -> int:
+    """The random stream of one training step depends only on these (so resuming changes nothing)."""
+    return (seed * 1_000_003 + phase * 100_000_007 + step) % 2**62
+
+
+def render_dataset(seed: int, count: int, offset: int = TRAIN_SEED_OFFSET):
+    """``count`` shots as (uint8 images (N, 64, 64, 3), captions, specs)."""
+    shots = [render_product(ProductSpec.sample(seed + offset, i)) for i in range(count)]
+    images = np.stack([np.asarray(s.image) for s in shots])
+    return images, [s.caption for s in shots], [s.spec for s in shots]
+
+
+def _save_atomic(obj, path: Path) -> None:
+    import torch
+
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train_demo_model(out_dir: str | Path, work_dir: str | Path, config: TrainConfig = TrainConfig(),
+                     progress: bool = True, log=print) -> dict:
+    """Run (or resume) training and write the model folder to ``out_dir``. Returns the training record."""
+    import copy
+
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+    from tqdm import tqdm
+
+    from tight_pipeline.demo_model.architecture import build_components, build_tokenizer, init_adapter, save_demo_model
+
+    t_start = time.perf_counter()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    ckpt_path = work / "checkpoint.pt"
+    record_path = work / "record.json"
+    record = json.loads(record_path.read_text()) if record_path.exists() else {"config": asdict(config), "loss": {}, "wall_s": {}}
+    if record["config"] != asdict(config):
+        raise ValueError(f"{work} holds a run with a different config; use another --work folder or the same settings")
+
+    tokenizer = build_tokenizer(work / "tokenizer")
+    parts, image_encoder = build_components(config.seed, tokenizer)
+    pipe = StableDiffusionXLPipeline(**parts, image_encoder=None, feature_extractor=None, force_zeros_for_empty_prompt=False)
+    init_adapter(pipe.unet, image_encoder, config.seed + 1)
+    from transformers import CLIPImageProcessor
+
+    processor = CLIPImageProcessor(size=SIZE, crop_size=SIZE)
+    pipe.to(device)
+    image_encoder.to(device)
+
+    log(f"rendering {config.train_images} training shots (seed {config.seed})")
+    images, captions, _ = render_dataset(config.seed, config.train_images)
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+    state = torch.load(ckpt_path, weights_only=False) if ckpt_path.exists() else {"phase": "vae", "step": 0}
+    if ckpt_path.exists():
+        log(f"resuming from {ckpt_path}: phase {state['phase']}, step {state['step']}")
+
+    # -- phase 1: autoencoder -------------------------------------------------------------------------
+    vae = pipe.vae
+    if state["phase"] == "vae":
+        opt = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
+        if "vae" in state:
+            vae.load_state_dict(state["vae"])
+            opt.load_state_dict(state["opt"])
+        vae.train()
+        bar = tqdm(range(state["step"], config.vae_steps), desc="autoencoder", disable=not progress,
+                   initial=state["step"], total=config.vae_steps)
+        t0 = time.perf_counter()
+        for step in bar:
+            gen = torch.Generator().manual_seed(_step_seed(config.seed, 1, step))
+            idx = torch.randint(0, len(pixels), (config.vae_batch,), generator=gen)
+            x = pixels[idx].to(device)
+            for group in opt.param_groups:
+                group["lr"] = _lr(step, config.vae_steps, config.vae_lr, config.warmup)
+            posterior = vae.encode(x).latent_dist
+            z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(device)
+            rec = vae.decode(z).sample
+            loss = (rec - x).abs().mean() + (rec - x).pow(2).mean() + 1e-6 * posterior.kl().mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            record["loss"].setdefault("vae", []).append(round(loss.item(), 5))
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.vae_steps:
+                _save_atomic({"phase": "vae", "step": step + 1, "vae": vae.state_dict(), "opt": opt.state_dict()}, ckpt_path)
+                record_path.write_text(json.dumps(record))
+        record["wall_s"]["vae"] = record["wall_s"].get("vae", 0) + time.perf_counter() - t0
+        state = {"phase": "unet", "step": 0, "vae": vae.state_dict()}
+        _save_atomic(state, ckpt_path)
+        record_path.write_text(json.dumps(record))
+    else:
+        vae.load_state_dict(state["vae"])
+    vae.eval().requires_grad_(False)
+
+    # latents (deterministic: the posterior mean, as the engine encodes), scaled to unit variance
+    with torch.no_grad():
+        lat = torch.cat([vae.encode(pixels[i : i + 256].to(device)).latent_dist.mean.cpu() for i in range(0, len(pixels), 256)])
+    scaling = float(1.0 / lat.std())
+    vae.register_to_config(scaling_factor=scaling)
+    latents = lat * scaling
+    with torch.no_grad():
+        rec = torch.cat([vae.decode(lat[i : i + 256].to(device)).sample.cpu() for i in range(0, min(512, len(lat)), 256)])
+    mse = float(((rec.clamp(-1, 1) - pixels[: len(rec)]) / 2).pow(2).mean())
+    record["vae_psnr_train"] = round(10 * math.log10(1 / mse), 2)
+    log(f"autoencoder: PSNR {record['vae_psnr_train']} dB on training shots, latent scale {scaling:.4f}")
+
+    # conditions, prepared once: token ids and the image encoder's input (the pipeline's own preprocessing)
+    def token_ids(texts):
+        return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                         return_tensors="pt").input_ids
+
+    ids = token_ids(captions)
+    empty_ids = token_ids([""])[0]
+    from PIL import Image
+
+    clip_pixels = torch.cat([
+        processor(images=[Image.fromarray(a) for a in images[i : i + 512]], return_tensors="pt").pixel_values
+        for i in range(0, len(images), 512)
+    ])
+    time_ids = torch.tensor([[SIZE, SIZE, 0, 0, SIZE, SIZE]], dtype=torch.float32, device=device)
+
+    # -- phase 2: diffusion model + encoders + adapter, jointly ---------------------------------------
+    modules = torch.nn.ModuleDict(dict(unet=pipe.unet, text_encoder=pipe.text_encoder,
+                                       text_encoder_2=pipe.text_encoder_2, image_encoder=image_encoder))
+    ema = copy.deepcopy(modules).requires_grad_(False)
+    opt = torch.optim.AdamW(modules.parameters(), lr=config.unet_lr, weight_decay=0.01)
+    if state["phase"] == "unet" and "modules" in state:
+        modules.load_state_dict(state["modules"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+    scheduler = pipe.scheduler
+    alphas = scheduler.alphas_cumprod.to(device)
+    modules.train()
+    start = state["step"] if state["phase"] == "unet" else config.unet_steps
+    bar = tqdm(range(start, config.unet_steps), desc="diffusion", disable=not progress, initial=start,
+               total=config.unet_steps)
+    t0 = time.perf_counter()
+    for step in bar:
+        gen = torch.Generator().manual_seed(_step_seed(config.seed, 2, step))
+        b = config.unet_batch
+        idx = torch.randint(0, len(latents), (b,), generator=gen)
+        z0 = latents[idx].to(device)
+        tok = ids[idx].clone()
+        tok[torch.rand(b, generator=gen) < config.text_dropout] = empty_ids
+        pix = clip_pixels[idx].clone()
+        pix[torch.rand(b, generator=gen) < config.image_dropout] = 0.0
+        u = float(torch.rand(1, generator=gen))
+        scale = 0.0 if u < config.scale_zero else 1.0 if u < config.scale_zero + config.scale_one else float(torch.rand(1, generator=gen))
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=gen).to(device)
+        noise = torch.randn(z0.shape, generator=gen).to(device)
+        a = alphas[t].view(-1, 1, 1, 1)
+        noisy = a.sqrt() * z0 + (1 - a).sqrt() * noise
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, config.unet_steps, config.unet_lr, config.warmup)
+
+        tok = tok.to(device)
+        hidden_1 = modules["text_encoder"](tok, output_hidden_states=True).hidden_states[-2]
+        out_2 = modules["text_encoder_2"](tok, output_hidden_states=True)
+        text = torch.cat([hidden_1, out_2.hidden_states[-2]], dim=-1)
+        image_tokens = modules["image_encoder"](pix.to(device), output_hidden_states=True).hidden_states[-2]
+        pipe.set_ip_adapter_scale(scale)
+        pred = modules["unet"](
+            noisy, t, encoder_hidden_states=text,
+            added_cond_kwargs={"text_embeds": out_2.text_embeds, "time_ids": time_ids.repeat(b, 1),
+                               "image_embeds": [image_tokens[:, None]]},
+        ).sample
+        loss = (pred - noise).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(modules.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            decay = min(config.ema_decay, (1 + step) / (10 + step))
+            for e, p in zip(ema.parameters(), modules.parameters()):
+                e.lerp_(p, 1 - decay)
+        record["loss"].setdefault("unet", []).append(round(loss.item(), 5))
+        bar.set_postfix(loss=f"{loss.item():.4f}", scale=f"{scale:.2f}")
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.unet_steps:
+            record["wall_s"]["unet"] = record["wall_s"].get("unet", 0) + time.perf_counter() - t0
+            t0 = time.perf_counter()
+            _save_atomic({"phase": "unet", "step": step + 1, "vae": vae.state_dict(), "modules": modules.state_dict(),
+                          "ema": ema.state_dict(), "opt": opt.state_dict()}, ckpt_path)
+            record_path.write_text(json.dumps(record))
+
+    # -- phase 3: export the EMA weights --------------------------------------------------------------
+    modules.load_state_dict(ema.state_dict())
+    modules.eval()
+    pipe.to("cpu")
+    image_encoder.to("cpu")
+    losses = record["loss"].get("unet", [])
+    record["final_loss"] = round(float(np.mean(losses[-100:])), 5) if losses else None
+    record["train_wall_s"] = round(sum(record["wall_s"].values()), 1)
+    note = (f"seed {config.seed}, {config.train_images} shots, autoencoder {config.vae_steps} steps, "
+            f"diffusion {config.unet_steps} steps x {config.unet_batch}; training wall time {record['train_wall_s']} s")
+    save_demo_model(pipe, image_encoder, Path(out_dir), dtype=torch.float16, note=note)
+    (Path(out_dir) / "training.json").write_text(json.dumps({k: v for k, v in record.items() if k != "loss"}
+                                                            | {"loss_every_50": {k: v[::50] for k, v in record["loss"].items()}},
+                                                            indent=1))
+    record_path.write_text(json.dumps(record))
+    log(f"model written to {out_dir} ({time.perf_counter() - t_start:.0f} s this invocation)")
+    return record
