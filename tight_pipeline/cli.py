@@ -40,12 +40,15 @@ def _user_errors():
 
 
 @app.command("make-tiny-model")
-def make_tiny_model_cmd(out_dir: Path = typer.Argument(..., help="folder to write"), seed: int = typer.Option(0)):
-    """Write a tiny SDXL-shaped model with random weights and an h94-layout IP-Adapter (for tests and first runs)."""
+def make_tiny_model_cmd(out_dir: Path = typer.Argument(..., help="folder to write"), seed: int = typer.Option(0),
+                        family: str = typer.Option("sdxl", help="sdxl (h94 IP-Adapter) or flux (XLabs IP-Adapter)")):
+    """Write a tiny model with random weights in the real folder layout (for tests and first runs)."""
     _prepare_env()
-    from tight_pipeline.engine.tiny_model import make_tiny_model
+    from tight_pipeline.engine.tiny_model import make_tiny_flux_model, make_tiny_model
 
-    path = make_tiny_model(out_dir, seed=seed)
+    if family not in ("sdxl", "flux"):
+        _fail(f"--family {family!r}: choose sdxl or flux")
+    path = (make_tiny_flux_model if family == "flux" else make_tiny_model)(out_dir, seed=seed)
     typer.echo(f"tiny model written to {path} (load it with --model {path})")
 
 
@@ -55,19 +58,54 @@ def train_demo_model_cmd(
     work: Path = typer.Option(Path(".tight-pipeline/demo-train"), help="checkpoints; run again to resume"),
     seed: int = typer.Option(0),
     train_images: int = typer.Option(8192, help="synthetic training shots"),
-    vae_steps: int = typer.Option(400, help="autoencoder steps (batch 32)"),
-    unet_steps: int = typer.Option(3000, help="diffusion steps (batch 64)"),
+    vae_steps: int = typer.Option(500, help="autoencoder steps (batch 32)"),
+    unet_steps: int = typer.Option(4000, help="diffusion steps (batch 64)"),
+    decoder_steps: int = typer.Option(400, help="decoder refinement steps (batch 32)"),
+    max_steps: Optional[int] = typer.Option(None, help="pause after this many steps (checkpointed; run again to go on)"),
 ):
     """Train the catalog demo model (SDXL-shaped + IP-Adapter Plus) from scratch; resumable."""
     _prepare_env()
-    from tight_pipeline.demo_model.train import TrainConfig, train_demo_model
+    from tight_pipeline.demo_model.train import Paused, TrainConfig, train_demo_model
 
-    config = TrainConfig(seed=seed, train_images=train_images, vae_steps=vae_steps, unet_steps=unet_steps)
+    config = TrainConfig(seed=seed, train_images=train_images, vae_steps=vae_steps, unet_steps=unet_steps,
+                         decoder_steps=decoder_steps)
     try:
-        record = train_demo_model(out, work, config, log=typer.echo)
+        record = train_demo_model(out, work, config, log=typer.echo, max_steps=max_steps)
+    except Paused as exc:
+        typer.echo(str(exc))
+        return
     except ValueError as exc:
         _fail(str(exc))
     typer.echo(f"training wall time {record['train_wall_s']} s; final loss {record['final_loss']}")
+
+
+@app.command("evaluate-demo-model")
+def evaluate_demo_model_cmd(
+    model: str = typer.Option("catalog-demo", help="model folder / spec / name"),
+    report: Path = typer.Option(Path("docs/demo-model"), help="folder for evaluation.md/.json, tradeoff.png, examples.png"),
+    images: int = typer.Option(64, help="held-out shots"),
+    apply_presets: bool = typer.Option(False, "--apply-presets", help="write the calibrated catalog-* presets into configs/presets.yaml"),
+    quick: bool = typer.Option(False, "--quick", help="DDIM 10/20 only, scales 0/0.4/1 (a smoke run)"),
+):
+    """Reconstruction vs editability of the demo model by adapter scale and schedule; calibrates its presets."""
+    _prepare_env()
+    from tight_pipeline.demo_model.evaluate import EvalConfig, apply_presets as write_presets, evaluate_demo_model, log_to_mlflow
+    from tight_pipeline.settings import configs_dir
+
+    config = EvalConfig(images=images)
+    if quick:
+        config = EvalConfig(images=images, runs=(("ddim", 10), ("ddim", 20)), scales=(0.0, 0.4, 1.0))
+    try:
+        result = evaluate_demo_model(model, report, config, log=typer.echo)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    run_id = log_to_mlflow(result, report)
+    for name, p in result["presets"].items():
+        typer.echo(f"  {name:18s} {p['method']} {p['steps']} steps, scale {p['scale']}")
+    if apply_presets:
+        write_presets(result["presets"], configs_dir() / "presets.yaml", config.renoise_iterations)
+        typer.echo(f"presets written to {configs_dir() / 'presets.yaml'}")
+    typer.echo(f"report in {report}/ ; mlflow run {run_id}")
 
 
 @app.command()
@@ -86,7 +124,7 @@ def edit(
     source_prompt: str = typer.Option(..., "--source-prompt", help="what the photo shows"),
     edits: list[str] = typer.Option(..., "--edit", help="edit prompt; repeat for several edits"),
     preset: str = typer.Option("balanced", help="preset name (see `tight-pipeline presets`); name@scale allowed"),
-    model: Optional[str] = typer.Option(None, help="model folder / spec YAML / name (default: tiny-sdxl)"),
+    model: Optional[str] = typer.Option(None, help="model folder / spec YAML / name (default: catalog-demo)"),
     out: Path = typer.Option(..., "--out", help="output folder"),
 ):
     """Edit one photo: writes reconstruction.png, one PNG per edit, sheet.png and scores.json."""
@@ -139,11 +177,11 @@ def edit(
 
 def _ensure_default_model(ref: str | None, spec) -> None:
     """The built-in tiny model is written on first use; any other model must already be on the machine."""
-    if ref in (None, "tiny-sdxl") and not Path(spec.base).exists():
-        from tight_pipeline.engine.tiny_model import make_tiny_model
+    if ref in (None, "tiny-sdxl", "tiny-flux") and not Path(spec.base).exists():
+        from tight_pipeline.engine.tiny_model import make_tiny_flux_model, make_tiny_model
 
         typer.echo(f"writing the built-in tiny model to {spec.base} (random weights: plumbing, not quality)", err=True)
-        make_tiny_model(spec.base)
+        (make_tiny_flux_model if spec.family == "flux" else make_tiny_model)(spec.base)
 
 
 def _print_summary(summary: dict) -> None:
@@ -168,7 +206,7 @@ def run(
     manifest: str = typer.Option(..., help="manifest URL: JSONL/CSV/Parquet on file://, s3://, gs://, ..."),
     output: str = typer.Option(..., help="output prefix URL"),
     preset: str = typer.Option("balanced", help="default preset (items may override)"),
-    model: Optional[str] = typer.Option(None, help="model folder / spec YAML / name (default: tiny-sdxl)"),
+    model: Optional[str] = typer.Option(None, help="model folder / spec YAML / name (default: catalog-demo)"),
     actors: int = typer.Option(1, help="actor pool size (one model per actor)"),
     actor_cpus: float = typer.Option(1.0, help="CPUs reserved per actor"),
     max_failure_rate: float = typer.Option(1.0, help="exit non-zero when more rows than this fraction fail"),
@@ -196,22 +234,38 @@ def run(
 
 @app.command()
 def demo(
-    preset: str = typer.Option("balanced", help="preset for the demo run"),
+    preset: Optional[str] = typer.Option(None, help="preset (default: catalog-balanced, or balanced with --photos)"),
     output: Optional[str] = typer.Option(None, help="output prefix (default: $TIGHT_PIPELINE_HOME/demo/out)"),
+    model: Optional[str] = typer.Option(None, help="model (default: catalog-demo, the shipped demo model)"),
+    photos: bool = typer.Option(False, "--photos", help="real photos (scikit-image) instead of product shots; "
+                                "meant for real SDXL/FLUX weights given with --model"),
 ):
-    """End to end on bundled real photos (scikit-image) with the default model: Prefect + Ray + Parquet + MLflow."""
+    """End to end on bundled inputs: Prefect + Ray + Parquet + MLflow, contact sheet at the end."""
     _prepare_env()
-    from tight_pipeline.demo import write_demo_inputs
+    from tight_pipeline.demo import write_catalog_demo_inputs, write_demo_inputs
     from tight_pipeline.engine.models import resolve_model_spec
+    from tight_pipeline.presets import load_presets
     from tight_pipeline.settings import state_dir
 
-    _ensure_default_model(None, resolve_model_spec(None))
-    manifest = write_demo_inputs(str(state_dir() / "demo" / "in"))
+    try:
+        spec = resolve_model_spec(model)
+        _ensure_default_model(model, spec)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    if preset is None:
+        preset = "catalog-balanced" if not photos and "catalog-balanced" in load_presets() else "balanced"
+        if spec.family == "flux":
+            preset = "flux-balanced"
+    folder = str(state_dir() / "demo" / ("photos" if photos else "catalog"))
+    manifest = write_demo_inputs(folder) if photos else write_catalog_demo_inputs(folder)
     out = output or str(state_dir() / "demo" / "out")
-    typer.echo(f"demo manifest: {manifest}")
+    typer.echo(f"demo manifest: {manifest}  (model {spec.name}, preset {preset})")
     from flows.catalog_localization import catalog_localization
 
-    summary = catalog_localization(manifest=manifest, output=out, preset=preset)
+    try:
+        summary = catalog_localization(manifest=manifest, output=out, preset=preset, model=model)
+    except _user_errors() as exc:
+        _fail(str(exc))
     _print_summary(summary)
 
 

@@ -66,7 +66,7 @@ class JobConfig:
         manifest: manifest URL (JSONL / CSV / Parquet; any allowed fsspec scheme).
         output: output prefix URL (folder or bucket prefix).
         preset: default preset name (``name@scale`` allowed); items may override it.
-        model: ``--model`` reference (folder with model.yaml, spec YAML, or name); ``None`` = tiny-sdxl.
+        model: ``--model`` reference (folder with model.yaml, spec YAML, or name); ``None`` = catalog-demo.
         actors: size of the actor pool (one model per actor).
         actor_cpus: CPUs reserved per actor (fractional is fine; keep the sum below the node's CPUs).
         gpus_per_actor: GPUs per actor; ``None`` = 1 when the cluster has GPUs, else 0.

@@ -17,7 +17,11 @@ import yaml
 
 from tight_pipeline.settings import configs_dir
 
-METHODS = ("ddim", "renoise", "ddpm_ef")
+METHODS = ("ddim", "renoise", "ddpm_ef", "rf_inversion")
+# Fields added after the first release: left out of the hash while at their defaults, so the hashes (and
+# output folders) of presets that don't use them stay what they were.
+_LATER_DEFAULTS = {"gamma": 0.0, "eta": 0.0, "eta_start": 0.0, "eta_stop": 0.25, "fixed_point_iterations": 0,
+                   "inversion_prompt": "source", "distilled_guidance": 3.5}
 
 
 class PresetError(ValueError):
@@ -31,7 +35,8 @@ class Preset:
     Attributes:
         name: the name users pick (``balanced``).
         method: inversion method: ``ddim``, ``renoise`` (fixed-point refinement) or ``ddpm_ef``
-            (edit-friendly DDPM: per-step noise maps, exact reconstruction; uses ``seed``).
+            (edit-friendly DDPM: per-step noise maps, exact reconstruction; uses ``seed``) for SD/SDXL;
+            ``rf_inversion`` (controlled flow ODEs, Rout et al.) for FLUX.
         steps: DDIM steps for inversion and for denoising (full inversion).
         inversion_scale: adapter scale during inversion and reconstruction (0 = plain, text-only).
         edit_scale: adapter scale during editing (the authors use the same value as inversion).
@@ -40,6 +45,15 @@ class Preset:
         renoise_iterations: fixed-point iterations per inversion step (``renoise`` only).
         renoise_average_last: how many of the last iterations' predictions are averaged.
         negative_prompt: text of the unconditional branch for edits ("" = the model's empty prompt).
+        gamma: RF-Inversion forward control: 0 = plain flow-ODE inversion, 1 = straight to the target noise.
+        eta: RF-Inversion reverse control: pull of edits back towards the input's latent (0 = none).
+        eta_start, eta_stop: the part of the denoising steps (fractions, from the noisy end) where ``eta`` acts.
+        fixed_point_iterations: RF-Inversion refinement of every inversion step towards the exact inverse of
+            the Euler step (0 = plain explicit step).
+        inversion_prompt: ``source`` (the item's prompt) or ``empty`` (the RF-Inversion authors' choice) for
+            inversion and reconstruction.
+        distilled_guidance: FLUX-dev's guidance embedding for edits (ignored by models without one; inversion
+            and reconstruction use 1.0).
         description: one line for people choosing a preset.
     """
 
@@ -53,6 +67,13 @@ class Preset:
     renoise_iterations: int = 0
     renoise_average_last: int = 1
     negative_prompt: str = ""
+    gamma: float = 0.0
+    eta: float = 0.0
+    eta_start: float = 0.0
+    eta_stop: float = 0.25
+    fixed_point_iterations: int = 0
+    inversion_prompt: str = "source"
+    distilled_guidance: float = 3.5
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -75,6 +96,18 @@ class Preset:
                 "renoise needs renoise_iterations >= 1 and 1 <= renoise_average_last <= renoise_iterations "
                 f"(got {self.renoise_iterations}, {self.renoise_average_last})"
             )
+        for key in ("gamma", "eta", "eta_start", "eta_stop"):
+            value = getattr(self, key)
+            if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                problems.append(f"{key} {value!r} must be a number in 0..1")
+        if not problems and self.eta_start > self.eta_stop:
+            problems.append(f"eta_start {self.eta_start} is after eta_stop {self.eta_stop}")
+        if not isinstance(self.fixed_point_iterations, int) or not 0 <= self.fixed_point_iterations <= 50:
+            problems.append(f"fixed_point_iterations {self.fixed_point_iterations!r} must be an integer in 0..50")
+        if self.inversion_prompt not in ("source", "empty"):
+            problems.append(f"inversion_prompt {self.inversion_prompt!r} must be 'source' or 'empty'")
+        if not isinstance(self.distilled_guidance, (int, float)) or not 0.0 <= self.distilled_guidance <= 30.0:
+            problems.append(f"distilled_guidance {self.distilled_guidance!r} must be a number in 0..30")
         if problems:
             raise PresetError(f"preset {self.name!r}: " + "; ".join(problems))
 
@@ -86,6 +119,11 @@ class Preset:
         data["inversion_scale"] = float(data["inversion_scale"])
         data["edit_scale"] = float(data["edit_scale"])
         data["guidance"] = float(data["guidance"])
+        for key, default in _LATER_DEFAULTS.items():
+            if data[key] == default:
+                data.pop(key)
+            elif isinstance(default, float):
+                data[key] = float(data[key])
         return data
 
     @property

@@ -34,11 +34,12 @@ def denoise(
 
     ``text`` and ``image_embeds`` hold ``n_plain + 2 * n_guided`` rows, ordered
     ``[plain..., unconditional..., conditional...]``. Returns the ``n_plain + n_guided`` clean latents
-    (plain rows first). With ``noises`` (from ``invert_ddpm_ef``) every step is the stochastic DDPM step
+    (plain rows first). ``z_T`` is one latent shared by all rows, or one per row (``n_plain + n_guided``
+    rows: a batch of different images, as the demo model's evaluation runs). With ``noises`` (from ``invert_ddpm_ef``) every step is the stochastic DDPM step
     driven by that step's noise map, shared by all rows; without, the deterministic DDIM step.
     """
     p, g = n_plain, n_guided
-    z = z_T.repeat(p + g, 1, 1, 1)
+    z = z_T if z_T.shape[0] == p + g else z_T.repeat(p + g, 1, 1, 1)
     for i, t in enumerate(schedule.timesteps):
         a_t, a_prev = schedule.alpha(t), schedule.alpha(t - schedule.step_ratio)
         model_in = torch.cat([z[:p], z[p:], z[p:]]) if g else z

@@ -23,7 +23,8 @@ import yaml
 
 from tight_pipeline.settings import configs_dir, state_dir
 
-FAMILIES = ("sdxl", "sd")
+FAMILIES = ("sdxl", "sd", "flux")
+DEFAULT_MODEL = "catalog-demo"
 DTYPES = ("float32", "float16", "bfloat16")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -38,7 +39,8 @@ class ModelSpec:
 
     Attributes:
         name: a label for logs, Parquet rows and MLflow.
-        family: ``sdxl`` (StableDiffusionXLPipeline) or ``sd`` (StableDiffusionPipeline, SD 1.5/2.1).
+        family: ``sdxl`` (StableDiffusionXLPipeline), ``sd`` (StableDiffusionPipeline, SD 1.5/2.1) or
+            ``flux`` (FluxPipeline, FLUX.1-dev / schnell, with an IP-Adapter in the XLabs layout).
         base: a local diffusers folder, or a Hugging Face repo id already in the local cache.
         adapter: root of the IP-Adapter in the h94/IP-Adapter layout (folder or cached repo id);
             ``None`` runs without an image condition (plain inversion only).
@@ -46,6 +48,8 @@ class ModelSpec:
         adapter_weight: weight file name, e.g. ``ip-adapter-plus_sdxl_vit-h.safetensors``.
         image_encoder: image encoder folder; with a ``/`` it is relative to ``adapter``
             (``models/image_encoder``), without one relative to ``adapter/adapter_subfolder``.
+            For ``flux``: a folder under ``adapter``, an absolute folder, or a cached repo id
+            (XLabs' adapter uses ``openai/clip-vit-large-patch14``).
         resolution: working resolution in pixels (the image area is fitted to resolution**2).
         dtype: ``float32``, ``float16`` or ``bfloat16``.
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
@@ -113,12 +117,12 @@ def _spec_from_mapping(data: dict[str, Any], relative_to: Path | None, origin: s
 
 def resolve_model_spec(ref: str | ModelSpec | None = None, **overrides: Any) -> ModelSpec:
     """Turn ``--model`` into a spec: a folder with ``model.yaml``, a spec YAML file, or a name from
-    ``configs/models.yaml``. ``None`` means the built-in tiny model (``tiny-sdxl``).
+    ``configs/models.yaml``. ``None`` means ``catalog-demo``, the demo model shipped inside the package.
     """
     if isinstance(ref, ModelSpec):
         spec = ref
     else:
-        ref = ref or "tiny-sdxl"
+        ref = ref or DEFAULT_MODEL
         path = Path(ref).expanduser()
         if path.is_dir():
             yaml_path = path / "model.yaml"
@@ -141,7 +145,9 @@ def resolve_model_spec(ref: str | ModelSpec | None = None, **overrides: Any) -> 
 
 
 def load_named_models() -> dict[str, ModelSpec]:
-    """Named specs from ``configs/models.yaml``; ``${TIGHT_PIPELINE_HOME}`` in paths is expanded."""
+    """Named specs from ``configs/models.yaml``; ``${TIGHT_PIPELINE_HOME}`` (the state folder) and
+    ``${TIGHT_PIPELINE_PACKAGE}`` (the installed ``tight_pipeline`` package) in paths are expanded."""
+    package = str(Path(__file__).resolve().parents[1])
     path = configs_dir() / "models.yaml"
     raw = yaml.safe_load(path.read_text()) or {}
     out = {}
@@ -149,7 +155,7 @@ def load_named_models() -> dict[str, ModelSpec]:
         data = dict(data)
         for key in ("base", "adapter"):
             if isinstance(data.get(key), str):
-                data[key] = data[key].replace("${TIGHT_PIPELINE_HOME}", str(state_dir()))
+                data[key] = data[key].replace("${TIGHT_PIPELINE_HOME}", str(state_dir())).replace("${TIGHT_PIPELINE_PACKAGE}", package)
         data.setdefault("name", name)
         out[name] = _spec_from_mapping(data, None, f"configs/models.yaml:{name}")
     return out
@@ -180,11 +186,37 @@ def _missing_hint(what: str, ref: str) -> str:
     )
 
 
+def _load_flux_adapter(pipe, spec: ModelSpec, dtype) -> None:
+    """XLabs-layout IP-Adapter for FLUX (diffusers' ``FluxIPAdapterMixin``), image encoder in ``dtype``."""
+    adapter_root = Path(spec.adapter).expanduser()
+    weight = adapter_root / spec.adapter_subfolder / spec.adapter_weight
+    if adapter_root.is_absolute() and not weight.exists():
+        raise ModelError(f"model {spec.name!r}: adapter weight {weight} does not exist (XLabs layout: "
+                         "<root>/<subfolder>/ip_adapter.safetensors)")
+    encoder = spec.image_encoder
+    if adapter_root.is_dir() and (adapter_root / encoder).is_dir():
+        encoder = str(adapter_root / encoder)
+    elif Path(encoder).expanduser().is_absolute() and not Path(encoder).expanduser().is_dir():
+        raise ModelError(f"model {spec.name!r}: image encoder folder {encoder} does not exist")
+    try:
+        pipe.load_ip_adapter(
+            spec.adapter, weight_name=spec.adapter_weight, subfolder=spec.adapter_subfolder,
+            image_encoder_pretrained_model_name_or_path=encoder, image_encoder_dtype=dtype, local_files_only=True,
+        )
+    except OSError as exc:
+        raise ModelError(
+            _missing_hint(f"model {spec.name!r}: IP-Adapter or image encoder", f"{spec.adapter} / {encoder}")
+            + f" ({str(exc).splitlines()[0]})"
+        ) from exc
+    pipe.set_ip_adapter_scale(0.0)
+
+
 def load_pipeline(spec: ModelSpec):
     """Load the diffusers pipeline of ``spec`` and its IP-Adapter, offline, from safetensors.
 
     Returns the pipeline on its device, with a DDIM scheduler configured from the model's own scheduler
-    config, the IP-Adapter loaded (scale 0 until set) and progress bars off.
+    config (FLUX keeps its flow-matching scheduler), the IP-Adapter loaded (scale 0 until set) and progress
+    bars off.
     """
     import torch
     import diffusers
@@ -196,7 +228,12 @@ def load_pipeline(spec: ModelSpec):
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
 
-    cls = StableDiffusionXLPipeline if spec.family == "sdxl" else StableDiffusionPipeline
+    if spec.family == "flux":
+        from diffusers import FluxPipeline
+
+        cls = FluxPipeline
+    else:
+        cls = StableDiffusionXLPipeline if spec.family == "sdxl" else StableDiffusionPipeline
     dtype = torch_dtype(spec.dtype)
     device = pick_device(spec)
     kwargs: dict[str, Any] = dict(dtype=dtype, local_files_only=True, use_safetensors=not spec.allow_pickle)
@@ -220,8 +257,11 @@ def load_pipeline(spec: ModelSpec):
                 "Convert them, or set allow_pickle: true if you trust the .bin files."
             ) from exc
         raise ModelError(_missing_hint(f"model {spec.name!r}: base", spec.base) + f" ({text.splitlines()[0]})") from exc
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    if spec.adapter is not None:
+    if spec.family != "flux":
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    if spec.adapter is not None and spec.family == "flux":
+        _load_flux_adapter(pipe, spec, dtype)
+    elif spec.adapter is not None:
         adapter_root = Path(spec.adapter).expanduser()
         if adapter_root.is_absolute() and not (adapter_root / spec.adapter_subfolder / spec.adapter_weight).exists():
             raise ModelError(

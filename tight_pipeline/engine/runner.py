@@ -1,6 +1,6 @@
 """One item end to end: the Tight Inversion recipe, with scores and per-phase timings.
 
-    engine = TightInversion.from_spec(resolve_model_spec("tiny-sdxl"))
+    engine = TightInversion.from_spec(resolve_model_spec("catalog-demo"))
     result = engine.edit_item(image, "a coffee cup", [("blue", "a blue coffee cup")], load_preset("balanced"))
 
 The recipe (``edit_item``):
@@ -67,6 +67,11 @@ class TightInversion:
 
     @classmethod
     def from_spec(cls, spec: ModelSpec, clip_model: str | None = None) -> "TightInversion":
+        """The engine for ``spec``'s family: ``FluxTightInversion`` for FLUX, this class for SD/SDXL."""
+        if spec.family == "flux" and cls is TightInversion:
+            from tight_pipeline.engine.flux import FluxTightInversion
+
+            return FluxTightInversion.from_spec(spec, clip_model)
         pipe = load_pipeline(spec)
         scorer = metrics.ClipScorer(clip_model, device=str(pipe.unet.device)) if clip_model else None
         return cls(pipe, spec, scorer)
@@ -89,6 +94,33 @@ class TightInversion:
         x = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
         x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         return [Image.fromarray(a) for a in x]
+
+    def score(self, fitted, roundtrip, reconstruction, edit_images: dict, edits: list[tuple[str, str]]):
+        """Reconstruction scores (vs input and vs VAE round-trip) and per-edit scores."""
+        n = len(edits)
+        scores = {
+            "psnr_vs_input": metrics.psnr(reconstruction, fitted),
+            "ssim_vs_input": metrics.ssim(reconstruction, fitted),
+            "psnr_vs_vae": metrics.psnr(reconstruction, roundtrip),
+            "ssim_vs_vae": metrics.ssim(reconstruction, roundtrip),
+            "vae_psnr_vs_input": metrics.psnr(roundtrip, fitted),
+            "lpips_vs_input": None,
+        }
+        clip = self.clip.score(list(edit_images.values()), [p for _, p in edits]) if self.clip and edits else [None] * n
+        edit_scores = {
+            edit_id: {
+                "edit_change": metrics.mean_abs_change(edit_images[edit_id], reconstruction),
+                "edit_psnr_vs_input": metrics.psnr(edit_images[edit_id], fitted),
+                "clip_score": clip[i],
+            }
+            for i, (edit_id, _) in enumerate(edits)
+        }
+        return scores, edit_scores
+
+    def check_method(self, preset: Preset) -> None:
+        if preset.method == "rf_inversion":
+            raise InputError(f"preset {preset.name!r} uses rf_inversion, a FLUX method; model {self.spec.name!r} is "
+                             f"{self.spec.family} (use ddim, renoise or ddpm_ef, or a flux model)")
 
     # -- the recipe ---------------------------------------------------------------------------------
     def check_prompt(self, prompt: str, what: str) -> list[str]:
@@ -121,6 +153,7 @@ class TightInversion:
 
         ``progress``, if given, is called with a short phase name after each model step.
         """
+        self.check_method(preset)
         timings: dict[str, float] = {}
         warnings = self.check_prompt(source_prompt, "source prompt")
         for edit_id, prompt in edits:
@@ -179,23 +212,7 @@ class TightInversion:
         reconstruction, edit_images = decoded[0], dict(zip([e for e, _ in edits], decoded[1:]))
 
         t0 = time.perf_counter()
-        scores = {
-            "psnr_vs_input": metrics.psnr(reconstruction, fitted),
-            "ssim_vs_input": metrics.ssim(reconstruction, fitted),
-            "psnr_vs_vae": metrics.psnr(reconstruction, roundtrip),
-            "ssim_vs_vae": metrics.ssim(reconstruction, roundtrip),
-            "vae_psnr_vs_input": metrics.psnr(roundtrip, fitted),
-            "lpips_vs_input": None,
-        }
-        clip = self.clip.score(list(edit_images.values()), [p for _, p in edits]) if self.clip and edits else [None] * n
-        edit_scores = {
-            edit_id: {
-                "edit_change": metrics.mean_abs_change(edit_images[edit_id], reconstruction),
-                "edit_psnr_vs_input": metrics.psnr(edit_images[edit_id], fitted),
-                "clip_score": clip[i],
-            }
-            for i, (edit_id, _) in enumerate(edits)
-        }
+        scores, edit_scores = self.score(fitted, roundtrip, reconstruction, edit_images, edits)
         timings["score_s"] = time.perf_counter() - t0
         return ItemResult(fitted, roundtrip, reconstruction, edit_images, scores, edit_scores, timings, warnings)
 

@@ -211,3 +211,117 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
         + yaml.safe_dump(spec, sort_keys=False)
     )
     return out
+
+
+# -- FLUX ---------------------------------------------------------------------------------------------------
+FLUX_ADAPTER_WEIGHT = "ip_adapter.safetensors"  # the file name of XLabs-AI/flux-ip-adapter
+
+
+def _t5_word_tokenizer(out: Path, words: list[str], max_length: int = 64) -> None:
+    """A T5 (Unigram) tokenizer with whole words and single letters (written locally, no hub)."""
+    from transformers import T5Tokenizer
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -3.0)]
+    vocab += [("▁" + w, -1.0) for w in sorted(set(words))]
+    vocab += [(c, -5.0) for c in "abcdefghijklmnopqrstuvwxyz0123456789,.-'"]
+    tok = T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=max_length)
+    tok.save_pretrained(out)
+
+
+def build_tiny_flux(seed: int = 0, folder: Path | None = None):
+    """A tiny FluxPipeline (CLIP + T5 text encoders, 2-block transformer, factor-2 VAE) with random weights,
+    its CLIP image encoder and an IP-Adapter state dict in the XLabs layout. Returns (pipe, vision, state)."""
+    import tempfile
+
+    import torch
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig,
+                              CLIPVisionModelWithProjection, T5Config, T5EncoderModel, T5TokenizerFast)
+
+    from tight_pipeline.demo_model.products import vocabulary
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(folder) if folder else Path(tmp)
+        if not (root / "tokenizer" / "vocab.json").exists():
+            _byte_level_tokenizer(root / "tokenizer")
+        if not (root / "tokenizer_2" / "tokenizer.json").exists():
+            _t5_word_tokenizer(root / "tokenizer_2", vocabulary() + "cup of coffee saucer motorcycle rocket studio".split())
+        tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer")
+        tokenizer_2 = T5TokenizerFast.from_pretrained(root / "tokenizer_2")
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
+        guidance_embeds=False,
+    )
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, block_out_channels=(16, 32), layers_per_block=1, latent_channels=4,
+        norm_num_groups=8, sample_size=TINY_RESOLUTION, use_quant_conv=False, use_post_quant_conv=False,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        shift_factor=0.0609, scaling_factor=1.5035,
+    )
+    torch.manual_seed(seed + 2)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32, intermediate_size=37, num_attention_heads=4,
+        num_hidden_layers=2, projection_dim=32, vocab_size=600, max_position_embeddings=77,
+    ))
+    torch.manual_seed(seed + 3)
+    text_encoder_2 = T5EncoderModel(T5Config(
+        vocab_size=len(tokenizer_2), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    ))
+    pipe = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, transformer=transformer,
+        image_encoder=None, feature_extractor=None,
+    )
+    torch.manual_seed(seed + 4)
+    vision = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=32, projection_dim=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+        image_size=32, patch_size=4,
+    ))
+    gen = torch.Generator().manual_seed(seed + 5)
+    joint, inner = transformer.config.joint_attention_dim, transformer.inner_dim
+    state = {
+        "ip_adapter_proj_model.proj.weight": torch.randn(4 * joint, vision.config.projection_dim, generator=gen) * 0.2,
+        "ip_adapter_proj_model.proj.bias": torch.zeros(4 * joint),
+        "ip_adapter_proj_model.norm.weight": torch.ones(joint),
+        "ip_adapter_proj_model.norm.bias": torch.zeros(joint),
+    }
+    for i in range(transformer.config.num_layers):  # double-stream blocks carry the image attention
+        for kind in ("k", "v"):
+            state[f"double_blocks.{i}.processor.ip_adapter_double_stream_{kind}_proj.weight"] = torch.randn(inner, joint, generator=gen) * 0.2
+            state[f"double_blocks.{i}.processor.ip_adapter_double_stream_{kind}_proj.bias"] = torch.zeros(inner)
+    return pipe, vision, state
+
+
+def make_tiny_flux_model(out_dir: str | Path, seed: int = 0) -> Path:
+    """Write a tiny FLUX folder + XLabs-layout IP-Adapter + its CLIP image encoder + model.yaml; returns it.
+
+    Layout (mirrors black-forest-labs/FLUX.1-dev, XLabs-AI/flux-ip-adapter, openai/clip-vit-large-patch14):
+
+        DIR/model_index.json, transformer/, vae/, text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/, scheduler/
+        DIR/ip_adapter/ip_adapter.safetensors          (ip_adapter_proj_model.*, double_blocks.*.processor.*)
+        DIR/ip_adapter/image_encoder/                   (CLIPVisionModelWithProjection)
+    """
+    from safetensors.torch import save_file
+
+    out = Path(out_dir).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    _byte_level_tokenizer(out / "tokenizer")
+    from tight_pipeline.demo_model.products import vocabulary
+
+    _t5_word_tokenizer(out / "tokenizer_2", vocabulary() + "cup of coffee saucer motorcycle rocket studio".split())
+    pipe, vision, state = build_tiny_flux(seed, folder=out)
+    pipe.save_pretrained(out, safe_serialization=True)
+    vision.save_pretrained(out / "ip_adapter" / "image_encoder", safe_serialization=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, out / "ip_adapter" / FLUX_ADAPTER_WEIGHT)
+    spec = dict(name="tiny-flux", family="flux", base=".", adapter="ip_adapter", adapter_subfolder="",
+                adapter_weight=FLUX_ADAPTER_WEIGHT, image_encoder="image_encoder", resolution=TINY_RESOLUTION,
+                dtype="float32", device="auto")
+    (out / "model.yaml").write_text(
+        "# Tiny FLUX-shaped model with random weights, written by `tight-pipeline make-tiny-model --family flux`.\n"
+        + yaml.safe_dump(spec, sort_keys=False)
+    )
+    return out
