@@ -88,3 +88,96 @@ def test_training_is_resumable_to_the_same_weights(tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a), part
     with pytest.raises(ValueError, match="different config"):
         train_demo_model(tmp_path / "c", tmp_path / "work-a", TrainConfig(train_images=49), progress=False)
+
+
+# -- the shipped model ----------------------------------------------------------------------------------------
+WEIGHTS = Path(__file__).resolve().parents[1] / "tight_pipeline" / "demo_model" / "weights"
+# Floors under what docs/demo-model/evaluation.md measured for the shipped weights (on fewer images here).
+GAIN_MIN_DB = 0.0
+SUCCESS_MIN = 0.0
+IOU_MIN = 0.0
+
+
+@pytest.fixture(scope="module")
+def demo_engine():
+    from tight_pipeline.engine.models import resolve_model_spec
+    from tight_pipeline.engine.runner import TightInversion
+
+    return TightInversion.from_spec(resolve_model_spec("catalog-demo", device="cpu"))
+
+
+def test_shipped_model_is_small_safetensors_in_the_sdxl_and_h94_layout(demo_engine):
+    from diffusers import StableDiffusionXLPipeline
+    from diffusers.models.embeddings import IPAdapterPlusImageProjection
+
+    files = [p for p in WEIGHTS.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 25 * 2**20
+    weights = [p for p in files if p.suffix in (".safetensors", ".bin", ".pt", ".ckpt", ".pth")]
+    assert weights and all(p.suffix == ".safetensors" for p in weights)
+    assert (WEIGHTS / "ip_adapter" / "sdxl_models" / "ip-adapter-plus_catalog-demo.safetensors").exists()
+    assert isinstance(demo_engine.pipe, StableDiffusionXLPipeline)
+    assert isinstance(demo_engine.pipe.unet.encoder_hid_proj.image_projection_layers[0], IPAdapterPlusImageProjection)
+
+
+def _heldout_batch(n):
+    from tight_pipeline.demo_model.evaluate import EvalConfig, heldout_shots
+
+    return heldout_shots(EvalConfig(images=n))
+
+
+def test_image_condition_improves_reconstruction_on_heldout_shots(demo_engine):
+    """The method's central claim, measured on the trained model: DDIM 10 steps, scale 1 vs scale 0."""
+    from tight_pipeline.engine import conditioning, editing, inversion, metrics
+
+    shots = _heldout_batch(12)
+    pipe = demo_engine.pipe
+    z0 = torch.cat([demo_engine.encode(s.image) for s in shots])
+    text = conditioning.embed_text(pipe, [s.caption for s in shots], 64, 64)
+    pos = torch.cat([conditioning.embed_image(pipe, s.image).positive for s in shots])
+    schedule = inversion.make_schedule(pipe.scheduler, 10)
+    psnr = {}
+    for scale in (0.0, 1.0):
+        conditioning.set_adapter_scale(pipe, scale)
+        z_T = inversion.invert_ddim(pipe, z0, schedule, text, pos)
+        rec = demo_engine.decode(editing.denoise(pipe, z_T, schedule, text, pos, len(shots), 0, 1.0))
+        psnr[scale] = np.array([metrics.psnr(r, s.image) for r, s in zip(rec, shots)])
+    gain = psnr[1.0] - psnr[0.0]
+    assert gain.mean() > GAIN_MIN_DB and (gain > 0).mean() >= 0.75, gain
+
+
+def test_colour_edits_land_and_keep_the_shape_at_catalog_balanced(demo_engine):
+    from tight_pipeline.demo_model.evaluate import score_edit, target_colour
+    from tight_pipeline.presets import load_preset
+
+    preset = load_preset("catalog-balanced")
+    shots = _heldout_batch(6)
+    scores = []
+    for shot in shots:
+        target = target_colour(shot.spec.colour)
+        result = demo_engine.edit_item(shot.image, shot.caption, [("c", shot.caption.replace(shot.spec.colour, target, 1))], preset)
+        scores.append(score_edit(result.edits["c"], shot, target))
+    assert np.mean([s["edit_success"] for s in scores]) >= SUCCESS_MIN
+    assert np.mean([s["iou"] for s in scores]) >= IOU_MIN
+
+
+def test_evaluation_writes_the_report_and_calibrated_presets(tmp_path, demo_engine):
+    import json
+    import shutil
+
+    from tight_pipeline.demo_model.evaluate import EvalConfig, apply_presets, evaluate_demo_model
+    from tight_pipeline.presets import load_presets
+    from tight_pipeline.settings import configs_dir
+
+    config = EvalConfig(images=4, runs=(("ddim", 5), ("renoise", 3)), scales=(0.0, 1.0), batch=4)
+    report = evaluate_demo_model("catalog-demo", tmp_path / "report", config, progress=False, log=lambda *_: None)
+    assert {p.name for p in (tmp_path / "report").iterdir()} == {"evaluation.json", "evaluation.md", "tradeoff.png", "examples.png"}
+    assert len(report["table"]) == 4 and json.loads((tmp_path / "report" / "evaluation.json").read_text())["table"]
+    row = report["table"][0]
+    assert 0 <= row["edit_success"] <= 1 and 0 <= row["iou"] <= 1 and row["psnr_vs_input"] > 10
+    presets_file = tmp_path / "presets.yaml"
+    shutil.copy(configs_dir() / "presets.yaml", presets_file)
+    apply_presets(report["presets"], presets_file, config.renoise_iterations)
+    apply_presets(report["presets"], presets_file, config.renoise_iterations)  # idempotent: one block
+    loaded = load_presets(presets_file)
+    assert loaded["catalog-balanced"].inversion_scale == report["presets"]["catalog-balanced"]["scale"]
+    assert presets_file.read_text().count("catalog-demo presets: written") == 1

@@ -123,7 +123,8 @@ def edit(
     image: Path = typer.Argument(..., help="photo to edit (PNG/JPEG/WebP...)"),
     source_prompt: str = typer.Option(..., "--source-prompt", help="what the photo shows"),
     edits: list[str] = typer.Option(..., "--edit", help="edit prompt; repeat for several edits"),
-    preset: str = typer.Option("balanced", help="preset name (see `tight-pipeline presets`); name@scale allowed"),
+    preset: Optional[str] = typer.Option(None, help="preset name (see `tight-pipeline presets`); name@scale allowed "
+                                         "(default: balanced; flux-balanced for FLUX models)"),
     model: Optional[str] = typer.Option(None, help="model folder / spec YAML / name (default: catalog-demo)"),
     out: Path = typer.Option(..., "--out", help="output folder"),
 ):
@@ -137,7 +138,8 @@ def edit(
     from tight_pipeline.presets import load_preset
 
     try:
-        chosen = load_preset(preset)
+        spec = resolve_model_spec(model)
+        chosen = load_preset(_default_preset(preset, spec))
         if not image.exists():
             raise FileNotFoundError(f"image {image} does not exist")
         photo, notes = storage.decode_image(image.read_bytes())
@@ -146,11 +148,11 @@ def edit(
                 raise ValueError("an --edit prompt is empty")
         if not source_prompt.strip():
             raise ValueError("--source-prompt is empty")
-        spec = resolve_model_spec(model)
         _ensure_default_model(model, spec)
         engine = TightInversion.from_spec(spec, clip_model=os.environ.get("TIGHT_PIPELINE_CLIP_MODEL"))
         edit_list = [(f"edit_{i + 1:02d}", p) for i, p in enumerate(edits)]
-        phases = 2 if chosen.inversion_scale == chosen.edit_scale or not edits else 3
+        separate = chosen.inversion_scale != chosen.edit_scale or spec.family == "flux"
+        phases = 3 if separate and edits else 2
         with tqdm(total=chosen.steps * phases, desc=f"{image.name} [{chosen.name}]", unit="step", file=sys.stderr) as bar:
             result = engine.edit_item(photo, source_prompt, edit_list, chosen, progress=lambda phase: bar.update(1))
     except (*_user_errors(), ValueError) as exc:
@@ -173,6 +175,11 @@ def edit(
         typer.echo(f"warning: {w}", err=True)
     typer.echo(f"reconstruction PSNR {result.scores['psnr_vs_vae']:.2f} dB vs VAE round-trip, "
                f"{result.scores['psnr_vs_input']:.2f} dB vs input; wrote {out}/ (sheet.png, scores.json)")
+
+
+def _default_preset(preset: str | None, spec) -> str:
+    """``--preset`` or, when not given, the family's default (``flux-balanced`` for FLUX, else ``balanced``)."""
+    return preset or ("flux-balanced" if spec.family == "flux" else "balanced")
 
 
 def _ensure_default_model(ref: str | None, spec) -> None:
@@ -205,7 +212,8 @@ def _print_summary(summary: dict) -> None:
 def run(
     manifest: str = typer.Option(..., help="manifest URL: JSONL/CSV/Parquet on file://, s3://, gs://, ..."),
     output: str = typer.Option(..., help="output prefix URL"),
-    preset: str = typer.Option("balanced", help="default preset (items may override)"),
+    preset: Optional[str] = typer.Option(None, help="default preset, items may override (default: balanced; "
+                                         "flux-balanced for FLUX models)"),
     model: Optional[str] = typer.Option(None, help="model folder / spec YAML / name (default: catalog-demo)"),
     actors: int = typer.Option(1, help="actor pool size (one model per actor)"),
     actor_cpus: float = typer.Option(1.0, help="CPUs reserved per actor"),
@@ -218,7 +226,9 @@ def run(
     from tight_pipeline.engine.models import resolve_model_spec
 
     try:
-        _ensure_default_model(model, resolve_model_spec(model))
+        spec = resolve_model_spec(model)
+        _ensure_default_model(model, spec)
+        preset = _default_preset(preset, spec)
         from flows.catalog_localization import catalog_localization
 
         summary = catalog_localization(manifest=manifest, output=output, preset=preset, model=model, actors=actors,

@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from tight_pipeline.demo_model.products import SIZE, vocabulary
+from tight_pipeline.engine.tiny_model import cross_attention_layers
 
 ADAPTER_WEIGHT = "ip-adapter-plus_catalog-demo.safetensors"
 IMAGE_TOKENS = 16
@@ -162,26 +163,10 @@ def init_adapter(unet, image_encoder, seed: int) -> None:
         else:
             proj[key] = torch.randn(shape, generator=gen) * (shape[-1] ** -0.5)
     state = {"image_proj": proj, "ip_adapter": {}}
-    for n, (name, hidden) in enumerate(_cross_attention_layers(unet)):
+    for n, (name, hidden) in enumerate(cross_attention_layers(unet)):
         state["ip_adapter"][f"{2 * n + 1}.to_k_ip.weight"] = torch.randn(hidden, unet.config.cross_attention_dim, generator=gen) * 0.02
         state["ip_adapter"][f"{2 * n + 1}.to_v_ip.weight"] = torch.randn(hidden, unet.config.cross_attention_dim, generator=gen) * 0.02
     unet._load_ip_adapter_weights([state], low_cpu_mem_usage=False)
-
-
-def _cross_attention_layers(unet):
-    """(processor name, hidden size) of every cross-attention layer, in h94's numbering order."""
-    out = []
-    for name in unet.attn_processors.keys():
-        if name.endswith("attn1.processor") or not name.startswith(("down_blocks", "mid_block", "up_blocks")):
-            continue  # self-attention, or the Resampler's own attention once an adapter is loaded
-        if name.startswith("mid_block"):
-            hidden = unet.config.block_out_channels[-1]
-        elif name.startswith("up_blocks"):
-            hidden = list(reversed(unet.config.block_out_channels))[int(name[len("up_blocks.")])]
-        else:
-            hidden = unet.config.block_out_channels[int(name[len("down_blocks.")])]
-        out.append((name, hidden))
-    return out
 
 
 def adapter_state_h94(unet, image_encoder) -> dict:
@@ -197,7 +182,7 @@ def adapter_state_h94(unet, image_encoder) -> dict:
         pieces.setdefault(key, [None, None])[chunk or 0] = value.detach().float()
     out = {f"image_proj.{k}": torch.cat([p for p in v if p is not None]) for k, v in pieces.items()}
     procs = unet.attn_processors
-    for n, (name, _) in enumerate(_cross_attention_layers(unet)):
+    for n, (name, _) in enumerate(cross_attention_layers(unet)):
         out[f"ip_adapter.{2 * n + 1}.to_k_ip.weight"] = procs[name].to_k_ip[0].weight.detach().float()
         out[f"ip_adapter.{2 * n + 1}.to_v_ip.weight"] = procs[name].to_v_ip[0].weight.detach().float()
     return out

@@ -155,11 +155,8 @@ class FluxTightInversion(TightInversion):
             return None
         return torch.tensor(values, dtype=torch.float32, device=self.device)
 
-    def check_prompt(self, prompt: str, what: str) -> list[str]:
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise InputError(f"{what} is empty")
-        n, limit = len(self.pipe.tokenizer_2(prompt).input_ids), max_text_tokens(self.pipe)
-        return [f"{what} has {n} T5 tokens; the model reads the first {limit}, the rest is ignored"] if n > limit else []
+    def prompt_tokens(self, prompt: str) -> tuple[int, int]:
+        return len(self.pipe.tokenizer_2(prompt).input_ids), max_text_tokens(self.pipe)  # T5 reads the prompt
 
     def check_method(self, preset: Preset) -> None:
         if preset.method != "rf_inversion":

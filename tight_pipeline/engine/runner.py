@@ -123,11 +123,14 @@ class TightInversion:
                              f"{self.spec.family} (use ddim, renoise or ddpm_ef, or a flux model)")
 
     # -- the recipe ---------------------------------------------------------------------------------
+    def prompt_tokens(self, prompt: str) -> tuple[int, int]:
+        """(tokens in ``prompt``, tokens the model reads) for the text encoder that limits prompts."""
+        return len(self.pipe.tokenizer(prompt).input_ids), self.pipe.tokenizer.model_max_length
+
     def check_prompt(self, prompt: str, what: str) -> list[str]:
         if not isinstance(prompt, str) or not prompt.strip():
             raise InputError(f"{what} is empty")
-        n = len(self.pipe.tokenizer(prompt).input_ids)
-        limit = self.pipe.tokenizer.model_max_length
+        n, limit = self.prompt_tokens(prompt)
         return [f"{what} has {n} tokens; the model reads the first {limit}, the rest is ignored"] if n > limit else []
 
     def invert(self, z0, text, image_rows, schedule, preset: Preset, callback=None):

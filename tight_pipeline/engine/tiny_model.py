@@ -114,6 +114,22 @@ def build_tiny_components(seed: int = 0) -> dict:
     return dict(unet=unet, vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, scheduler=scheduler)
 
 
+def cross_attention_layers(unet) -> list[tuple[str, int]]:
+    """(processor name, hidden size) of every UNet cross-attention layer, in h94's numbering order."""
+    out = []
+    for name in unet.attn_processors.keys():
+        if name.endswith("attn1.processor") or not name.startswith(("down_blocks", "mid_block", "up_blocks")):
+            continue  # self-attention, or the Resampler's own attention once an adapter is loaded
+        if name.startswith("mid_block"):
+            hidden = unet.config.block_out_channels[-1]
+        elif name.startswith("up_blocks"):
+            hidden = list(reversed(unet.config.block_out_channels))[int(name[len("up_blocks.")])]
+        else:
+            hidden = unet.config.block_out_channels[int(name[len("down_blocks.")])]
+        out.append((name, hidden))
+    return out
+
+
 def _tiny_adapter_state(unet, image_embed_dim: int, seed: int) -> dict:
     """Random IP-Adapter weights in the h94 key layout for ``unet``'s cross-attention layers."""
     import torch
@@ -127,19 +143,9 @@ def _tiny_adapter_state(unet, image_embed_dim: int, seed: int) -> dict:
         "image_proj.norm.bias": torch.zeros(cross_dim),
     }
     # h94 numbering: cross-attention processors get odd ids 1, 3, 5, ... in attn_processors order.
-    key_id = 1
-    for name in unet.attn_processors.keys():
-        if name.endswith("attn1.processor"):
-            continue
-        if name.startswith("mid_block"):
-            hidden = unet.config.block_out_channels[-1]
-        elif name.startswith("up_blocks"):
-            hidden = list(reversed(unet.config.block_out_channels))[int(name[len("up_blocks.")])]
-        else:
-            hidden = unet.config.block_out_channels[int(name[len("down_blocks.")])]
+    for n, (_, hidden) in enumerate(cross_attention_layers(unet)):
         for kind in ("to_k_ip", "to_v_ip"):
-            state[f"ip_adapter.{key_id}.{kind}.weight"] = torch.randn(hidden, cross_dim, generator=gen) * 0.2
-        key_id += 2
+            state[f"ip_adapter.{2 * n + 1}.{kind}.weight"] = torch.randn(hidden, cross_dim, generator=gen) * 0.2
     return state
 
 
