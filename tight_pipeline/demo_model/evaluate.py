@@ -45,7 +45,7 @@ class EvalConfig:
     runs: tuple[tuple[str, int], ...] = (("ddim", 10), ("ddim", 20), ("ddim", 50), ("renoise", 10), ("renoise", 20))
     guidance: float = 7.5
     renoise_iterations: int = 4
-    batch: int = 32
+    batch: int = 64
 
 
 def target_colour(colour: str) -> str:
@@ -245,7 +245,7 @@ def presets_yaml_block(presets: dict, renoise_iterations: int) -> str:
             "catalog-creative": "Catalog demo model: weaker condition, freer edits.",
             "catalog-draft": "Catalog demo model: balanced at 20 steps (quick look)."}
     for name, p in presets.items():
-        lines += [f"  {name}:", f"    description: {text[name]}", f"    method: {p['method']}", f"    steps: {p['steps']}",
+        lines += [f"  {name}:", f"    description: {json.dumps(text[name])}", f"    method: {p['method']}", f"    steps: {p['steps']}",
                   f"    inversion_scale: {p['scale']}", f"    edit_scale: {p['scale']}", "    guidance: 7.5"]
         if p["method"] == "renoise":
             lines += [f"    renoise_iterations: {renoise_iterations}", "    renoise_average_last: 1"]

@@ -338,8 +338,10 @@ def train_demo_model(out_dir: str | Path, work_dir: str | Path, config: TrainCon
     record["final_loss"] = round(float(np.mean(losses[-100:])), 5) if losses else None
     record["train_wall_s"] = round(sum(record["wall_s"].values()), 1)
     note = (f"seed {config.seed}, {config.train_images} shots, autoencoder {config.vae_steps} steps, "
-            f"diffusion {config.unet_steps} steps x {config.unet_batch}; training wall time {record['train_wall_s']} s")
+            f"diffusion {config.unet_steps} steps x {config.unet_batch}, decoder refinement {config.decoder_steps} "
+            f"steps; training loops {record['train_wall_s']} s in all")
     save_demo_model(pipe, image_encoder, Path(out_dir), dtype=torch.float16, note=note)
+    record["config"] = asdict(config)
     (Path(out_dir) / "training.json").write_text(json.dumps({k: v for k, v in record.items() if k != "loss"}
                                                             | {"loss_every_50": {k: v[::50] for k, v in record["loss"].items()}},
                                                             indent=1))
