@@ -147,8 +147,10 @@ def test_run_with_a_flux_spec_end_to_end(tmp_path, flux_dir):
     from tight_pipeline.demo import write_demo_inputs
 
     manifest = write_demo_inputs(str(tmp_path / "in"))
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = dict(os.environ, RAY_TMPDIR=tempfile.mkdtemp(prefix="tpr", dir="/tmp"),
-               TIGHT_PIPELINE_HOME=str(tmp_path / "home"))
+               TIGHT_PIPELINE_HOME=str(tmp_path / "home"), MLFLOW_TRACKING_URI=tracking_uri)
+    env.pop("AWS_ENDPOINT_URL", None)
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "tight_pipeline.cli", "run", "--manifest", manifest, "--output",
                            str(out), "--preset", "flux-draft", "--model", str(flux_dir)],
@@ -159,7 +161,7 @@ def test_run_with_a_flux_spec_end_to_end(tmp_path, flux_dir):
     assert len(rows) == n_edits and set(rows["status"]) == {"ok"}
     assert set(rows["preset"]) == {"flux-draft"} and rows["psnr_vs_vae"].notna().all()
     run_id = next(line.split()[2] for line in proc.stdout.splitlines() if line.strip().startswith("mlflow run"))
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
+    mlflow.set_tracking_uri(tracking_uri)
     run = mlflow.get_run(run_id)
     assert run.data.metrics["rows_ok"] == n_edits and run.data.metrics["psnr_vs_vae_mean"] > 0
     assert run.data.params["model.family"] == "flux" and run.data.params["preset.method"] == "rf_inversion"
