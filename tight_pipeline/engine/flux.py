@@ -166,11 +166,8 @@ class FluxTightInversion(TightInversion):
     # -- the recipe -----------------------------------------------------------------------------------
     def edit_item(self, image: Image.Image, source_prompt: str, edits: list[tuple[str, str]], preset: Preset,
                   progress=None) -> ItemResult:
-        self.check_method(preset)
+        warnings = self.check_inputs(preset, source_prompt, edits)
         timings: dict[str, float] = {}
-        warnings = self.check_prompt(source_prompt, "source prompt")
-        for edit_id, prompt in edits:
-            warnings += self.check_prompt(prompt, f"edit {edit_id!r} prompt")
         step = (lambda phase: (lambda i: progress(phase))) if progress else (lambda phase: None)
         pipe = self.pipe
 

@@ -117,6 +117,14 @@ class TightInversion:
         }
         return scores, edit_scores
 
+    def check_inputs(self, preset: Preset, source_prompt: str, edits: list[tuple[str, str]]) -> list[str]:
+        """Raise ``InputError`` for a method of another family or an empty prompt; warnings for long ones."""
+        self.check_method(preset)
+        warnings = self.check_prompt(source_prompt, "source prompt")
+        for edit_id, prompt in edits:
+            warnings += self.check_prompt(prompt, f"edit {edit_id!r} prompt")
+        return warnings
+
     def check_method(self, preset: Preset) -> None:
         if preset.method == "rf_inversion":
             raise InputError(f"preset {preset.name!r} uses rf_inversion, a FLUX method; model {self.spec.name!r} is "
@@ -156,11 +164,8 @@ class TightInversion:
 
         ``progress``, if given, is called with a short phase name after each model step.
         """
-        self.check_method(preset)
+        warnings = self.check_inputs(preset, source_prompt, edits)
         timings: dict[str, float] = {}
-        warnings = self.check_prompt(source_prompt, "source prompt")
-        for edit_id, prompt in edits:
-            warnings += self.check_prompt(prompt, f"edit {edit_id!r} prompt")
         step = (lambda phase: (lambda i: progress(phase))) if progress else (lambda phase: None)
 
         t0 = time.perf_counter()
