@@ -227,11 +227,7 @@ class FluxTightInversion(TightInversion):
         t0 = time.perf_counter()
         decoded = self.decode_packed(z, h, w)
         timings["decode_s"] = time.perf_counter() - t0
-        reconstruction, edit_images = decoded[0], dict(zip([e for e, _ in edits], decoded[1:]))
-        t0 = time.perf_counter()
-        scores, edit_scores = self.score(fitted, roundtrip, reconstruction, edit_images, edits)
-        timings["score_s"] = time.perf_counter() - t0
-        return ItemResult(fitted, roundtrip, reconstruction, edit_images, scores, edit_scores, timings, warnings)
+        return self.result(fitted, roundtrip, decoded, edits, timings, warnings)
 
     def _set_scale(self, scale: float) -> None:
         if has_adapter(self.pipe):

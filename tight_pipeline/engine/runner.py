@@ -95,6 +95,15 @@ class TightInversion:
         x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         return [Image.fromarray(a) for a in x]
 
+    def result(self, fitted, roundtrip, decoded: list, edits: list[tuple[str, str]], timings: dict,
+               warnings: list[str]) -> ItemResult:
+        """Decoded ``[reconstruction, *edits]`` -> the scored ``ItemResult`` (score time added to ``timings``)."""
+        reconstruction, edit_images = decoded[0], dict(zip([e for e, _ in edits], decoded[1:]))
+        t0 = time.perf_counter()
+        scores, edit_scores = self.score(fitted, roundtrip, reconstruction, edit_images, edits)
+        timings["score_s"] = time.perf_counter() - t0
+        return ItemResult(fitted, roundtrip, reconstruction, edit_images, scores, edit_scores, timings, warnings)
+
     def score(self, fitted, roundtrip, reconstruction, edit_images: dict, edits: list[tuple[str, str]]):
         """Reconstruction scores (vs input and vs VAE round-trip) and per-edit scores."""
         n = len(edits)
@@ -217,12 +226,7 @@ class TightInversion:
         t0 = time.perf_counter()
         decoded = self.decode(z)
         timings["decode_s"] = time.perf_counter() - t0
-        reconstruction, edit_images = decoded[0], dict(zip([e for e, _ in edits], decoded[1:]))
-
-        t0 = time.perf_counter()
-        scores, edit_scores = self.score(fitted, roundtrip, reconstruction, edit_images, edits)
-        timings["score_s"] = time.perf_counter() - t0
-        return ItemResult(fitted, roundtrip, reconstruction, edit_images, scores, edit_scores, timings, warnings)
+        return self.result(fitted, roundtrip, decoded, edits, timings, warnings)
 
 
 def _cat(conds: list[conditioning.TextCondition]) -> conditioning.TextCondition:
