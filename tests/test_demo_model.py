@@ -177,6 +177,12 @@ def test_evaluation_writes_the_report_and_calibrated_presets(tmp_path, demo_engi
     assert len(report["table"]) == 4 and json.loads((tmp_path / "report" / "evaluation.json").read_text())["table"]
     row = report["table"][0]
     assert 0 <= row["edit_success"] <= 1 and 0 <= row["iou"] <= 1 and row["psnr_vs_input"] > 10
+    for r in report["table"]:  # headroom: the VAE ceiling minus scale 0's reconstruction, one value per run
+        base = next(b for b in report["table"] if (b["method"], b["steps"], b["scale"]) == (r["method"], r["steps"], 0.0))
+        assert r["headroom_db"] == pytest.approx(report["vae_psnr_vs_input"] - base["psnr_vs_input"], abs=2e-3)
+        assert r["scale"] != 0.0 or (r["gain_vs_scale0_db"] == 0 and r["gain_vs_vae_db"] == 0)
+    assert [p["timestep"] for p in report["condition_probe"]] == [999, 800, 600, 400]
+    assert "What the image condition tells the model" in (tmp_path / "report" / "evaluation.md").read_text()
     presets_file = tmp_path / "presets.yaml"
     shutil.copy(configs_dir() / "presets.yaml", presets_file)
     apply_presets(report["presets"], presets_file, config.renoise_iterations)
@@ -184,3 +190,40 @@ def test_evaluation_writes_the_report_and_calibrated_presets(tmp_path, demo_engi
     loaded = load_presets(presets_file)
     assert loaded["catalog-balanced"].inversion_scale == report["presets"]["catalog-balanced"]["scale"]
     assert presets_file.read_text().count("catalog-demo presets: written") == 1
+
+
+def test_condition_probe_compares_own_and_other_images_and_leaves_the_adapter_off(demo_engine):
+    from tight_pipeline.demo_model.evaluate import condition_probe
+    from tight_pipeline.engine import conditioning
+
+    shots = _heldout_batch(3)
+    pipe = demo_engine.pipe
+    z0 = torch.cat([demo_engine.encode(s.image) for s in shots])
+    text = conditioning.embed_text(pipe, [s.caption for s in shots], 64, 64)
+    pos = torch.cat([conditioning.embed_image(pipe, s.image).positive for s in shots])
+    rows = condition_probe(pipe, z0, text, pos, timesteps=(900, 500))
+    assert [r["timestep"] for r in rows] == [900, 500]
+    assert all(0 < r[k] < 10 for r in rows for k in ("text_only", "own_image", "other_image"))
+    assert rows[0]["text_only"] > rows[1]["text_only"]  # more noise, worse prediction
+    assert rows[0]["own_image"] != rows[0]["other_image"]  # the rolled images reach the model
+    same = condition_probe(pipe, z0, text, pos[:1].repeat(3, 1, 1, 1), timesteps=(900,))
+    assert same[0]["own_image"] == same[0]["other_image"]  # identical rows: rolling changes nothing
+    assert all(p.scale == [0.0] for p in pipe.unet.attn_processors.values() if hasattr(p, "to_k_ip"))
+
+
+def test_balanced_is_picked_over_every_schedule_by_the_edit_targets():
+    from tight_pipeline.demo_model.evaluate import calibrate_presets
+
+    def row(method, steps, scale, success, iou, psnr=28.0):
+        return {"method": method, "steps": steps, "scale": scale, "edit_success": success, "iou": iou,
+                "background_psnr": 35.0, "psnr_vs_input": psnr}
+
+    table = [row("ddim", 50, s, 0.95, 0.82) for s in (0.0, 0.4, 1.0)]  # shape target missed everywhere
+    table += [row("renoise", 10, 0.0, 0.97, 0.86), row("renoise", 10, 0.6, 0.92, 0.86), row("renoise", 10, 1.0, 0.85, 0.86)]
+    presets = calibrate_presets(table)
+    assert presets["catalog-balanced"] | {"measured": None} == {"method": "renoise", "steps": 10, "scale": 0.6,
+                                                               "meets_targets": True, "measured": None}
+    assert presets["catalog-creative"]["method"] == "renoise" and presets["catalog-creative"]["scale"] == 0.4
+    # nothing meets the targets: the DDIM row with the best success x IoU, weakest scale on ties
+    fallback = calibrate_presets(table[:3])["catalog-balanced"]
+    assert (fallback["method"], fallback["scale"], fallback["meets_targets"]) == ("ddim", 0.0, False)
