@@ -58,9 +58,9 @@ def train_demo_model_cmd(
     work: Path = typer.Option(Path(".tight-pipeline/demo-train"), help="checkpoints; run again to resume"),
     seed: int = typer.Option(0),
     train_images: int = typer.Option(8192, help="synthetic training shots"),
-    vae_steps: int = typer.Option(500, help="autoencoder steps (batch 32)"),
-    unet_steps: int = typer.Option(4000, help="diffusion steps (batch 64)"),
-    decoder_steps: int = typer.Option(400, help="decoder refinement steps (batch 32)"),
+    vae_steps: int = typer.Option(1000, help="autoencoder steps (batch 32)"),
+    unet_steps: int = typer.Option(3600, help="diffusion steps (batch 64)"),
+    decoder_steps: int = typer.Option(300, help="decoder refinement steps (batch 32)"),
     max_steps: Optional[int] = typer.Option(None, help="pause after this many steps (checkpointed; run again to go on)"),
 ):
     """Train the catalog demo model (SDXL-shaped + IP-Adapter Plus) from scratch; resumable."""

@@ -166,13 +166,13 @@ def render_product(spec: ProductSpec, size: int = SIZE) -> ProductShot:
     yy, xx = np.mgrid[0:big, 0:big].astype(np.float32)
     product = np.broadcast_to(base, (big, big, 3)).copy()
     if spec.pattern == "striped":
-        period = big * 0.07
+        period = big * 0.125  # 8 px: two latent pixels per period (finer stripes do not survive an f=4 VAE)
         stripes = ((yy - y0) % period) < period * 0.42
         product[stripes] = dark
     elif spec.pattern == "dotted":
-        period = big * 0.09
+        period = big * 0.16
         u, v = (xx - x0) % period - period / 2, (yy - y0) % period - period / 2
-        product[(u**2 + v**2) < (period * 0.22) ** 2] = dark
+        product[(u**2 + v**2) < (period * 0.24) ** 2] = dark
     if spec.logo:
         lx, ly, lr = (x0 + x1) / 2, y0 + (y1 - y0) * 0.55, big * 0.035
         emblem = ((xx - lx) ** 2 + (yy - ly) ** 2 < lr**2) & ~((np.abs(xx - lx) < lr * 0.35) & (yy > ly - lr * 0.6))

@@ -39,10 +39,10 @@ HELDOUT_SEED_OFFSET = 10_000  # held-out shots: ProductSpec.sample(seed + 10_000
 class TrainConfig:
     seed: int = 0
     train_images: int = 8192
-    vae_steps: int = 500
+    vae_steps: int = 1000
     vae_batch: int = 32
     vae_lr: float = 1e-3
-    unet_steps: int = 4000
+    unet_steps: int = 3600
     unet_batch: int = 64
     unet_lr: float = 1e-3
     warmup: int = 100
@@ -52,7 +52,7 @@ class TrainConfig:
     scale_zero: float = 0.25  # probability of a text-only step (adapter scale 0)
     scale_one: float = 0.45  # probability of adapter scale 1 (the rest: uniform in (0, 1))
     checkpoint_every: int = 250
-    decoder_steps: int = 400  # decoder-only refinement on the fixed latents (the latent space does not move)
+    decoder_steps: int = 300  # decoder-only refinement on the fixed latents (the latent space does not move)
     decoder_lr: float = 5e-4
 
 
