@@ -9,9 +9,13 @@ import threading
 import time
 from pathlib import Path
 
+import shutil
+
 import psutil
 
 from tests.corpus import image_files
+from tight_pipeline.engine import models
+from tight_pipeline.engine.models import model_digest, resolve_model_spec, weights_digest
 from tight_pipeline.job import JobConfig, load_scores, run_job
 
 PRESET = "draft@0.4"
@@ -45,7 +49,9 @@ def _assert_exactly_once(rows, n_good):
 def test_rows_exactly_once_then_resume_then_redo_deleted(tmp_path, tiny_model_dir, ray_session):
     manifest = _manifest(tmp_path / "in")
     out = tmp_path / "out"
-    config = JobConfig(manifest=str(manifest), output=str(out), preset=PRESET, model=str(tiny_model_dir), checkpoint_rows=3)
+    model_dir = tmp_path / "model"  # a copy: its weights are changed in place at the end
+    shutil.copytree(tiny_model_dir, model_dir)
+    config = JobConfig(manifest=str(manifest), output=str(out), preset=PRESET, model=str(model_dir), checkpoint_rows=3)
 
     first = run_job(config)
     rows = first.rows
@@ -76,6 +82,52 @@ def test_rows_exactly_once_then_resume_then_redo_deleted(tmp_path, tiny_model_di
     assert Path(victim["edit_uri"]).is_file()
     stored, _ = load_scores(str(out))
     assert len(stored) == len(third.rows)  # the Parquet file holds no duplicates either
+    assert set(stored["model_digest"]) == {third.model_digest}
+
+    # Same folder, same model.yaml, retrained weights: nothing made by the old weights counts as done.
+    from safetensors.torch import load_file, save_file
+
+    unet_file = model_dir / "unet" / "diffusion_pytorch_model.safetensors"
+    state = load_file(unet_file)
+    name = sorted(state)[0]
+    state[name] = state[name] + 1e-3
+    save_file(state, unet_file)
+    fourth = run_job(config)
+    assert fourth.model_digest != third.model_digest
+    assert fourth.processed_items == 5 and fourth.skipped_items == 0
+    _assert_exactly_once(fourth.rows, 4)
+    stored, _ = load_scores(str(out))
+    assert len(stored) == len(fourth.rows) and set(stored["model_digest"]) == {fourth.model_digest}
+
+
+def test_model_digest_follows_the_weights_not_only_the_spec(tmp_path, tiny_model_dir, monkeypatch):
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    spec = resolve_model_spec(str(model_dir))
+    before, spec_before = model_digest(spec), spec.digest
+    assert model_digest(resolve_model_spec(str(model_dir))) == before  # stable
+
+    # One byte of the adapter weight, same size: the spec is unchanged, the model digest is not.
+    weight = model_dir / "ip_adapter" / "sdxl_models" / spec.adapter_weight
+    data = bytearray(weight.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weight.write_bytes(bytes(data))
+    assert spec.digest == spec_before and model_digest(spec) != before
+
+    # Large files are sampled (head, tail, evenly spaced windows): a rewrite is still seen.
+    monkeypatch.setattr(models, "_FULL_HASH_BYTES", 1024)
+    monkeypatch.setattr(models, "_SAMPLE_BYTES", 256)
+    monkeypatch.setattr(models, "_fingerprints", {})  # the per-process cache holds whole-file hashes
+    sampled = weights_digest(spec)
+    encoder = model_dir / "ip_adapter" / "models" / "image_encoder" / "model.safetensors"
+    data = bytearray(encoder.read_bytes())
+    data[-10] ^= 0xFF
+    encoder.write_bytes(bytes(data))
+    assert weights_digest(spec) != sampled
+
+    # A repo id that is not in the local cache: a digest anyway (loading it says what is missing).
+    missing = resolve_model_spec(str(model_dir), base="nobody/not-cached-anywhere")
+    assert len(weights_digest(missing)) == 12 and weights_digest(missing) != weights_digest(spec)
 
 
 def test_killed_actor_is_restarted_and_no_row_is_lost(tmp_path, tiny_model_dir, ray_session):

@@ -8,7 +8,8 @@ No Prefect or MLflow in here (flows/ and tracking.py add those). Guarantees:
 - a failing item never fails its block: the actor catches it and emits error rows;
 - images go to ``<output>/<preset-hash>/<item_id>/<edit_id>.png`` (+ ``reconstruction.png``, ``input.png``),
   scores to ``<output>/scores/scores.parquet``; rows are checkpointed to ``<output>/scores/_parts/`` while the
-  run goes, so a crashed run resumes; a re-run skips rows that are ok and whose PNGs exist.
+  run goes, so a crashed run resumes; a re-run skips rows that are ok, were made by the same model (spec and
+  weights, ``model_digest``) and whose PNGs exist.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tight_pipeline import storage
-from tight_pipeline.engine.models import ModelSpec, resolve_model_spec
+from tight_pipeline.engine.models import ModelSpec, model_digest, resolve_model_spec
 from tight_pipeline.manifest import Item, Manifest, read_manifest
 from tight_pipeline.presets import Preset, load_preset, load_presets
 
@@ -113,6 +114,7 @@ class JobResult:
     preset: Preset  # the run's default preset
     presets: dict[str, Preset]  # every preset used, by name
     model: ModelSpec
+    model_digest: str  # the spec's settings + its weights' fingerprint (Parquet ``model_digest``)
     rows: pd.DataFrame  # this manifest's rows (new and previously done), one per (item, edit)
     processed_items: int  # items run through the model in this run
     skipped_items: int  # items already done before this run
@@ -175,7 +177,7 @@ def connect_ray(num_cpus: int | None = None):
 class EditorActor:
     """Loads the model once per actor; ``__call__`` turns a batch of items into a batch of score rows."""
 
-    def __init__(self, spec: ModelSpec, presets: dict[str, Preset], output: str, run_id: str, manifest_uri: str,
+    def __init__(self, spec: ModelSpec, digest: str, presets: dict[str, Preset], output: str, run_id: str, manifest_uri: str,
                  limits: storage.ImageLimits, torch_threads: int, clip_model: str | None, allowed_schemes: tuple[str, ...],
                  item_timeout_s: float = 0.0):
         import torch
@@ -185,7 +187,7 @@ class EditorActor:
         if torch_threads > 0:
             torch.set_num_threads(torch_threads)
         self.engine = TightInversion.from_spec(spec, clip_model=clip_model)
-        self.spec, self.presets, self.output = spec, presets, output
+        self.spec, self.digest, self.presets, self.output = spec, digest, presets, output
         self.run_id, self.manifest_uri, self.limits = run_id, manifest_uri, limits
         self.allowed = allowed_schemes
         self.item_timeout_s = item_timeout_s
@@ -215,7 +217,7 @@ class EditorActor:
 
         preset = self.presets[item.preset]
         t_start = time.perf_counter()
-        base = base_row(item, preset, self.spec, self.run_id, self.manifest_uri)
+        base = base_row(item, preset, self.spec, self.digest, self.run_id, self.manifest_uri)
         base["worker"] = self.worker
         try:
             t0 = time.perf_counter()
@@ -272,13 +274,13 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-def base_row(item: Item, preset: Preset, spec: ModelSpec, run_id: str, manifest_uri: str) -> dict:
+def base_row(item: Item, preset: Preset, spec: ModelSpec, digest: str, run_id: str, manifest_uri: str) -> dict:
     import json
 
     return {
         "run_id": run_id, "manifest_uri": manifest_uri, "row": item.row, "item_id": item.item_id,
         "source_prompt": item.source_prompt, "image_uri": item.image_uri, "preset": preset.name,
-        "preset_hash": preset.hash, "method": preset.method, "model": spec.name, "model_digest": spec.digest,
+        "preset_hash": preset.hash, "method": preset.method, "model": spec.name, "model_digest": digest,
         "metadata": json.dumps(item.metadata, default=str) if item.metadata else None,
     }
 
@@ -350,9 +352,13 @@ def existing_outputs(output: str, preset_hash: str) -> set[str]:
 
 
 # -- the job -------------------------------------------------------------------------------------------
-def plan(manifest: Manifest, presets: dict[str, Preset], default: Preset, done: pd.DataFrame, output: str):
-    """Split the manifest's items into (to do, already done). Done = every edit row ok and its PNGs exist."""
-    ok_keys = set(map(tuple, done.loc[done["status"] == "ok", KEY].itertuples(index=False, name=None))) if len(done) else set()
+def plan(manifest: Manifest, presets: dict[str, Preset], default: Preset, done: pd.DataFrame, output: str, digest: str):
+    """Split the manifest's items into (to do, already done). Done = every edit row ok, made by this model (same
+    ``model_digest``: spec and weights) and its PNGs exist."""
+    ok_keys = set()
+    if len(done):
+        ok = done[(done["status"] == "ok") & (done["model_digest"] == digest)]
+        ok_keys = set(map(tuple, ok[KEY].itertuples(index=False, name=None)))
     listings: dict[str, set[str]] = {}
     todo, skipped = [], []
     for item in manifest.items:
@@ -368,13 +374,13 @@ def plan(manifest: Manifest, presets: dict[str, Preset], default: Preset, done: 
     return todo, skipped
 
 
-def invalid_rows(manifest: Manifest, preset: Preset, spec: ModelSpec, run_id: str) -> list[dict]:
+def invalid_rows(manifest: Manifest, preset: Preset, spec: ModelSpec, digest: str, run_id: str) -> list[dict]:
     return [
         {
             "run_id": run_id, "manifest_uri": manifest.uri, "row": bad.row,
             "item_id": bad.item_id if bad.item_id else f"row-{bad.row}", "edit_id": f"*row{bad.row}",
             "preset": preset.name, "preset_hash": preset.hash, "method": preset.method, "model": spec.name,
-            "model_digest": spec.digest, "status": "invalid", "error": bad.message(), "finished_at": now(),
+            "model_digest": digest, "status": "invalid", "error": bad.message(), "finished_at": now(),
         }
         for bad in manifest.invalid
     ]
@@ -387,6 +393,7 @@ def run_job(config: JobConfig, progress: Callable[[int, int], None] | None = Non
     all_presets = load_presets()
     default = load_preset(config.preset)
     spec = resolve_model_spec(config.model)
+    digest = model_digest(spec)
     manifest = read_manifest(config.manifest, set(all_presets), config.allowed_schemes)
     # Resolve every preset named in the manifest once; items then carry the resolved name.
     by_ref = {ref: load_preset(ref) for ref in {i.preset for i in manifest.items if i.preset}}
@@ -394,13 +401,13 @@ def run_job(config: JobConfig, progress: Callable[[int, int], None] | None = Non
         dataclasses.replace(i, preset=by_ref[i.preset].name) if i.preset else i for i in manifest.items))
     presets = {default.name: default, **{p.name: p for p in by_ref.values()}}
     previous, part_urls = load_scores(config.output)
-    todo, skipped = plan(manifest, presets, default, previous, config.output)
+    todo, skipped = plan(manifest, presets, default, previous, config.output, digest)
     log.info("manifest %s: %d items (%d to do, %d done before), %d invalid rows",
              storage.redact(config.manifest), len(manifest.items), len(todo), len(skipped), len(manifest.invalid))
 
-    new_rows: list[dict] = invalid_rows(manifest, default, spec, config.run_id)
+    new_rows: list[dict] = invalid_rows(manifest, default, spec, digest, config.run_id)
     if todo:
-        ray_rows, parts_written = _run_ray(config, spec, presets, todo, progress)
+        ray_rows, parts_written = _run_ray(config, spec, digest, presets, todo, progress)
         new_rows += ray_rows
         part_urls += parts_written
 
@@ -418,7 +425,7 @@ def run_job(config: JobConfig, progress: Callable[[int, int], None] | None = Non
     wanted |= {(r["preset_hash"], r["item_id"], r["edit_id"]) for r in new_rows if r["status"] == "invalid"}
     mine = merged[[k in wanted for k in merged[KEY].itertuples(index=False, name=None)]].reset_index(drop=True)
     counts = mine["status"].value_counts().to_dict()
-    return JobResult(config, manifest, default, presets, spec, mine, len(todo), len(skipped), time.perf_counter() - t_start,
+    return JobResult(config, manifest, default, presets, spec, digest, mine, len(todo), len(skipped), time.perf_counter() - t_start,
                      scores_uri(config.output), {k: int(v) for k, v in counts.items()})
 
 
@@ -433,7 +440,7 @@ def _remove_parts(urls: list[str]) -> None:
             pass
 
 
-def _run_ray(config: JobConfig, spec: ModelSpec, presets: dict[str, Preset], todo: list[Item],
+def _run_ray(config: JobConfig, spec: ModelSpec, digest: str, presets: dict[str, Preset], todo: list[Item],
              progress) -> tuple[list[dict], list[str]]:
     """Run ``todo`` through the actor pool; returns the rows and the checkpoint parts written."""
     ray = connect_ray()
@@ -451,7 +458,7 @@ def _run_ray(config: JobConfig, spec: ModelSpec, presets: dict[str, Preset], tod
     ds = ray.data.from_items([{"item": i.to_json()} for i in todo], override_num_blocks=max(1, min(len(todo), 2000)))
     ds = ds.map_batches(
         EditorActor,
-        fn_constructor_args=(spec, presets, config.output, config.run_id, config.manifest, limits, threads,
+        fn_constructor_args=(spec, digest, presets, config.output, config.run_id, config.manifest, limits, threads,
                              config.clip_model or os.environ.get("TIGHT_PIPELINE_CLIP_MODEL"), config.allowed_schemes,
                              config.item_timeout_s),
         batch_size=config.batch_size,

@@ -129,7 +129,8 @@ def log_run(result: JobResult, sheet: Image.Image | None = None, flow_name: str 
         })
         params = {f"preset.{k}": v for k, v in default.to_dict().items()}
         params.update({f"model.{k}": v for k, v in result.model.to_dict().items()})
-        params["model.digest"] = result.model.digest
+        params["model.digest"] = result.model_digest  # settings + weights
+        params["model.spec_digest"] = result.model.digest
         params.update({
             "manifest_uri": storage.redact(cfg.manifest), "manifest_digest": result.manifest.digest,
             "output": storage.redact(cfg.output), "actors": cfg.actors, "batch_size": cfg.batch_size,
