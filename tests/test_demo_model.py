@@ -182,7 +182,9 @@ def test_evaluation_writes_the_report_and_calibrated_presets(tmp_path, demo_engi
         assert r["headroom_db"] == pytest.approx(report["vae_psnr_vs_input"] - base["psnr_vs_input"], abs=2e-3)
         assert r["scale"] != 0.0 or (r["gain_vs_scale0_db"] == 0 and r["gain_vs_vae_db"] == 0)
     assert [p["timestep"] for p in report["condition_probe"]] == [999, 800, 600, 400]
+    assert [p["target"] for p in report["token_probe"]] == ["dx", "scale"]
     assert "What the image condition tells the model" in (tmp_path / "report" / "evaluation.md").read_text()
+    assert "What the image tokens carry" in (tmp_path / "report" / "evaluation.md").read_text()
     presets_file = tmp_path / "presets.yaml"
     shutil.copy(configs_dir() / "presets.yaml", presets_file)
     apply_presets(report["presets"], presets_file, config.renoise_iterations)
@@ -227,3 +229,33 @@ def test_balanced_is_picked_over_every_schedule_by_the_edit_targets():
     # nothing meets the targets: the DDIM row with the best success x IoU, weakest scale on ties
     fallback = calibrate_presets(table[:3])["catalog-balanced"]
     assert (fallback["method"], fallback["scale"], fallback["meets_targets"]) == ("ddim", 0.0, False)
+
+
+def test_ridge_probe_scores_a_linear_fact_high_and_noise_low():
+    from tight_pipeline.demo_model.evaluate import ridge_r2
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 300))
+    w = rng.normal(size=300)
+    y = x @ w + 0.1 * rng.normal(size=400)
+    assert ridge_r2(x[:300], y[:300], x[300:], y[300:]) > 0.9
+    noise = rng.normal(size=400)
+    assert ridge_r2(x[:300], noise[:300], x[300:], noise[300:]) < 0.1
+
+
+def test_token_probe_sees_the_product_position_in_the_encoder_states(demo_engine):
+    from tight_pipeline.demo_model.evaluate import token_probe
+
+    from tight_pipeline.demo_model.products import ProductSpec, render_product
+    from tight_pipeline.engine import conditioning
+
+    pipe = demo_engine.pipe
+    image = render_product(ProductSpec.sample(0, 3)).image  # the probe's batched features = the engine's embeds
+    pixels = pipe.feature_extractor(images=[image], return_tensors="pt").pixel_values
+    hidden = pipe.image_encoder(pixels, output_hidden_states=True).hidden_states[-2]
+    assert torch.equal(conditioning.embed_image(pipe, image).positive[:, 0], hidden)
+    rows = token_probe(pipe, fit=256, test=96)
+    assert [r["target"] for r in rows] == ["dx", "scale"]
+    dx = rows[0]
+    assert dx["encoder_states_r2"] > 0.5  # the image encoder sees where the product stands (0.96 with 768 shots)
+    assert all(-1 < r["adapter_tokens_r2"] <= 1 for r in rows)
