@@ -27,7 +27,7 @@ def main() -> None:
     import torch
 
     from tight_pipeline.demo_model.evaluate import EvalConfig, heldout_shots
-    from tight_pipeline.engine import conditioning, inversion
+    from tight_pipeline.engine import conditioning, editing, inversion
     from tight_pipeline.engine.models import resolve_model_spec
     from tight_pipeline.engine.runner import TightInversion
 
@@ -42,33 +42,33 @@ def main() -> None:
     schedule = inversion.make_schedule(pipe.scheduler, args.steps)
     kind = schedule.prediction_type
 
-    def invert(exact: int | None) -> torch.Tensor:
+    def invert_one_exact(exact: int) -> torch.Tensor:
+        """DDIM inversion with only step ``exact`` solved by fixed-point iterations (ReNoise's update)."""
         z = z0
         for i, t in enumerate(reversed(schedule.timesteps)):
             a_from, a_to = schedule.alpha(t - schedule.step_ratio), schedule.alpha(t)
             guess = inversion.ddim_move(z, conditioning.predict_noise(pipe, z, t, text, image), a_from, a_to, kind)
-            if exact in (i, -1):
-                for _ in range(args.iterations):
-                    out = conditioning.predict_noise(pipe, guess, t, text, image)
-                    _, eps = inversion.split_prediction(out, guess, a_to, kind)
-                    guess = inversion.ddim_move(z, eps, a_from, a_to, "epsilon")
+            for _ in range(args.iterations if i == exact else 0):
+                out = conditioning.predict_noise(pipe, guess, t, text, image)
+                _, eps = inversion.split_prediction(out, guess, a_to, kind)
+                guess = inversion.ddim_move(z, eps, a_from, a_to, "epsilon")
             z = guess
         return z
 
-    def error(z: torch.Tensor) -> float:
-        for t in schedule.timesteps:
-            out = conditioning.predict_noise(pipe, z, t, text, image)
-            z = inversion.ddim_move(z, out, schedule.alpha(t), schedule.alpha(t - schedule.step_ratio), kind)
+    def error(z_T: torch.Tensor) -> float:
+        """Latent MSE of the engine's reconstruction (guidance 1) from ``z_T``."""
+        z = editing.denoise(pipe, z_T, schedule, text, image, len(shots), 0, 1.0)
         return float((z - z0).pow(2).mean())
 
     steps = list(reversed(schedule.timesteps))
     print(f"model {args.model}, {len(shots)} held-out shots, DDIM {args.steps}: latent MSE of the reconstruction")
     for scale in (0.0, 1.0):
         conditioning.set_adapter_scale(pipe, scale)
-        plain, every = error(invert(None)), error(invert(-1))
+        plain = error(inversion.invert_ddim(pipe, z0, schedule, text, image))
+        every = error(inversion.invert_renoise(pipe, z0, schedule, text, image, iterations=args.iterations))
         print(f"scale {scale:.1f}: plain {plain:.3e}, every step exact {every:.3e}")
         for i, t in enumerate(steps):
-            e = error(invert(i))
+            e = error(invert_one_exact(i))
             print(f"  only step t={int(t):4d} exact: {e:.3e}  (removes {(plain - e) / plain * 100:5.1f} % of the error)")
 
 
