@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -165,3 +166,23 @@ def test_run_with_a_flux_spec_end_to_end(tmp_path, flux_dir):
     run = mlflow.get_run(run_id)
     assert run.data.metrics["rows_ok"] == n_edits and run.data.metrics["psnr_vs_vae_mean"] > 0
     assert run.data.params["model.family"] == "flux" and run.data.params["preset.method"] == "rf_inversion"
+
+
+def test_batched_flux_items_equal_one_item_runs(flux_engine, flux_dir):
+    """RF-Inversion of three same-size items (2, 0 and 1 edits) in one batch, transformer calls of 2 rows."""
+    from tight_pipeline.engine.models import resolve_model_spec
+    from tight_pipeline.engine.runner import ItemRequest, TightInversion
+
+    chunked = TightInversion.from_spec(resolve_model_spec(str(flux_dir), device="cpu", max_batch=2, vae_batch=2))
+    preset = _preset(steps=6, gamma=0.5, eta=0.7, eta_stop=0.5, fixed_point_iterations=1)
+    shots = [render_product(ProductSpec.sample(i, 3)).image for i in range(3)]
+    requests = [ItemRequest(shots[0], "a red mug", [("blue", "a blue mug"), ("dots", "a dotted mug")]),
+                ItemRequest(shots[1], "a green bottle", []),
+                ItemRequest(shots[2], "a yellow box", [("red", "a red box")])]
+    batched = chunked.edit_items(requests, preset)
+    for r, b in zip(requests, batched):
+        a = flux_engine.edit_item(r.image, r.source_prompt, r.edits, preset)
+        assert not isinstance(b, BaseException), b
+        for x, y in [(a.reconstruction, b.reconstruction)] + [(a.edits[k], b.edits[k]) for k in a.edits]:
+            assert np.abs(np.asarray(x, dtype=int) - np.asarray(y, dtype=int)).max() <= 1
+    assert batched[0].timings["batch_items"] == 3

@@ -12,21 +12,43 @@ pytestmark = pytest.mark.gpu
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_tiny_model_on_cuda_matches_cpu_within_precision(tiny_spec, engine, photo, dtype):
+def test_half_precision_renoise_on_cuda_reconstructs_the_trained_model(dtype):
+    """Half-precision networks, float32 latents and fixed points. The trained demo model, not the random tiny one:
+    the tiny model turns any 5e-4 perturbation of its noise prediction into a 25 dB reconstruction even in float32
+    (benchmarks/half_precision.py), so no half-precision network can reconstruct it to 30 dB."""
     import numpy as np
 
+    from tight_pipeline.demo_model.products import ProductSpec, render_product
+    from tight_pipeline.engine.models import resolve_model_spec
     from tight_pipeline.engine.runner import TightInversion
 
-    gpu = TightInversion.from_spec(dataclasses.replace(tiny_spec, device="cuda", dtype=dtype))
+    gpu = TightInversion.from_spec(resolve_model_spec("catalog-demo", device="cuda", dtype=dtype))
+    cpu = TightInversion.from_spec(resolve_model_spec("catalog-demo", device="cpu"))
     assert gpu.device.type == "cuda"
     preset = dataclasses.replace(load_preset("faithful"), steps=20, renoise_iterations=8)
-    on_gpu = gpu.edit_item(photo, "a cup of coffee", [("tea", "a cup of green tea")], preset)
-    on_cpu = engine.edit_item(photo, "a cup of coffee", [("tea", "a cup of green tea")], preset)
+    shot = render_product(ProductSpec.sample(11, 99))
+    on_gpu = gpu.edit_item(shot.image, shot.spec.caption, [("blue", "a blue mug")], preset)
+    on_cpu = cpu.edit_item(shot.image, shot.spec.caption, [("blue", "a blue mug")], preset)
     assert np.isfinite(np.asarray(on_gpu.reconstruction, dtype=float)).all()
-    # half precision limits the fixed point, but it still reconstructs far above plain DDIM (~14 dB)
-    assert on_gpu.scores["psnr_vs_vae"] > 30
-    diff = np.abs(np.asarray(on_gpu.reconstruction, dtype=int) - np.asarray(on_cpu.reconstruction, dtype=int))
+    assert on_gpu.scores["psnr_vs_vae"] > 30  # CPU bf16: 54-57 dB on held-out shots
+    diff = np.abs(np.asarray(on_gpu.edits["blue"], dtype=int) - np.asarray(on_cpu.edits["blue"], dtype=int))
     assert diff.mean() < 8
+
+
+def test_batched_items_on_cuda_equal_one_item_runs(tiny_spec, photo):
+    import numpy as np
+
+    from tight_pipeline.engine.runner import ItemRequest, TightInversion
+
+    gpu = TightInversion.from_spec(dataclasses.replace(tiny_spec, device="cuda", max_batch=4))
+    preset = dataclasses.replace(load_preset("balanced"), steps=10)
+    requests = [ItemRequest(photo.rotate(a), "a cup of coffee", [("tea", "a cup of green tea")] * (k % 2 + 1))
+                for k, a in enumerate((0, 90, 180, 270, 45))]
+    batched = gpu.edit_items(requests, preset)
+    for r, b in zip(requests, batched):
+        a = gpu.edit_item(r.image, r.source_prompt, r.edits, preset)
+        gap = np.abs(np.asarray(a.reconstruction, dtype=int) - np.asarray(b.reconstruction, dtype=int)).max()
+        assert gap <= 2
 
 
 def test_cuda_ddim_inversion_equals_inverse_scheduler(tiny_spec, photo):
@@ -36,7 +58,9 @@ def test_cuda_ddim_inversion_equals_inverse_scheduler(tiny_spec, photo):
     from tight_pipeline.engine import conditioning, inversion
     from tight_pipeline.engine.runner import TightInversion
 
+    # The spec's TF32 policy (off by default) also turns off cuDNN's TF32 convolutions, which PyTorch enables.
     eng = TightInversion.from_spec(dataclasses.replace(tiny_spec, device="cuda", dtype="float32"))
+    assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
     fitted = eng.prepare_image(photo)
     z0 = eng.encode(fitted)
     text = conditioning.embed_text(eng.pipe, ["a cup"], fitted.height, fitted.width)

@@ -29,6 +29,40 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _service_failure(exc: BaseException) -> str | None:
+    """One line saying which service failed to start and what to do, for failures of Prefect, Ray or MLflow."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    module = type(exc).__module__ or ""
+    if "ephemeral Prefect API server" in text:
+        limit = os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "20")
+        return (f"Prefect's temporary server did not start within {limit} s (its first start creates a database). "
+                "Run again, raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, or start a server "
+                "(python infra/local/services.py start prefect) and set PREFECT_API_URL")
+    if module.startswith("prefect") and ("connect" in text.lower() or "PREFECT_API_URL" in text):
+        return (f"cannot reach the Prefect API at {os.environ.get('PREFECT_API_URL') or 'the temporary server'} "
+                f"({text[:200]}); check PREFECT_API_URL or unset it to use a temporary local server")
+    if module.startswith("ray") or ("ray" in text.lower() and ("gcs" in text.lower() or "ray.init" in text)):
+        return (f"Ray did not start or could not be reached ({type(exc).__name__}: {text[:200]}); check RAY_ADDRESS "
+                "(unset it for an embedded single-node Ray) and that RAY_TMPDIR is writable")
+    if module.startswith("mlflow"):
+        return (f"MLflow tracking failed at {os.environ.get('MLFLOW_TRACKING_URI') or 'the local store'} "
+                f"({text[:200]}); check MLFLOW_TRACKING_URI or unset it for the local SQLite store")
+    return None
+
+
+def _run_flow(flow, **kwargs) -> dict:
+    """Run a Prefect flow; bad input and failures to start a service end in one line (exit status 2)."""
+    try:
+        return flow(**kwargs)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    except Exception as exc:  # noqa: BLE001 - services: say which one and what to do; anything else is a bug
+        message = _service_failure(exc)
+        if message is None:
+            raise
+        _fail(message)
+
+
 def _user_errors():
     from tight_pipeline.engine.models import ModelError
     from tight_pipeline.engine.runner import InputError
@@ -229,13 +263,13 @@ def run(
         spec = resolve_model_spec(model)
         _ensure_default_model(model, spec)
         preset = _default_preset(preset, spec)
-        from flows.catalog_localization import catalog_localization
-
-        summary = catalog_localization(manifest=manifest, output=output, preset=preset, model=model, actors=actors,
-                                       actor_cpus=actor_cpus, max_failure_rate=max_failure_rate,
-                                       item_timeout_s=item_timeout, max_pixels=max_pixels)
     except _user_errors() as exc:
         _fail(str(exc))
+    from flows.catalog_localization import catalog_localization
+
+    summary = _run_flow(catalog_localization, manifest=manifest, output=output, preset=preset, model=model,
+                        actors=actors, actor_cpus=actor_cpus, max_failure_rate=max_failure_rate,
+                        item_timeout_s=item_timeout, max_pixels=max_pixels)
     _print_summary(summary)
     if summary["failed"]:
         _fail(f"failure rate {summary['failure_rate']:.1%} exceeds --max-failure-rate {max_failure_rate:.1%} "
@@ -272,10 +306,7 @@ def demo(
     typer.echo(f"demo manifest: {manifest}  (model {spec.name}, preset {preset})")
     from flows.catalog_localization import catalog_localization
 
-    try:
-        summary = catalog_localization(manifest=manifest, output=out, preset=preset, model=model)
-    except _user_errors() as exc:
-        _fail(str(exc))
+    summary = _run_flow(catalog_localization, manifest=manifest, output=out, preset=preset, model=model)
     _print_summary(summary)
 
 
@@ -294,8 +325,8 @@ def tradeoff(
     from tight_pipeline.engine.models import resolve_model_spec
 
     _ensure_default_model(model, resolve_model_spec(model))
-    result = tradeoff_benchmark(manifest=manifest, output=output, scales=[float(s) for s in scales.split(",")],
-                                sample=sample, base_preset=preset, model=model)
+    result = _run_flow(tradeoff_benchmark, manifest=manifest, output=output,
+                       scales=[float(s) for s in scales.split(",")], sample=sample, base_preset=preset, model=model)
     for row in result["table"]:
         typer.echo(f"scale {row['scale']:.2f}: recon {row['psnr_vs_vae']:.2f} dB vs VAE, edit change {row['edit_change']:.4f}")
     typer.echo(f"mlflow run {result['mlflow_run_id']}")

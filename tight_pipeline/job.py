@@ -72,7 +72,8 @@ class JobConfig:
         actor_cpus: CPUs reserved per actor (fractional is fine; keep the sum below the node's CPUs).
         gpus_per_actor: GPUs per actor; ``None`` = 1 when the cluster has GPUs, else 0.
         torch_threads: intra-op threads per actor; 0 = CPUs of this machine / actors.
-        batch_size: items per ``map_batches`` call.
+        batch_size: items per ``map_batches`` call, run through the engine as one batch (items of one preset
+            and working size share every UNet call); 0 = the model spec's ``max_batch``.
         max_pixels / min_side: image limits (pixel count is checked before decoding).
         item_timeout_s: per-item time limit (0 = none); checked at every model step, the item becomes an error.
         allowed_schemes: URL schemes the manifest and images may use.
@@ -90,7 +91,7 @@ class JobConfig:
     actor_cpus: float = 1.0
     gpus_per_actor: float | None = None
     torch_threads: int = 0
-    batch_size: int = 1
+    batch_size: int = 0
     max_pixels: int = 40_000_000
     min_side: int = 32
     item_timeout_s: float = 0.0
@@ -194,80 +195,119 @@ class EditorActor:
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        """Items of one preset run through the engine together (``edit_items``); each ends in its own rows."""
+        items = [Item.from_json(str(text)) for text in batch["item"]]
         rows: list[dict] = []
-        for text in batch["item"]:
-            rows.extend(self.process(Item.from_json(str(text))))
+        by_preset: dict[str, list[Item]] = {}
+        for item in items:
+            by_preset.setdefault(item.preset, []).append(item)
+        for name, group in by_preset.items():
+            rows.extend(self.process_group(group, self.presets[name]))
         return rows_to_columns(rows)
 
-    def _deadline(self, t_start: float):
-        """A progress callback that aborts the item once it has run longer than ``item_timeout_s``."""
+    def _deadline(self, t_start: float, n_items: int = 1):
+        """A progress callback that aborts the work once it has run longer than ``item_timeout_s`` per item."""
         if self.item_timeout_s <= 0:
             return None
-        limit = self.item_timeout_s
+        limit = self.item_timeout_s * n_items
 
         def check(phase: str) -> None:
             elapsed = time.perf_counter() - t_start
             if elapsed > limit:
-                raise TimeoutError(f"item took longer than item_timeout_s={limit:g} s (aborted during {phase})")
+                raise TimeoutError(f"item took longer than item_timeout_s={self.item_timeout_s:g} s (aborted during {phase})")
 
         return check
 
     def process(self, item: Item) -> list[dict]:
+        return self.process_group([item], self.presets[item.preset])
+
+    def process_group(self, items: list[Item], preset: Preset) -> list[dict]:
+        """Fetch every item, edit the fetched ones as one batch, write each item's PNGs; rows per item.
+
+        A batch that fails as a whole is run again one item at a time, so only the bad item ends as an error."""
+        from tight_pipeline.engine.runner import BatchError, ItemRequest
+
+        t_start = time.perf_counter()
+        rows: list[dict] = []
+        fetched: list[tuple[Item, Any, list[str], float]] = []
+        for item in items:
+            t0 = time.perf_counter()
+            try:
+                image, notes = self.fetch(item)
+            except Exception as exc:  # noqa: BLE001 - one bad item must never fail the block
+                rows.extend(self.error_rows(item, preset, exc, t0))
+                continue
+            fetched.append((item, image, notes, time.perf_counter() - t0))
+        requests = [ItemRequest(image, item.source_prompt, [(e.edit_id, e.prompt) for e in item.edits])
+                    for item, image, _, _ in fetched]
+        results = self.engine.edit_items(requests, preset, progress=self._deadline(time.perf_counter(), len(requests))) if requests else []
+        for (item, image, notes, fetch_s), request, result in zip(fetched, requests, results):
+            if isinstance(result, BatchError):
+                result = self.engine.edit_items([request], preset, progress=self._deadline(time.perf_counter()))[0]
+            if isinstance(result, BaseException):
+                rows.extend(self.error_rows(item, preset, result, t_start))
+                continue
+            try:
+                rows.extend(self.write(item, preset, result, notes, fetch_s, t_start))
+            except Exception as exc:  # noqa: BLE001
+                rows.extend(self.error_rows(item, preset, exc, t_start))
+        return rows
+
+    def fetch(self, item: Item):
         from tight_pipeline.engine.runner import InputError
 
-        preset = self.presets[item.preset]
-        t_start = time.perf_counter()
-        base = base_row(item, preset, self.spec, self.digest, self.run_id, self.manifest_uri)
-        base["worker"] = self.worker
+        storage.check_scheme(item.image_uri, self.allowed)
         try:
-            t0 = time.perf_counter()
-            storage.check_scheme(item.image_uri, self.allowed)
-            try:
-                data = storage.read_bytes(item.image_uri, self.limits.max_bytes)
-            except FileNotFoundError:
-                raise InputError(f"image {storage.redact(item.image_uri)} does not exist") from None
-            image, notes = storage.decode_image(data, self.limits)
-            fetch_s = time.perf_counter() - t0
-            result = self.engine.edit_item(image, item.source_prompt, [(e.edit_id, e.prompt) for e in item.edits], preset,
-                                           progress=self._deadline(t_start))
-            t0 = time.perf_counter()
-            folder = storage.join(self.output, preset.hash, item.item_id)
-            input_uri, recon_uri = storage.join(folder, "input.png"), storage.join(folder, "reconstruction.png")
-            storage.write_bytes_atomic(input_uri, storage.encode_png(result.input))
-            edit_uris = {}
-            for edit in item.edits:
-                edit_uris[edit.edit_id] = storage.output_key(self.output, preset.hash, item.item_id, edit.edit_id)
-                storage.write_bytes_atomic(edit_uris[edit.edit_id], storage.encode_png(result.edits[edit.edit_id]))
-            # The reconstruction is written last: its presence marks the item's images complete.
-            storage.write_bytes_atomic(recon_uri, storage.encode_png(result.reconstruction))
-            write_s = time.perf_counter() - t0
-        except Exception as exc:  # noqa: BLE001 - one bad item must never fail the block
-            kind = type(exc).__name__
-            message = f"item {item.item_id!r}: {kind}: {storage.redact(str(exc)).splitlines()[0] if str(exc) else kind}"
-            log.warning(message)
-            return [
-                {**base, "edit_id": e.edit_id, "edit_prompt": e.prompt, "status": "error", "error": message,
-                 "time_total_s": time.perf_counter() - t_start, "finished_at": now()}
-                for e in item.edits
-            ]
+            data = storage.read_bytes(item.image_uri, self.limits.max_bytes)
+        except FileNotFoundError:
+            raise InputError(f"image {storage.redact(item.image_uri)} does not exist") from None
+        return storage.decode_image(data, self.limits)
+
+    def error_rows(self, item: Item, preset: Preset, exc: BaseException, t_start: float) -> list[dict]:
+        """One error row per edit of ``item``; the message names the item and the cause in one line."""
+        kind = type(exc).__name__
+        message = f"item {item.item_id!r}: {kind}: {storage.redact(str(exc)).splitlines()[0] if str(exc) else kind}"
+        log.warning(message)
+        base = base_row(item, preset, self.spec, self.digest, self.run_id, self.manifest_uri)
+        return [
+            {**base, "worker": self.worker, "edit_id": e.edit_id, "edit_prompt": e.prompt, "status": "error",
+             "error": message, "time_total_s": time.perf_counter() - t_start, "finished_at": now()}
+            for e in item.edits
+        ]
+
+    def write(self, item: Item, preset: Preset, result, notes: list[str], fetch_s: float, t_start: float) -> list[dict]:
+        """Write the item's PNGs (reconstruction last) and return its ok rows."""
+        t0 = time.perf_counter()
+        folder = storage.join(self.output, preset.hash, item.item_id)
+        input_uri, recon_uri = storage.join(folder, "input.png"), storage.join(folder, "reconstruction.png")
+        storage.write_bytes_atomic(input_uri, storage.encode_png(result.input))
+        edit_uris = {}
+        for edit in item.edits:
+            edit_uris[edit.edit_id] = storage.output_key(self.output, preset.hash, item.item_id, edit.edit_id)
+            storage.write_bytes_atomic(edit_uris[edit.edit_id], storage.encode_png(result.edits[edit.edit_id]))
+        # The reconstruction is written last: its presence marks the item's images complete.
+        storage.write_bytes_atomic(recon_uri, storage.encode_png(result.reconstruction))
+        write_s = time.perf_counter() - t0
+        t = result.timings
         timings = {
             "time_fetch_s": fetch_s,
-            "time_encode_s": result.timings["encode_s"] + result.timings["embed_s"],
-            "time_invert_s": result.timings["invert_s"],
-            "time_denoise_s": result.timings["denoise_s"] + result.timings["decode_s"],
+            "time_encode_s": t["encode_s"] + t["embed_s"],
+            "time_invert_s": t["invert_s"],
+            "time_denoise_s": t["denoise_s"] + t["decode_s"],
             "time_write_s": write_s,
             "time_total_s": time.perf_counter() - t_start,
         }
-        out = []
-        for e in item.edits:
-            out.append({
-                **base, **result.scores, **result.edit_scores[e.edit_id], **timings,
+        base = base_row(item, preset, self.spec, self.digest, self.run_id, self.manifest_uri)
+        return [
+            {
+                **base, **result.scores, **result.edit_scores[e.edit_id], **timings, "worker": self.worker,
                 "edit_id": e.edit_id, "edit_prompt": e.prompt, "status": "ok", "error": None,
                 "warnings": "; ".join(notes + result.warnings) or None,
                 "input_uri": input_uri, "reconstruction_uri": recon_uri, "edit_uri": edit_uris[e.edit_id],
                 "finished_at": now(),
-            })
-        return out
+            }
+            for e in item.edits
+        ]
 
 
 def now() -> str:
@@ -461,7 +501,7 @@ def _run_ray(config: JobConfig, spec: ModelSpec, digest: str, presets: dict[str,
         fn_constructor_args=(spec, digest, presets, config.output, config.run_id, config.manifest, limits, threads,
                              config.clip_model or os.environ.get("TIGHT_PIPELINE_CLIP_MODEL"), config.allowed_schemes,
                              config.item_timeout_s),
-        batch_size=config.batch_size,
+        batch_size=config.batch_size or spec.max_batch,
         batch_format="pandas",
         compute=ray.data.ActorPoolStrategy(size=config.actors),
         num_cpus=config.actor_cpus,

@@ -27,6 +27,9 @@ _EPHEMERAL_PREFECT_SERVICES_OFF = (
 )
 
 
+PREFECT_STARTUP_TIMEOUT_S = 180
+
+
 def apply_local_defaults() -> None:
     """Offline, quiet, local-by-default environment; call before prefect/mlflow/ray are imported.
 
@@ -41,5 +44,8 @@ def apply_local_defaults() -> None:
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not os.environ.get("PREFECT_API_URL"):
+        # A first start creates the temporary server's database: about 20 s on a 2-core machine, which is
+        # Prefect's own start-up limit, so a fresh-state run failed more often than not. Wait long enough.
+        os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(PREFECT_STARTUP_TIMEOUT_S))
         for name in _EPHEMERAL_PREFECT_SERVICES_OFF:
             os.environ.setdefault(f"PREFECT_SERVER_SERVICES_{name}_ENABLED", "false")

@@ -21,6 +21,25 @@ class TextCondition:
     pooled: torch.Tensor | None  # (B, dim) for SDXL, None for SD
     time_ids: torch.Tensor | None  # (B, 6) for SDXL, None for SD
 
+    def slice(self, lo: int, hi: int) -> "TextCondition":
+        """Rows ``lo:hi`` (a view, no copy)."""
+        if lo == 0 and hi == self.embeds.shape[0]:
+            return self
+        return TextCondition(
+            self.embeds[lo:hi],
+            None if self.pooled is None else self.pooled[lo:hi],
+            None if self.time_ids is None else self.time_ids[lo:hi],
+        )
+
+    @staticmethod
+    def cat(conds: list["TextCondition"]) -> "TextCondition":
+        """Rows of every condition, in order."""
+        return TextCondition(
+            torch.cat([c.embeds for c in conds]),
+            None if conds[0].pooled is None else torch.cat([c.pooled for c in conds]),
+            None if conds[0].time_ids is None else torch.cat([c.time_ids for c in conds]),
+        )
+
     def rows(self, index: list[int]) -> "TextCondition":
         pick = torch.tensor(index, dtype=torch.long, device=self.embeds.device)
         return TextCondition(
@@ -85,22 +104,38 @@ def set_adapter_scale(pipe, scale: float) -> None:
 
 
 @torch.no_grad()
-def predict_noise(pipe, latents: torch.Tensor, t, text: TextCondition, image_embeds: torch.Tensor | None):
-    """One UNet call: the model's raw output for ``latents`` at timestep ``t`` under the given conditions.
+def predict_noise(pipe, latents: torch.Tensor, t, text: TextCondition, image_embeds: torch.Tensor | None,
+                  max_batch: int = 0) -> torch.Tensor:
+    """UNet call(s): the model's raw output for ``latents`` at timestep ``t`` under the given conditions.
 
     ``image_embeds`` holds one row per latent row (already chosen positive/negative); the adapter scale is
-    whatever ``set_adapter_scale`` last set.
+    whatever ``set_adapter_scale`` last set. The network runs in its own dtype; ``latents`` are cast to it at the
+    call and the output comes back as float32, so every update rule around it (DDIM, ReNoise fixed points,
+    DDPM noise maps) keeps float32 arithmetic even when the UNet is bf16/fp16. Rows are split into UNet calls
+    of at most ``max_batch`` rows (0 = all rows in one call).
     """
+    n = latents.shape[0]
+    step = n if max_batch <= 0 else max_batch
+    outs = []
+    for lo in range(0, n, step):
+        hi = min(n, lo + step)
+        outs.append(_unet_call(pipe, latents[lo:hi], t, text.slice(lo, hi),
+                               None if image_embeds is None else image_embeds[lo:hi]))
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+def _unet_call(pipe, latents, t, text: TextCondition, image_embeds):
+    unet = pipe.unet
     added: dict = {}
     if text.pooled is not None:
         added["text_embeds"] = text.pooled
         added["time_ids"] = text.time_ids
     if image_embeds is not None:
         added["image_embeds"] = [image_embeds]
-    return pipe.unet(
-        latents,
+    return unet(
+        latents.to(unet.dtype),
         t,
         encoder_hidden_states=text.embeds,
         added_cond_kwargs=added or None,
         return_dict=False,
-    )[0]
+    )[0].float()

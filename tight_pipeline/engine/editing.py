@@ -29,6 +29,7 @@ def denoise(
     guidance: float,
     callback=None,
     noises: list[torch.Tensor] | None = None,
+    max_batch: int = 0,
 ) -> torch.Tensor:
     """DDIM denoising of ``n_plain + n_guided`` latents that all start at ``z_T``.
 
@@ -36,14 +37,20 @@ def denoise(
     ``[plain..., unconditional..., conditional...]``. Returns the ``n_plain + n_guided`` clean latents
     (plain rows first). ``z_T`` is one latent shared by all rows, or one per row (``n_plain + n_guided``
     rows: a batch of different images, as the demo model's evaluation runs). With ``noises`` (from ``invert_ddpm_ef``) every step is the stochastic DDPM step
-    driven by that step's noise map, shared by all rows; without, the deterministic DDIM step.
+    driven by that step's noise map (one map shared by all rows, or one per row, ``n_plain + n_guided``);
+    without, the deterministic DDIM step. Latents and updates are float32; at most ``max_batch`` rows per
+    UNet call (0 = all).
+
+    Per step from t down to t - Δ: ε̂ = ε_u + guidance (ε_c - ε_u) for guided rows, ε for plain rows, then
+    z ← sqrt(a_prev) x0 + sqrt(1 - a_prev) ε̂ (DDIM, eq. 12 with η = 0) or the DDPM step with the stored map.
     """
     p, g = n_plain, n_guided
+    z_T = z_T.float()
     z = z_T if z_T.shape[0] == p + g else z_T.repeat(p + g, 1, 1, 1)
     for i, t in enumerate(schedule.timesteps):
         a_t, a_prev = schedule.alpha(t), schedule.alpha(t - schedule.step_ratio)
         model_in = torch.cat([z[:p], z[p:], z[p:]]) if g else z
-        out = predict_noise(pipe, model_in, t, text, image_embeds)
+        out = predict_noise(pipe, model_in, t, text, image_embeds, max_batch)
         uncond, cond = out[p : p + g], out[p + g :]
         combined = torch.cat([out[:p], uncond + guidance * (cond - uncond)])
         if noises is None:

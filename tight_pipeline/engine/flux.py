@@ -110,43 +110,51 @@ class FluxTightInversion(TightInversion):
         return cls(pipe, spec, scorer)
 
     # -- images <-> packed latents --------------------------------------------------------------------
-    @torch.no_grad()
-    def encode(self, image: Image.Image) -> torch.Tensor:
+    def _encode_pixels(self, x: torch.Tensor) -> torch.Tensor:
         vae = self.pipe.vae
-        x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
-        z = vae.encode(x.to(self.device, vae.dtype)).latent_dist.mean
-        return ((z - vae.config.shift_factor) * vae.config.scaling_factor).to(self.dtype)
+        return (vae.encode(x).latent_dist.mean.float() - vae.config.shift_factor) * vae.config.scaling_factor
 
     def pack(self, z: torch.Tensor) -> torch.Tensor:
         b, c, h, w = z.shape
         return self.pipe._pack_latents(z, b, c, h, w)
 
     @torch.no_grad()
-    def decode_packed(self, packed: torch.Tensor, height: int, width: int) -> list[Image.Image]:
+    def decode_tensor(self, latents: torch.Tensor) -> torch.Tensor:
+        """Unpacked latents -> (B, H, W, 3) uint8 on the device, in chunks of ``spec.vae_batch``."""
         vae = self.pipe.vae
-        z = self.pipe._unpack_latents(packed, height, width, self.pipe.vae_scale_factor)
-        z = z / vae.config.scaling_factor + vae.config.shift_factor
-        x = vae.decode(z.to(vae.dtype), return_dict=False)[0]
-        x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        return [Image.fromarray(a) for a in x]
+        out = []
+        for lo in range(0, latents.shape[0], self.spec.vae_batch):
+            z = latents[lo : lo + self.spec.vae_batch] / vae.config.scaling_factor + vae.config.shift_factor
+            x = vae.decode(z.to(vae.dtype), return_dict=False)[0]
+            out.append(((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1))
+        return torch.cat(out)
 
-    def decode(self, latents: torch.Tensor) -> list[Image.Image]:  # unpacked latents (for the round-trip)
-        vae = self.pipe.vae
-        h, w = latents.shape[-2] * self.pipe.vae_scale_factor, latents.shape[-1] * self.pipe.vae_scale_factor
-        return self.decode_packed(self.pack(latents), h, w)
+    def decode_packed(self, packed: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        return self.decode_tensor(self.pipe._unpack_latents(packed, height, width, self.pipe.vae_scale_factor))
 
     # -- one transformer call -------------------------------------------------------------------------
     def velocity_fn(self, text: FluxText, image_rows: torch.Tensor | None, image_ids, timesteps, guidance):
-        """v(x, level) for a batch whose rows match ``text``/``image_rows``/``guidance`` row for row."""
+        """v(x, level) for a batch whose rows match ``text``/``image_rows``/``guidance`` row for row.
+
+        The transformer runs in its dtype on chunks of at most ``spec.max_batch`` rows; ``x`` and the returned
+        velocity are float32, so the RF updates keep float32 arithmetic."""
+        net = self.pipe.transformer
+        mb = self.spec.max_batch
 
         def velocity(x: torch.Tensor, level: int) -> torch.Tensor:
-            kwargs = {"ip_adapter_image_embeds": [image_rows]} if image_rows is not None else None  # fresh dict
-            t = torch.full((x.shape[0],), timesteps[level], dtype=x.dtype, device=x.device) / 1000
-            return self.pipe.transformer(
-                hidden_states=x, timestep=t, guidance=guidance, pooled_projections=text.pooled,
-                encoder_hidden_states=text.embeds, txt_ids=text.text_ids, img_ids=image_ids,
-                joint_attention_kwargs=kwargs, return_dict=False,
-            )[0]
+            outs = []
+            for lo in range(0, x.shape[0], mb):
+                hi = min(x.shape[0], lo + mb)
+                # a fresh dict per call: the transformer pops the image embeds out of it
+                kwargs = {"ip_adapter_image_embeds": [image_rows[lo:hi]]} if image_rows is not None else None
+                t = torch.full((hi - lo,), timesteps[level], dtype=net.dtype, device=x.device) / 1000
+                outs.append(net(
+                    hidden_states=x[lo:hi].to(net.dtype), timestep=t,
+                    guidance=None if guidance is None else guidance[lo:hi],
+                    pooled_projections=text.pooled[lo:hi], encoder_hidden_states=text.embeds[lo:hi],
+                    txt_ids=text.text_ids, img_ids=image_ids, joint_attention_kwargs=kwargs, return_dict=False,
+                )[0].float())
+            return torch.cat(outs)
 
         return velocity
 
@@ -164,61 +172,64 @@ class FluxTightInversion(TightInversion):
                              f"{self.spec.name!r} is flux (use a preset with method rf_inversion)")
 
     # -- the recipe -----------------------------------------------------------------------------------
-    def edit_item(self, image: Image.Image, source_prompt: str, edits: list[tuple[str, str]], preset: Preset,
-                  progress=None) -> ItemResult:
-        warnings = self.check_inputs(preset, source_prompt, edits)
-        timings: dict[str, float] = {}
+    def run_group(self, requests, fitted, warnings, preset: Preset, progress=None) -> list[ItemResult]:
+        """The FLUX recipe for same-size items, batched: inversion of all items in one batch, then all
+        reconstructions, then every edit of every item (true CFG rows ``[negative x E, edit x E]``)."""
         step = (lambda phase: (lambda i: progress(phase))) if progress else (lambda phase: None)
-        pipe = self.pipe
+        pipe, b = self.pipe, len(requests)
+        timings: dict[str, float] = {"batch_items": float(b)}
 
         t0 = time.perf_counter()
-        fitted = self.prepare_image(image)
-        z0 = self.encode(fitted)
-        roundtrip = self.decode(z0)[0]
+        pixels = self.pixels(fitted)
+        z0 = self.encode(pixels)
+        roundtrip = self.decode_tensor(z0)
         y0 = self.pack(z0)
-        h, w = fitted.height, fitted.width
+        h, w = fitted[0].height, fitted[0].width
         image_ids = pipe._prepare_latent_image_ids(1, z0.shape[-2] // 2, z0.shape[-1] // 2, self.device, self.dtype)
         timings["encode_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        inversion_prompt = source_prompt if preset.inversion_prompt == "source" else ""
-        prompts = [inversion_prompt] + [p for _, p in edits] + [preset.negative_prompt]
+        edit_owner = [k for k, r in enumerate(requests) for _ in r.edits]
+        e = len(edit_owner)
+        inversion_prompts = [r.source_prompt if preset.inversion_prompt == "source" else "" for r in requests]
+        prompts = inversion_prompts + [p for r in requests for _, p in r.edits] + [preset.negative_prompt]
         text_all = embed_text(pipe, prompts)
-        img = embed_image(pipe, fitted)
+        images = [embed_image(pipe, f) for f in fitted]
         timings["embed_s"] = time.perf_counter() - t0
 
+        def image_rows(*parts: tuple[list[int], bool]):
+            if images[0] is None:
+                return None
+            return torch.cat([images[k][1] if neg else images[k][0] for owners, neg in parts for k in owners])
+
+        items = list(range(b))
         sigmas, timesteps = flux_sigmas(pipe, preset.steps, y0.shape[1])
-        source = text_all.rows([0])
+        source = text_all.rows(items)
+        plain = self.velocity_fn(source, image_rows((items, False)), image_ids, timesteps, self.guidance_rows([1.0] * b))
         t0 = time.perf_counter()
         self._set_scale(preset.inversion_scale)
-        noise = torch.randn(y0.shape, generator=torch.Generator().manual_seed(preset.seed), dtype=torch.float32)
-        x1 = rf_inversion.invert_rf(
-            self.velocity_fn(source, img and img[0], image_ids, timesteps, self.guidance_rows([1.0])),
-            y0, sigmas, gamma=preset.gamma, target_noise=noise.to(self.device, self.dtype),
-            fixed_point_iterations=preset.fixed_point_iterations, callback=step("invert"),
-        )
+        # One target noise per item, drawn as a one-item run draws it.
+        noise = torch.cat([torch.randn((1, *y0.shape[1:]), generator=torch.Generator().manual_seed(preset.seed),
+                                       dtype=torch.float32) for _ in items]).to(self.device)
+        x1 = rf_inversion.invert_rf(plain, y0, sigmas, gamma=preset.gamma, target_noise=noise,
+                                    fixed_point_iterations=preset.fixed_point_iterations, callback=step("invert"))
         timings["invert_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        n = len(edits)
-        rec = rf_inversion.denoise_rf(
-            self.velocity_fn(source, img and img[0], image_ids, timesteps, self.guidance_rows([1.0])),
-            x1, sigmas, callback=step("denoise"),
-        )
-        outs = [rec]
-        if n:
+        outs = [rf_inversion.denoise_rf(plain, x1, sigmas, callback=step("denoise"))]
+        if e:
             self._set_scale(preset.edit_scale)
-            text = FluxText.cat([text_all.rows([n + 1] * n), text_all.rows(list(range(1, n + 1)))])
-            rows = img and torch.cat([img[1]] * n + [img[0]] * n)
-            velocity = self.velocity_fn(text, rows, image_ids, timesteps, self.guidance_rows([preset.distilled_guidance] * 2 * n))
+            text = FluxText.cat([text_all.rows([len(prompts) - 1] * e), text_all.rows(list(range(b, b + e)))])
+            velocity = self.velocity_fn(text, image_rows((edit_owner, True), (edit_owner, False)), image_ids, timesteps,
+                                        self.guidance_rows([preset.distilled_guidance] * 2 * e))
 
             def guided(x, level):
                 out = velocity(torch.cat([x, x]), level)
-                uncond, cond = out[:n], out[n:]
+                uncond, cond = out[:e], out[e:]
                 return uncond + preset.guidance * (cond - uncond)
 
             outs.append(rf_inversion.denoise_rf(
-                guided, x1.repeat(n, 1, 1), sigmas, y0=y0, eta=preset.eta,
+                guided, x1[edit_owner], sigmas, y0=y0[edit_owner], eta=preset.eta,
                 eta_start=preset.eta_start, eta_stop=preset.eta_stop, callback=step("denoise"),
             ))
         z = torch.cat(outs)
@@ -227,7 +238,7 @@ class FluxTightInversion(TightInversion):
         t0 = time.perf_counter()
         decoded = self.decode_packed(z, h, w)
         timings["decode_s"] = time.perf_counter() - t0
-        return self.result(fitted, roundtrip, decoded, edits, timings, warnings)
+        return self.results(requests, fitted, pixels, roundtrip, decoded, edit_owner, timings, warnings)
 
     def _set_scale(self, scale: float) -> None:
         if has_adapter(self.pipe):

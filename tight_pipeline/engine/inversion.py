@@ -73,12 +73,23 @@ def ddim_move(sample: torch.Tensor, output: torch.Tensor, alpha_from: float, alp
 
 
 @torch.no_grad()
-def invert_ddim(pipe, latents: torch.Tensor, schedule: Schedule, text: TextCondition, image_embeds, callback=None):
-    """Plain DDIM inversion at guidance 1 (conditional branch only). Returns z_T."""
-    z = latents
+def invert_ddim(pipe, latents: torch.Tensor, schedule: Schedule, text: TextCondition, image_embeds, callback=None,
+                max_batch: int = 0):
+    """Plain DDIM inversion at guidance 1 (conditional branch only). Returns z_T.
+
+    Args:
+        latents: clean latents z_0, (B, C, h, w), float32; B items are inverted together, row by row.
+        text, image_embeds: one row per latent row (the item's source prompt and positive image embeds).
+        max_batch: at most this many rows per UNet call (0 = all).
+
+    Per step from level ``a_from`` (t - Δ) up to ``a_to`` (t), with ε = ε(z, t):
+    x0 = (z - sqrt(1 - a_from) ε) / sqrt(a_from);  z ← sqrt(a_to) x0 + sqrt(1 - a_to) ε
+    (DDIM, Song et al. 2021, eq. 12 run backwards; diffusers' ``DDIMInverseScheduler.step``).
+    """
+    z = latents.float()
     for i, t in enumerate(reversed(schedule.timesteps)):
         a_from, a_to = schedule.alpha(t - schedule.step_ratio), schedule.alpha(t)
-        out = predict_noise(pipe, z, t, text, image_embeds)
+        out = predict_noise(pipe, z, t, text, image_embeds, max_batch)
         z = ddim_move(z, out, a_from, a_to, schedule.prediction_type)
         if callback:
             callback(i)
@@ -95,19 +106,26 @@ def invert_renoise(
     iterations: int = 9,
     average_last: int = 1,
     callback=None,
+    max_batch: int = 0,
 ):
-    """ReNoise / fixed-point inversion: every step iterated towards z_t = move(z_{t-Δ}, ε(z_t, t))."""
+    """ReNoise / fixed-point inversion: every step iterated towards z_t = move(z_{t-Δ}, ε(z_t, t)).
+
+    Same arguments as ``invert_ddim``. Per step: the DDIM guess, then ``iterations`` times
+    ε_k = ε(guess, t); ε̄ = mean of the last ``average_last`` ε_k; guess ← move(z_{t-Δ}, ε̄) — the affine DDIM
+    step solved for the z_t whose denoising step lands on z_{t-Δ} (Garibi et al. 2024, ReNoise, Alg. 1).
+    All of it in float32; only the UNet runs in the model's dtype.
+    """
     if iterations < 1 or not 1 <= average_last <= iterations:
         raise ValueError(f"renoise needs iterations >= 1 and 1 <= average_last <= iterations, got {iterations}, {average_last}")
-    z = latents
+    z = latents.float()
     for i, t in enumerate(reversed(schedule.timesteps)):
         a_from, a_to = schedule.alpha(t - schedule.step_ratio), schedule.alpha(t)
-        out = predict_noise(pipe, z, t, text, image_embeds)
+        out = predict_noise(pipe, z, t, text, image_embeds, max_batch)
         guess = ddim_move(z, out, a_from, a_to, schedule.prediction_type)
         kept = []
         for k in range(iterations):
             # The prediction at the guess for z_t is the one the denoising step from z_t will use.
-            out_k = predict_noise(pipe, guess, t, text, image_embeds)
+            out_k = predict_noise(pipe, guess, t, text, image_embeds, max_batch)
             if k >= iterations - average_last:
                 kept.append(out_k)
             used = torch.stack(kept).mean(0) if kept else out_k
@@ -134,19 +152,27 @@ def ddpm_move(sample, output, alpha_t: float, alpha_prev: float, prediction_type
 
 @torch.no_grad()
 def invert_ddpm_ef(pipe, latents: torch.Tensor, schedule: Schedule, text: TextCondition, image_embeds,
-                   seed: int = 0, callback=None):
-    """Edit-friendly DDPM inversion. Returns (x_T, noise maps in denoising order, one per step)."""
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    levels = {}
-    for t in schedule.timesteps:
-        a = schedule.alpha(t)
-        noise = torch.randn(latents.shape, generator=gen, dtype=torch.float32).to(latents.device, latents.dtype)
-        levels[t] = a**0.5 * latents + (1 - a) ** 0.5 * noise
+                   seed: int = 0, callback=None, max_batch: int = 0):
+    """Edit-friendly DDPM inversion. Returns (x_T, noise maps in denoising order, one per step).
+
+    Each row of ``latents`` (one item) draws its noisy levels x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) n_t from its own
+    generator seeded with ``seed``, so an item gets the same levels and maps alone or in a batch. Then per step
+    z_t = (x_{t-Δ} - μ(x_t, ε(x_t, t))) / σ_t, with μ the DDPM (η = 1) posterior mean (Huberman-Spiegelglas et al.
+    2024, eq. 5). Maps are float32, shaped like ``latents``.
+    """
+    latents = latents.float()
+    levels = {t: torch.empty_like(latents) for t in schedule.timesteps}
+    for row in range(latents.shape[0]):
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        for t in schedule.timesteps:
+            a = schedule.alpha(t)
+            noise = torch.randn((1, *latents.shape[1:]), generator=gen, dtype=torch.float32).to(latents.device)
+            levels[t][row : row + 1] = a**0.5 * latents[row : row + 1] + (1 - a) ** 0.5 * noise
     noises = []
     for i, t in enumerate(schedule.timesteps):
         t_prev = t - schedule.step_ratio
         a_t, a_prev = schedule.alpha(t), schedule.alpha(t_prev)
-        out = predict_noise(pipe, levels[t], t, text, image_embeds)
+        out = predict_noise(pipe, levels[t], t, text, image_embeds, max_batch)
         target = levels[t_prev] if t_prev in levels else latents
         mean = ddpm_move(levels[t], out, a_t, a_prev, schedule.prediction_type, torch.zeros_like(latents))
         noises.append((target - mean) / ddpm_sigma(a_t, a_prev))

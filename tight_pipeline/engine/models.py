@@ -27,6 +27,8 @@ FAMILIES = ("sdxl", "sd", "flux")
 DEFAULT_MODEL = "catalog-demo"
 DTYPES = ("float32", "float16", "bfloat16")
 DEVICES = ("auto", "cpu", "cuda")
+COMPILE_MODES = ("", "default", "reduce-overhead", "max-autotune")
+RUNTIME_FIELDS = ("max_batch", "vae_batch", "tf32", "channels_last", "compile")  # speed, not results
 
 
 class ModelError(RuntimeError):
@@ -55,6 +57,18 @@ class ModelSpec:
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
         allow_pickle: allow pickle ``.bin`` weights; refused by default (they can run code on load).
         variant: diffusers weight variant (``fp16``) or ``None``.
+
+    How to run it (not part of ``digest``: they change speed, not what the model computes beyond float
+    tolerance, so changing them never makes a resumed run redo rows):
+        max_batch: at most this many latent rows per UNet / transformer call; items of a batch (same preset,
+            same working size) are inverted and edited together and split into calls of this size. The
+            SDXL UNet's cost per image flattens from batch 8 on an H100/H200 (``../docs/gpu.md``).
+        vae_batch: at most this many images per VAE encode / decode call (decoding 1024 px is memory-heavy).
+        tf32: allow TF32 matmuls and convolutions on CUDA (faster float32, ~1e-3 relative error per op).
+            Off by default: inversion accumulates error over every step; bf16/fp16 networks are unaffected.
+        channels_last: run the UNet / VAE in channels-last memory format (often faster convolutions on GPUs).
+        compile: ``torch.compile`` the UNet / transformer (``""`` = off, or a mode: ``default``,
+            ``reduce-overhead``, ``max-autotune``); the first calls at each new batch shape pay the compile.
     """
 
     name: str
@@ -69,6 +83,11 @@ class ModelSpec:
     device: str = "auto"
     allow_pickle: bool = False
     variant: str | None = None
+    max_batch: int = 8
+    vae_batch: int = 4
+    tf32: bool = False
+    channels_last: bool = False
+    compile: str = ""
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -77,6 +96,10 @@ class ModelSpec:
             raise ModelError(f"model {self.name!r}: unknown dtype {self.dtype!r}; expected one of {DTYPES}")
         if self.device not in DEVICES:
             raise ModelError(f"model {self.name!r}: unknown device {self.device!r}; expected one of {DEVICES}")
+        if self.max_batch < 1 or self.vae_batch < 1:
+            raise ModelError(f"model {self.name!r}: max_batch and vae_batch must be >= 1")
+        if self.compile not in COMPILE_MODES:
+            raise ModelError(f"model {self.name!r}: unknown compile mode {self.compile!r}; expected one of {COMPILE_MODES}")
         if not 32 <= self.resolution <= 4096:
             raise ModelError(f"model {self.name!r}: resolution {self.resolution} out of range 32..4096")
         if self.adapter is not None and not self.allow_pickle and not self.adapter_weight.endswith(".safetensors"):
@@ -92,7 +115,8 @@ class ModelSpec:
     @property
     def digest(self) -> str:
         """Short stable hash of the spec's settings (paths, dtype, ...); :func:`model_digest` adds the weights."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        settings = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+        blob = json.dumps(settings, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
@@ -368,4 +392,21 @@ def load_pipeline(spec: ModelSpec):
     if dtype == torch.float16 and getattr(pipe.vae.config, "force_upcast", False):
         pipe.vae.to(torch.float32)  # the SDXL VAE overflows in fp16
     pipe.set_progress_bar_config(disable=True)
+    apply_speed_settings(pipe, spec)
     return pipe
+
+
+def apply_speed_settings(pipe, spec: ModelSpec) -> None:
+    """TF32 policy, channels-last and ``torch.compile`` as the spec asks (see ``ModelSpec``)."""
+    import torch
+
+    if torch.cuda.is_available():
+        # cuDNN convolutions default to TF32 in PyTorch; the spec decides, for matmuls and convolutions alike.
+        torch.backends.cuda.matmul.allow_tf32 = spec.tf32
+        torch.backends.cudnn.allow_tf32 = spec.tf32
+    net = pipe.transformer if spec.family == "flux" else pipe.unet
+    if spec.channels_last and spec.family != "flux":
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    if spec.compile:
+        net.compile(mode=spec.compile, fullgraph=False, dynamic=False)

@@ -23,8 +23,8 @@ Y_{s_i} (at level s_i) so that, at gamma = 0, the result is the exact inverse of
 with eta_i = ``eta`` while the step is inside [eta_start, eta_stop) of the run and 0 after, so edits keep the
 input's layout early and follow the prompt late. Reconstruction rows run with eta = 0 (an honest inverse).
 
-``velocity(x, i_level, rows)`` is supplied by the caller: it evaluates the model at level ``sigmas[i_level]``
-with whatever conditions the rows need (a fresh ``joint_attention_kwargs`` dict per call).
+``velocity(x, i_level)`` is supplied by the caller: it evaluates the model at level ``sigmas[i_level]``
+for the rows of ``x`` (each row carries its own conditions; a fresh ``joint_attention_kwargs`` dict per call).
 """
 
 from __future__ import annotations

@@ -1,9 +1,17 @@
-"""One item end to end: the Tight Inversion recipe, with scores and per-phase timings.
+"""Items end to end: the Tight Inversion recipe, with scores and per-phase timings, batched across items.
 
     engine = TightInversion.from_spec(resolve_model_spec("catalog-demo"))
     result = engine.edit_item(image, "a coffee cup", [("blue", "a blue coffee cup")], load_preset("balanced"))
+    results = engine.edit_items([ItemRequest(image, "a mug", [("red", "a red mug")]), ...], preset)
 
-The recipe (``edit_item``):
+``edit_items`` runs a group of items (same preset) together: items of the same working size share every
+network call — the inversion of all of them is one batch, their reconstructions and edits one batched
+denoising — split into calls of at most ``spec.max_batch`` rows (a GPU at batch 1 idles; at batch 8 it does
+not). Results equal one-item runs to float tolerance. Items of another size form their own group; an item
+that fails its input checks gets its own exception, a batch that fails gets a ``BatchError`` per item (the
+caller re-runs those items alone, so one bad item fails alone).
+
+The recipe (per item, in ``run_group``):
  1. fit the photo to the model's resolution; encode it with the VAE (z_0) and decode z_0 again
     (the VAE round-trip: the ceiling any reconstruction can reach);
  2. embed the image once with the adapter's image encoder (positive and negative embeds);
@@ -29,6 +37,24 @@ from tight_pipeline.presets import Preset
 
 class InputError(ValueError):
     """The item cannot be processed as given (the message says why); other items are unaffected."""
+
+
+@dataclass(frozen=True)
+class ItemRequest:
+    """One item for ``edit_items``: its photo, source prompt and ``(edit_id, prompt)`` edits."""
+
+    image: Image.Image
+    source_prompt: str
+    edits: list[tuple[str, str]]
+
+
+class BatchError(RuntimeError):
+    """A batch of several items failed as a whole (``cause``); re-run its items one at a time to find which."""
+
+    def __init__(self, cause: BaseException, size: int):
+        super().__init__(f"a batch of {size} items failed: {type(cause).__name__}: {cause}")
+        self.cause = cause
+        self.size = size
 
 
 @dataclass
@@ -81,28 +107,51 @@ class TightInversion:
         w, h = fit_size(image.width, image.height, self.spec.resolution, self.multiple)
         return image.convert("RGB").resize((w, h), Image.Resampling.LANCZOS)
 
-    @torch.no_grad()
-    def encode(self, image: Image.Image) -> torch.Tensor:
-        vae = self.pipe.vae
-        x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
-        x = x.to(self.device, vae.dtype)
-        return (vae.encode(x).latent_dist.mean * vae.config.scaling_factor).to(self.dtype)
+    def pixels(self, images: list[Image.Image]) -> torch.Tensor:
+        """Same-size photos -> (B, H, W, 3) uint8 on the engine's device."""
+        return torch.from_numpy(np.stack([np.asarray(im.convert("RGB")) for im in images])).to(self.device)
 
     @torch.no_grad()
+    def encode(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
+        """Photo(s) -> float32 latents z_0 (the VAE posterior mean, scaled); a PIL image or (B, H, W, 3) uint8."""
+        vae = self.pipe.vae
+        pixels = self.pixels([image]) if isinstance(image, Image.Image) else image
+        out = []
+        for lo in range(0, pixels.shape[0], self.spec.vae_batch):
+            x = pixels[lo : lo + self.spec.vae_batch].permute(0, 3, 1, 2).float() / 127.5 - 1.0
+            out.append(self._encode_pixels(x.to(self.device, vae.dtype)))
+        return torch.cat(out)
+
+    def _encode_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        vae = self.pipe.vae
+        return vae.encode(x).latent_dist.mean.float() * vae.config.scaling_factor
+
+    @torch.no_grad()
+    def decode_tensor(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents -> (B, H, W, 3) uint8 on the device, in chunks of ``spec.vae_batch``."""
+        vae = self.pipe.vae
+        out = []
+        for lo in range(0, latents.shape[0], self.spec.vae_batch):
+            z = latents[lo : lo + self.spec.vae_batch]
+            x = vae.decode(z.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+            out.append(((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1))
+        return torch.cat(out)
+
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:
-        vae = self.pipe.vae
-        x = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
-        x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        return [Image.fromarray(a) for a in x]
+        return to_images(self.decode_tensor(latents))
 
-    def result(self, fitted, roundtrip, decoded: list, edits: list[tuple[str, str]], timings: dict,
-               warnings: list[str]) -> ItemResult:
-        """Decoded ``[reconstruction, *edits]`` -> the scored ``ItemResult`` (score time added to ``timings``)."""
-        reconstruction, edit_images = decoded[0], dict(zip([e for e, _ in edits], decoded[1:]))
+    def result(self, fitted: Image.Image, pixels: torch.Tensor, roundtrip: torch.Tensor, decoded: torch.Tensor,
+               edits: list[tuple[str, str]], timings: dict, warnings: list[str]) -> ItemResult:
+        """Decoded ``[reconstruction, *edits]`` (uint8 tensors on the device) -> the scored ``ItemResult``.
+
+        Scores are computed on the device, where the images already are; only the finished images go to the CPU.
+        """
         t0 = time.perf_counter()
-        scores, edit_scores = self.score(fitted, roundtrip, reconstruction, edit_images, edits)
+        ids = [e for e, _ in edits]
+        scores, edit_scores = self.score(pixels, roundtrip, decoded[0], dict(zip(ids, decoded[1:])), edits)
+        images = to_images(torch.cat([roundtrip[None], decoded]))
         timings["score_s"] = time.perf_counter() - t0
-        return ItemResult(fitted, roundtrip, reconstruction, edit_images, scores, edit_scores, timings, warnings)
+        return ItemResult(fitted, images[0], images[1], dict(zip(ids, images[2:])), scores, edit_scores, timings, warnings)
 
     def score(self, fitted, roundtrip, reconstruction, edit_images: dict, edits: list[tuple[str, str]]):
         """Reconstruction scores (vs input and vs VAE round-trip) and per-edit scores."""
@@ -115,7 +164,8 @@ class TightInversion:
             "vae_psnr_vs_input": metrics.psnr(roundtrip, fitted),
             "lpips_vs_input": None,
         }
-        clip = self.clip.score(list(edit_images.values()), [p for _, p in edits]) if self.clip and edits else [None] * n
+        clip = (self.clip.score(to_images(torch.stack(list(edit_images.values()))), [p for _, p in edits])
+                if self.clip and edits else [None] * n)
         edit_scores = {
             edit_id: {
                 "edit_change": metrics.mean_abs_change(edit_images[edit_id], reconstruction),
@@ -151,14 +201,16 @@ class TightInversion:
         return [f"{what} has {n} tokens; the model reads the first {limit}, the rest is ignored"] if n > limit else []
 
     def invert(self, z0, text, image_rows, schedule, preset: Preset, callback=None):
-        """z_0 → (z_T, noise maps or None) with the preset's method."""
+        """z_0 → (z_T, noise maps or None) with the preset's method; one row per item."""
+        mb = self.spec.max_batch
         if preset.method == "ddim":
-            return inversion.invert_ddim(self.pipe, z0, schedule, text, image_rows, callback=callback), None
+            return inversion.invert_ddim(self.pipe, z0, schedule, text, image_rows, callback=callback, max_batch=mb), None
         if preset.method == "ddpm_ef":
-            return inversion.invert_ddpm_ef(self.pipe, z0, schedule, text, image_rows, seed=preset.seed, callback=callback)
+            return inversion.invert_ddpm_ef(self.pipe, z0, schedule, text, image_rows, seed=preset.seed,
+                                            callback=callback, max_batch=mb)
         return inversion.invert_renoise(
-            self.pipe, z0, schedule, text, image_rows,
-            iterations=preset.renoise_iterations, average_last=preset.renoise_average_last, callback=callback,
+            self.pipe, z0, schedule, text, image_rows, iterations=preset.renoise_iterations,
+            average_last=preset.renoise_average_last, callback=callback, max_batch=mb,
         ), None
 
     def edit_item(
@@ -173,69 +225,130 @@ class TightInversion:
 
         ``progress``, if given, is called with a short phase name after each model step.
         """
-        warnings = self.check_inputs(preset, source_prompt, edits)
-        timings: dict[str, float] = {}
+        result = self.edit_items([ItemRequest(image, source_prompt, list(edits))], preset, progress)[0]
+        if isinstance(result, BaseException):
+            raise result.cause if isinstance(result, BatchError) else result
+        return result
+
+    def edit_items(self, requests: list[ItemRequest], preset: Preset, progress=None) -> list[ItemResult | Exception]:
+        """Every request's ``ItemResult``, or the exception that item ended with (never raised: the caller decides).
+
+        Items whose inputs fail the checks get their ``InputError``; the rest are grouped by working size and
+        each group runs as one batch. A group that fails as a whole gives every item of it a ``BatchError``.
+        """
+        results: list[ItemResult | Exception | None] = [None] * len(requests)
+        groups: dict[tuple[int, int], list[tuple[int, Image.Image, list[str]]]] = {}
+        for i, req in enumerate(requests):
+            try:
+                warnings = self.check_inputs(preset, req.source_prompt, req.edits)
+                fitted = self.prepare_image(req.image)
+            except Exception as exc:  # noqa: BLE001 - an item's bad input is that item's result
+                results[i] = exc
+                continue
+            groups.setdefault(fitted.size, []).append((i, fitted, warnings))
+        for members in groups.values():
+            index = [i for i, _, _ in members]
+            try:
+                outs = self.run_group([requests[i] for i in index], [f for _, f, _ in members],
+                                      [w for _, _, w in members], preset, progress)
+            except Exception as exc:  # noqa: BLE001
+                outs = [exc] * len(index) if len(index) == 1 else [BatchError(exc, len(index))] * len(index)
+            for i, out in zip(index, outs):
+                results[i] = out
+        return results
+
+    def run_group(self, requests: list[ItemRequest], fitted: list[Image.Image], warnings: list[list[str]],
+                  preset: Preset, progress=None) -> list[ItemResult]:
+        """The recipe for same-size items, batched: one row per item in the inversion; rows
+        ``[reconstruction x B, unconditional x E, conditional x E]`` (E = all edits of all items) in denoising.
+        Phase times are the group's, divided by its size (``batch_items`` says how many shared them)."""
         step = (lambda phase: (lambda i: progress(phase))) if progress else (lambda phase: None)
+        pipe, b = self.pipe, len(requests)
+        timings: dict[str, float] = {"batch_items": float(b)}
 
         t0 = time.perf_counter()
-        fitted = self.prepare_image(image)
-        z0 = self.encode(fitted)
-        roundtrip = self.decode(z0)[0]
+        pixels = self.pixels(fitted)
+        z0 = self.encode(pixels)
+        roundtrip = self.decode_tensor(z0)
         timings["encode_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        h, w = fitted.height, fitted.width
-        prompts = [source_prompt] + [p for _, p in edits] + [preset.negative_prompt]
-        text_all = conditioning.embed_text(self.pipe, prompts, h, w)
+        h, w = fitted[0].height, fitted[0].width
+        edit_owner = [k for k, r in enumerate(requests) for _ in r.edits]  # item of every edit row
+        e = len(edit_owner)
+        prompts = [r.source_prompt for r in requests] + [p for r in requests for _, p in r.edits] + [preset.negative_prompt]
+        text_all = conditioning.embed_text(pipe, prompts, h, w)
         negative = text_all.rows([len(prompts) - 1])
-        if not preset.negative_prompt and getattr(self.pipe.config, "force_zeros_for_empty_prompt", False):
+        if not preset.negative_prompt and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
             negative = conditioning.TextCondition(
                 torch.zeros_like(negative.embeds),
                 None if negative.pooled is None else torch.zeros_like(negative.pooled),
                 negative.time_ids,
             )
-        img = conditioning.embed_image(self.pipe, fitted)
+        images = [conditioning.embed_image(pipe, f) for f in fitted]
         timings["embed_s"] = time.perf_counter() - t0
 
-        schedule = inversion.make_schedule(self.pipe.scheduler, preset.steps)
-        source = text_all.rows([0])
+        def image_rows(*parts: tuple[list[int], bool]):
+            """Adapter embeds for rows of the given (items, negative?) parts, in order; None without an adapter."""
+            if images[0] is None:
+                return None
+            return torch.cat([images[k].negative if neg else images[k].positive for owners, neg in parts for k in owners])
+
+        schedule = inversion.make_schedule(pipe.scheduler, preset.steps)
+        items = list(range(b))
+        source = text_all.rows(items)
         t0 = time.perf_counter()
-        conditioning.set_adapter_scale(self.pipe, preset.inversion_scale)
-        z_T, noises = self.invert(z0, source, img and img.rows([False]), schedule, preset, step("invert"))
+        conditioning.set_adapter_scale(pipe, preset.inversion_scale)
+        z_T, noises = self.invert(z0, source, image_rows((items, False)), schedule, preset, step("invert"))
         timings["invert_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        n = len(edits)
-        edit_text = text_all.rows(list(range(1, n + 1)))
-        uncond_text = _repeat(negative, n)
-        if preset.edit_scale == preset.inversion_scale or n == 0:
-            # One batch: [reconstruction, uncond x n, cond x n].
-            text = _cat([source, uncond_text, edit_text]) if n else source
-            rows = img and img.rows([False] + [True] * n + [False] * n)
-            z = editing.denoise(self.pipe, z_T, schedule, text, rows, 1, n, preset.guidance, step("denoise"), noises)
+        mb = self.spec.max_batch
+        guided_text = conditioning.TextCondition.cat([_repeat(negative, e), text_all.rows(list(range(b, b + e)))])
+        # Every denoising row starts at its item's z_T and (DDPM) follows its item's noise maps.
+        if preset.edit_scale == preset.inversion_scale or e == 0:
+            rows = items + edit_owner
+            text = conditioning.TextCondition.cat([source, guided_text]) if e else source
+            img = image_rows((items, False), (edit_owner, True), (edit_owner, False))
+            z = editing.denoise(pipe, z_T[rows], schedule, text, img, b, e, preset.guidance, step("denoise"),
+                                _pick(noises, rows), max_batch=mb)
         else:
-            z_rec = editing.denoise(self.pipe, z_T, schedule, source, img and img.rows([False]), 1, 0, 1.0, step("denoise"), noises)
-            conditioning.set_adapter_scale(self.pipe, preset.edit_scale)
-            z_edit = editing.denoise(
-                self.pipe, z_T, schedule, _cat([uncond_text, edit_text]),
-                img and img.rows([True] * n + [False] * n), 0, n, preset.guidance, step("denoise"), noises,
-            )
+            z_rec = editing.denoise(pipe, z_T, schedule, source, image_rows((items, False)), b, 0, 1.0,
+                                    step("denoise"), noises, max_batch=mb)
+            conditioning.set_adapter_scale(pipe, preset.edit_scale)
+            z_edit = editing.denoise(pipe, z_T[edit_owner], schedule, guided_text,
+                                     image_rows((edit_owner, True), (edit_owner, False)), 0, e, preset.guidance,
+                                     step("denoise"), _pick(noises, edit_owner), max_batch=mb)
             z = torch.cat([z_rec, z_edit])
         timings["denoise_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        decoded = self.decode(z)
+        decoded = self.decode_tensor(z)
         timings["decode_s"] = time.perf_counter() - t0
-        return self.result(fitted, roundtrip, decoded, edits, timings, warnings)
+        return self.results(requests, fitted, pixels, roundtrip, decoded, edit_owner, timings, warnings)
+
+    def results(self, requests, fitted, pixels, roundtrip, decoded, edit_owner, timings, warnings) -> list[ItemResult]:
+        """Split a group's decoded rows ``[reconstruction x B, edits...]`` per item and score each item."""
+        b = len(requests)
+        shared = {k: v / b for k, v in timings.items() if k != "batch_items"}
+        out = []
+        for k, req in enumerate(requests):
+            mine = [b + j for j, owner in enumerate(edit_owner) if owner == k]
+            rows = decoded[[k] + mine]
+            out.append(self.result(fitted[k], pixels[k], roundtrip[k], rows, req.edits,
+                                   {**shared, "batch_items": timings["batch_items"]}, warnings[k]))
+        return out
 
 
-def _cat(conds: list[conditioning.TextCondition]) -> conditioning.TextCondition:
-    return conditioning.TextCondition(
-        torch.cat([c.embeds for c in conds]),
-        None if conds[0].pooled is None else torch.cat([c.pooled for c in conds]),
-        None if conds[0].time_ids is None else torch.cat([c.time_ids for c in conds]),
-    )
+def to_images(pixels: torch.Tensor) -> list[Image.Image]:
+    """(B, H, W, 3) uint8 tensor -> PIL images (one copy to the CPU)."""
+    return [Image.fromarray(a) for a in pixels.cpu().numpy()]
+
+
+def _pick(noises: list[torch.Tensor] | None, rows: list[int]) -> list[torch.Tensor] | None:
+    """Per-step noise maps for the given rows (each row follows its item's maps)."""
+    return None if noises is None else [n[rows] for n in noises]
 
 
 def _repeat(cond: conditioning.TextCondition, n: int) -> conditioning.TextCondition:
-    return _cat([cond] * n) if n else cond.rows([])
+    return conditioning.TextCondition.cat([cond] * n) if n else cond.rows([])

@@ -4,6 +4,9 @@
 
 The folder is loaded by the same ``load_pipeline`` as real SDXL + IP-Adapter weights. Random weights prove
 the plumbing (shapes, layouts, loops, exactness of inversion), not that the image condition helps.
+``size="full"`` writes the same layout at SDXL's real size (2.6 B-parameter UNet, both text encoders, a ViT-H
+image encoder; 1024 px; about 7 GB in float16) with random weights: what ``benchmarks/bench_gpu.py`` times on
+a GPU without downloading anything.
 
 Layout written (mirrors stabilityai/stable-diffusion-xl-base-1.0 and h94/IP-Adapter):
 
@@ -49,12 +52,66 @@ def _byte_level_tokenizer(out: Path, max_length: int = 77) -> None:
     tmp.rmdir()
 
 
-def build_tiny_components(seed: int = 0) -> dict:
-    """Tiny SDXL components built from configs (the shapes diffusers' own fast tests use)."""
+SIZES = ("tiny", "full")
+FULL_RESOLUTION = 1024
+
+
+def _full_components(seed: int) -> dict:
+    """SDXL base 1.0's architecture (its published configs) with random weights."""
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=128, block_out_channels=(320, 640, 1280), layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(5, 10, 20), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=256, transformer_layers_per_block=(1, 2, 10),
+        projection_class_embeddings_input_dim=2816, cross_attention_dim=2048,
+    )
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(
+        block_out_channels=[128, 256, 512, 512], in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
+        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4, sample_size=1024,
+        scaling_factor=0.13025, force_upcast=True,
+    )
+    common = dict(bos_token_id=0, eos_token_id=1, pad_token_id=1, vocab_size=600, max_position_embeddings=77)
+    torch.manual_seed(seed + 2)
+    text_encoder = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12,
+                                                num_hidden_layers=12, projection_dim=768, hidden_act="quick_gelu", **common))
+    torch.manual_seed(seed + 3)
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(hidden_size=1280, intermediate_size=5120,
+                                                                num_attention_heads=20, num_hidden_layers=32,
+                                                                projection_dim=1280, hidden_act="gelu", **common))
+    return dict(unet=unet, vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, scheduler=_scheduler())
+
+
+def _scheduler():
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        timestep_spacing="leading",
+        num_train_timesteps=1000,
+    )
+
+
+def build_tiny_components(seed: int = 0, size: str = "tiny") -> dict:
+    """Tiny SDXL components built from configs (the shapes diffusers' own fast tests use); ``size="full"``:
+    SDXL's real architecture."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    if size == "full":
+        return _full_components(seed)
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         block_out_channels=(32, 64),
@@ -101,17 +158,7 @@ def build_tiny_components(seed: int = 0) -> dict:
     text_encoder = CLIPTextModel(text_config)
     torch.manual_seed(seed + 3)
     text_encoder_2 = CLIPTextModelWithProjection(text_config)
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        timestep_spacing="leading",
-        num_train_timesteps=1000,
-    )
-    return dict(unet=unet, vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, scheduler=scheduler)
+    return dict(unet=unet, vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, scheduler=_scheduler())
 
 
 def cross_attention_layers(unet) -> list[tuple[str, int]]:
@@ -136,8 +183,9 @@ def _tiny_adapter_state(unet, image_embed_dim: int, seed: int) -> dict:
 
     gen = torch.Generator().manual_seed(seed)
     cross_dim = unet.config.cross_attention_dim
+    scale = 0.2 if cross_dim <= 64 else cross_dim**-0.5
     state = {
-        "image_proj.proj.weight": torch.randn(cross_dim * _IMAGE_TOKENS, image_embed_dim, generator=gen) * 0.2,
+        "image_proj.proj.weight": torch.randn(cross_dim * _IMAGE_TOKENS, image_embed_dim, generator=gen) * scale,
         "image_proj.proj.bias": torch.zeros(cross_dim * _IMAGE_TOKENS),
         "image_proj.norm.weight": torch.ones(cross_dim),
         "image_proj.norm.bias": torch.zeros(cross_dim),
@@ -145,11 +193,11 @@ def _tiny_adapter_state(unet, image_embed_dim: int, seed: int) -> dict:
     # h94 numbering: cross-attention processors get odd ids 1, 3, 5, ... in attn_processors order.
     for n, (_, hidden) in enumerate(cross_attention_layers(unet)):
         for kind in ("to_k_ip", "to_v_ip"):
-            state[f"ip_adapter.{2 * n + 1}.{kind}.weight"] = torch.randn(hidden, cross_dim, generator=gen) * 0.2
+            state[f"ip_adapter.{2 * n + 1}.{kind}.weight"] = torch.randn(hidden, cross_dim, generator=gen) * scale
     return state
 
 
-def build_tiny_pipeline(seed: int = 0, tokenizer_dir: str | Path | None = None):
+def build_tiny_pipeline(seed: int = 0, tokenizer_dir: str | Path | None = None, size: str = "tiny"):
     """The tiny pipeline in memory: (pipeline without adapter, image encoder, adapter state dict).
 
     ``make_tiny_model`` saves exactly these objects; tests compare them with what loads back from disk.
@@ -160,7 +208,7 @@ def build_tiny_pipeline(seed: int = 0, tokenizer_dir: str | Path | None = None):
     from diffusers import StableDiffusionXLPipeline
     from transformers import CLIPTokenizer, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    parts = build_tiny_components(seed)
+    parts = build_tiny_components(seed, size)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tokenizer_dir) if tokenizer_dir else Path(tmp) / "tokenizer"
         if not (folder / "vocab.json").exists():
@@ -171,29 +219,34 @@ def build_tiny_pipeline(seed: int = 0, tokenizer_dir: str | Path | None = None):
         force_zeros_for_empty_prompt=False,
     )
     torch.manual_seed(seed + 4)
-    vision = CLIPVisionModelWithProjection(
-        CLIPVisionConfig(
-            hidden_size=32,
-            projection_dim=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=37,
-            image_size=32,
-            patch_size=4,
-        )
-    )
+    if size == "full":  # ViT-H/14, as h94's models/image_encoder
+        vision_config = CLIPVisionConfig(hidden_size=1280, projection_dim=1024, num_hidden_layers=32, num_attention_heads=16,
+                                         intermediate_size=5120, image_size=224, patch_size=14, hidden_act="gelu")
+    else:
+        vision_config = CLIPVisionConfig(hidden_size=32, projection_dim=32, num_hidden_layers=2, num_attention_heads=4,
+                                         intermediate_size=37, image_size=32, patch_size=4)
+    vision = CLIPVisionModelWithProjection(vision_config)
     state = _tiny_adapter_state(parts["unet"], vision.config.projection_dim, seed + 5)
     return pipe, vision, state
 
 
-def make_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
-    """Write the tiny model folder (pipeline + separate h94-layout IP-Adapter + model.yaml); returns it."""
+def make_tiny_model(out_dir: str | Path, seed: int = 0, size: str = "tiny", dtype=None) -> Path:
+    """Write the tiny model folder (pipeline + separate h94-layout IP-Adapter + model.yaml); returns it.
+
+    ``size="full"``: SDXL's real architecture with random weights (for GPU benchmarks); ``dtype``: storage dtype
+    (e.g. ``torch.float16``; loading casts to the spec's dtype)."""
+    if size not in SIZES:
+        raise ValueError(f"size {size!r}: expected one of {SIZES}")
     from safetensors.torch import save_file
 
     out = Path(out_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     _byte_level_tokenizer(out / "tokenizer")
-    pipe, vision, state = build_tiny_pipeline(seed, tokenizer_dir=out / "tokenizer")
+    pipe, vision, state = build_tiny_pipeline(seed, tokenizer_dir=out / "tokenizer", size=size)
+    if dtype is not None:
+        pipe.to(dtype)
+        vision.to(dtype)
+        state = {k: v.to(dtype) for k, v in state.items()}
     pipe.save_pretrained(out, safe_serialization=True)
     adapter_root = out / "ip_adapter"
     vision.save_pretrained(adapter_root / "models" / "image_encoder", safe_serialization=True)
@@ -201,14 +254,14 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
     save_file({k: v.contiguous() for k, v in state.items()}, adapter_root / "sdxl_models" / TINY_WEIGHT_NAME)
 
     spec = dict(
-        name="tiny-sdxl",
+        name="tiny-sdxl" if size == "tiny" else "random-sdxl-full",
         family="sdxl",
         base=".",
         adapter="ip_adapter",
         adapter_subfolder="sdxl_models",
         adapter_weight=TINY_WEIGHT_NAME,
         image_encoder="models/image_encoder",
-        resolution=TINY_RESOLUTION,
+        resolution=TINY_RESOLUTION if size == "tiny" else FULL_RESOLUTION,
         dtype="float32",
         device="auto",
     )
