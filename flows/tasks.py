@@ -8,24 +8,26 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.logging import get_run_logger
 
-from tight_pipeline import storage, tracking
-from tight_pipeline.job import JobConfig, JobResult, run_job
-from tight_pipeline.manifest import read_manifest
-from tight_pipeline.presets import load_presets
+import pyarrow.compute as pc
+
+from tight_pipeline import scores, storage, tracking
+from tight_pipeline.job import JobConfig, JobResult, plan_job, run_job
 
 IO_RETRIES = dict(retries=3, retry_delay_seconds=[2, 10, 30])
 
 
 @task(name="validate-manifest", **IO_RETRIES)
 def validate_manifest(config: JobConfig) -> dict:
-    """Read and validate the manifest before any model is loaded; bad rows are reported, not fatal."""
+    """Stream and validate the manifest before any model is loaded (what ``--dry-run`` prints); bad rows are
+    reported, not fatal."""
     logger = get_run_logger()
-    manifest = read_manifest(config.manifest, set(load_presets()), config.allowed_schemes)
-    for bad in manifest.invalid[:50]:
-        logger.warning(bad.message())
-    logger.info("manifest %s: %d valid items, %d invalid rows, digest %s",
-                storage.redact(config.manifest), len(manifest.items), len(manifest.invalid), manifest.digest[:12])
-    return {"items": len(manifest.items), "invalid": len(manifest.invalid), "digest": manifest.digest}
+    plan = plan_job(config)
+    for message in plan.invalid_sample:
+        logger.warning(message)
+    logger.info("manifest %s: %d valid items (%d to do, %d done before), %d invalid rows, digest %s, planned in %.1f s",
+                storage.redact(config.manifest), plan.items, plan.todo_items, plan.candidate_items, plan.invalid_rows,
+                plan.manifest_digest[:12], plan.plan_s)
+    return {"items": plan.items, "invalid": plan.invalid_rows, "digest": plan.manifest_digest, "by_preset": plan.by_preset}
 
 
 @task(name="edit-items")
@@ -49,7 +51,7 @@ def edit_items(config: JobConfig) -> JobResult:
 
 @task(name="write-contact-sheet", **IO_RETRIES)
 def write_contact_sheet(result: JobResult) -> tuple[str, object]:
-    sheet = tracking.build_contact_sheet(result.rows)
+    sheet = tracking.build_contact_sheet(result.sample_rows())
     uri = storage.join(result.config.output, "runs", result.config.run_id, "contact_sheet.png")
     storage.write_bytes_atomic(uri, storage.encode_png(sheet))
     return uri, sheet
@@ -63,11 +65,10 @@ def track_run(result: JobResult, sheet, sheet_uri: str, flow_name: str, extra_ta
 @task(name="publish-summary")
 def publish_summary(result: JobResult, links: dict, sheet_uri: str, flow_name: str) -> dict:
     """Prefect UI artifacts: a summary table, failures, links to MLflow and the contact sheet."""
-    rows = result.rows
     summary = {
         "flow": flow_name,
         "run_id": result.config.run_id,
-        "rows": len(rows),
+        "rows": result.n_rows,
         **{f"status_{k}": v for k, v in sorted(result.counts.items())},
         "items_processed": result.processed_items,
         "items_skipped_done_before": result.skipped_items,
@@ -80,7 +81,7 @@ def publish_summary(result: JobResult, links: dict, sheet_uri: str, flow_name: s
     }
     create_table_artifact(table=[{"field": k, "value": str(v)} for k, v in summary.items()],
                           key=f"{flow_name}-summary", description="tight-pipeline run summary")
-    bad = rows[rows["status"] != "ok"].head(100)
+    bad = scores.head(result.config.output, 100, filter=result.manifest_filter() & (pc.field("status") != "ok"))
     if len(bad):
         create_table_artifact(
             table=[{"item_id": r.item_id, "edit_id": r.edit_id, "status": r.status, "error": r.error} for r in bad.itertuples()],

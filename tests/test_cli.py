@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from tight_pipeline import scores
+
 import json
 import os
 import subprocess
@@ -84,7 +86,7 @@ def test_bad_input_corpus_through_run(tmp_path, tiny_model_dir):
     # More than 20% of the corpus fails by design: exit non-zero, yet every row is written.
     assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "exceeds --max-failure-rate" in proc.stderr
-    rows = pd.read_parquet(out / "scores" / "scores.parquet")
+    rows = scores.read_latest(str(out))
     assert rows["row"].is_unique  # every corpus item has one edit: one row per manifest row
     assert sorted(rows["row"]) == list(range(1, len(expect) + 1))
     for key, (status, needle) in expect.items():
@@ -106,3 +108,35 @@ def test_bad_input_corpus_through_run(tmp_path, tiny_model_dir):
     written = {p for p in tmp_path.rglob("*") if p.is_file()} - before
     outside = [p for p in written if not p.is_relative_to(out)]
     assert outside == []
+
+
+def test_prefect_that_does_not_start_ends_in_one_line_from_a_fresh_home(tmp_path, tiny_model_dir):
+    """A fresh HOME and state folder; Prefect's temporary server given 1 s (a first start needs ~20 s here)."""
+    env = _env(tmp_path)
+    for key in ("PREFECT_HOME", "TIGHT_PIPELINE_HOME", "PREFECT_API_URL"):
+        env.pop(key, None)
+    env.update(HOME=str(tmp_path / "home"), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="1")
+    (tmp_path / "home").mkdir()
+    (tmp_path / "m.jsonl").write_text(json.dumps({"item_id": "a", "image_uri": "a.png", "source_prompt": "a mug",
+                                                  "edits": [{"edit_id": "b", "prompt": "a blue mug"}]}) + "\n")
+    proc = subprocess.run(CLI + ["run", "--manifest", str(tmp_path / "m.jsonl"), "--output", str(tmp_path / "out"),
+                                 "--model", str(tiny_model_dir), "--preset", "draft"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.strip().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Prefect's temporary server did not start within 1 s" in lines[0], proc.stderr[-2000:]
+    assert "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in lines[0] and "Traceback" not in proc.stderr
+    assert (tmp_path / ".tight-pipeline" / "prefect").is_dir()  # the fresh state folder was created in the cwd
+
+
+def test_local_defaults_wait_long_enough_for_a_first_prefect_start(monkeypatch, tmp_path):
+    from tight_pipeline import settings
+
+    monkeypatch.delenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", raising=False)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setenv("TIGHT_PIPELINE_HOME", str(tmp_path))
+    settings.apply_local_defaults()
+    assert int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]) >= 120  # a first start took ~20 s
+    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "7")
+    settings.apply_local_defaults()
+    assert os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] == "7"  # the user's value wins

@@ -16,7 +16,8 @@ import pandas as pd
 
 from infra.local.services import RayHead, stop_pids
 from tests.corpus import image_files
-from tight_pipeline.job import JobConfig, load_scores, run_job
+from tight_pipeline import scores
+from tight_pipeline.job import JobConfig, run_job
 
 IMAGES = ["good.png", "cmyk.jpg", "gray.png", "palette.png", "rgba.png", "good.jpg"]
 
@@ -47,22 +48,19 @@ def test_killed_driver_resumes_with_only_the_missing_rows(tmp_path, tiny_model_d
     out = tmp_path / "out"
     ray_tmp = tempfile.mkdtemp(prefix="tpk", dir="/tmp")
     script = (f"from tight_pipeline.job import JobConfig, run_job; run_job(JobConfig(manifest={str(manifest)!r}, "
-              f"output={str(out)!r}, preset='draft', model={str(tiny_model_dir)!r}, checkpoint_rows=2))")
+              f"output={str(out)!r}, preset='draft', model={str(tiny_model_dir)!r}, batch_size=1))")
     env = {**os.environ, "RAY_TMPDIR": ray_tmp}
     env.pop("AWS_ENDPOINT_URL", None)
     proc = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    parts = out / "scores" / "_parts"
     deadline = time.time() + 300
-    while time.time() < deadline and len(list(parts.glob("*.parquet"))) < 2 and proc.poll() is None:
+    while time.time() < deadline and len(list((out / "scores").glob("2*/part-*.parquet"))) < 2 and proc.poll() is None:
         time.sleep(0.2)
     assert proc.poll() is None, "the run finished before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and its embedded Ray, like a lost machine
     proc.wait()
     stop_pids(RayHead(Path(ray_tmp)).pids(), grace=2)
-    assert not (out / "scores" / "scores.parquet").exists()  # it never got to compact
-
-    checkpointed, _ = load_scores(str(out))
+    checkpointed = scores.read_latest(str(out))
     done_before = set(checkpointed.loc[checkpointed["status"] == "ok", "item_id"])
     assert 2 <= len(done_before) < n
 
@@ -70,9 +68,7 @@ def test_killed_driver_resumes_with_only_the_missing_rows(tmp_path, tiny_model_d
     assert result.skipped_items == len(done_before)
     assert result.processed_items == n - len(done_before)
     _exactly_once(result.rows, n)
-    assert not list(parts.glob("*.parquet"))
-    stored = pd.read_parquet(out / "scores" / "scores.parquet")
-    _exactly_once(stored, n)
+    _exactly_once(scores.read_latest(str(out)), n)
 
 
 def test_s3_server_restart_mid_run_is_retried(tmp_path, s3, tiny_model_dir, ray_session):
@@ -112,7 +108,7 @@ def test_job_runs_on_a_separately_started_ray_cluster(tmp_path, tiny_model_dir):
                                "--output", str(tmp_path / "out"), "--preset", "draft", "--model", str(tiny_model_dir),
                                "--actor-cpus", "0.5"], env=env, capture_output=True, text=True, timeout=400)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        rows = pd.read_parquet(tmp_path / "out" / "scores" / "scores.parquet")
+        rows = scores.read_latest(str(tmp_path / "out"))
         _exactly_once(rows, 2)
         # The work ran on the cluster's workers (their logs are in the head's temp dir) and no embedded
         # Ray was started by the driver.

@@ -49,7 +49,10 @@ def test_catalog_localization_on_s3_tracks_everything_and_leaks_nothing(s3, ray_
     assert summary["items_processed"] == 4
 
     # Parquet and images are on S3, under deterministic keys.
-    scores = pd.read_parquet(io.BytesIO(fs.cat("catalog/out/scores/scores.parquet")))
+    from tight_pipeline import scores as scores_dataset
+
+    assert fs.glob("catalog/out/scores/*/part-*.parquet")  # parts written by the workers, straight to S3
+    scores = scores_dataset.read_latest("s3://catalog/out")
     assert len(scores) == 7 and scores[["item_id", "edit_id"]].duplicated().sum() == 0
     ok = scores[scores["status"] == "ok"]
     for uri in ok["edit_uri"]:
@@ -113,7 +116,9 @@ def test_variant_generation_and_tradeoff_benchmark(tmp_path, ray_session, prefec
     summary = variant_generation(manifest=str(manifest), output=str(tmp_path / "out"), n=3, preset="draft",
                                  model=str(tiny_model_dir))
     assert summary["status_ok"] == 6  # 2 items x 3 variants
-    scores = pd.read_parquet(tmp_path / "out" / "scores" / "scores.parquet")
+    from tight_pipeline import scores as scores_dataset
+
+    scores = scores_dataset.read_latest(str(tmp_path / "out"))
     assert sorted(scores["edit_id"].unique()) == ["variant-00", "variant-01", "variant-02"]
 
     result = tradeoff_benchmark(manifest=str(manifest), output=str(tmp_path / "sweep"), scales=[0.0, 1.0], sample=2,

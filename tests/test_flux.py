@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from tight_pipeline import scores
+
 import dataclasses
 
 import numpy as np
@@ -157,7 +159,7 @@ def test_run_with_a_flux_spec_end_to_end(tmp_path, flux_dir):
                            str(out), "--preset", "flux-draft", "--model", str(flux_dir)],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = pd.read_parquet(out / "scores" / "scores.parquet")
+    rows = scores.read_latest(str(out))
     n_edits = sum(len(json.loads(line)["locales"]) for line in (tmp_path / "in" / "manifest.jsonl").read_text().splitlines())
     assert len(rows) == n_edits and set(rows["status"]) == {"ok"}
     assert set(rows["preset"]) == {"flux-draft"} and rows["psnr_vs_vae"].notna().all()

@@ -16,7 +16,8 @@ import psutil
 from tests.corpus import image_files
 from tight_pipeline.engine import models
 from tight_pipeline.engine.models import model_digest, resolve_model_spec, weights_digest
-from tight_pipeline.job import JobConfig, load_scores, run_job
+from tight_pipeline import scores
+from tight_pipeline.job import JobConfig, run_job
 
 PRESET = "draft@0.4"
 
@@ -51,7 +52,7 @@ def test_rows_exactly_once_then_resume_then_redo_deleted(tmp_path, tiny_model_di
     out = tmp_path / "out"
     model_dir = tmp_path / "model"  # a copy: its weights are changed in place at the end
     shutil.copytree(tiny_model_dir, model_dir)
-    config = JobConfig(manifest=str(manifest), output=str(out), preset=PRESET, model=str(model_dir), checkpoint_rows=3)
+    config = JobConfig(manifest=str(manifest), output=str(out), preset=PRESET, model=str(model_dir), batch_size=2)
 
     first = run_job(config)
     rows = first.rows
@@ -68,7 +69,8 @@ def test_rows_exactly_once_then_resume_then_redo_deleted(tmp_path, tiny_model_di
     assert ok["psnr_vs_vae"].notna().all() and (ok["time_total_s"] > 0).all()
     for uri in ok["edit_uri"].tolist() + ok["reconstruction_uri"].tolist():
         assert Path(uri).is_file() and Path(uri).resolve().is_relative_to(out.resolve())
-    assert not list((out / "scores" / "_parts").glob("*.parquet"))  # compacted
+    assert not (out / "scores" / "_plan").exists() or not any((out / "scores" / "_plan").iterdir())  # plan removed
+    assert len(list((out / "scores" / first.config.run_id).glob("part-*.parquet"))) >= 2  # written by the workers
 
     second = run_job(config)
     assert second.processed_items == 1 and second.skipped_items == 4  # only the failed item is retried
@@ -80,8 +82,8 @@ def test_rows_exactly_once_then_resume_then_redo_deleted(tmp_path, tiny_model_di
     assert third.processed_items == 2  # the item whose PNG vanished + the still-failing one
     _assert_exactly_once(third.rows, 4)
     assert Path(victim["edit_uri"]).is_file()
-    stored, _ = load_scores(str(out))
-    assert len(stored) == len(third.rows)  # the Parquet file holds no duplicates either
+    stored = scores.read_latest(str(out))
+    assert len(stored) == len(third.rows)  # one current row per key in the dataset too
     assert set(stored["model_digest"]) == {third.model_digest}
 
     # Same folder, same model.yaml, retrained weights: nothing made by the old weights counts as done.
@@ -96,7 +98,7 @@ def test_rows_exactly_once_then_resume_then_redo_deleted(tmp_path, tiny_model_di
     assert fourth.model_digest != third.model_digest
     assert fourth.processed_items == 5 and fourth.skipped_items == 0
     _assert_exactly_once(fourth.rows, 4)
-    stored, _ = load_scores(str(out))
+    stored = scores.read_latest(str(out))
     assert len(stored) == len(fourth.rows) and set(stored["model_digest"]) == {fourth.model_digest}
 
 
@@ -166,4 +168,4 @@ def test_item_time_limit_turns_slow_items_into_error_rows(tmp_path, tiny_model_d
     slow = rows[(rows["item_id"] == "item-0") & (rows["status"] != "invalid")]  # (the manifest repeats item-0)
     assert len(slow) == 2 and (slow["status"] == "error").all()
     assert slow["error"].str.contains("item 'item-0': TimeoutError: item took longer than item_timeout_s=0.01 s").all()
-    assert not (tmp_path / "out" / "scores" / "_parts").exists() or not list((tmp_path / "out" / "scores" / "_parts").glob("*"))
+    assert not list((tmp_path / "out" / "scores" / "_plan").glob("*/*"))

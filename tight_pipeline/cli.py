@@ -242,6 +242,22 @@ def _print_summary(summary: dict) -> None:
                    f"`python infra/local/services.py start prefect` with PREFECT_HOME={os.environ.get('PREFECT_HOME')} shows it)")
 
 
+def _dry_run(manifest: str, output: str, preset: str, model: str | None) -> None:
+    import resource
+
+    from tight_pipeline.job import JobConfig, plan_job
+
+    plan = plan_job(JobConfig(manifest=manifest, output=output, preset=preset, model=model))
+    for message in plan.invalid_sample[:20]:
+        typer.echo(f"invalid: {message}", err=True)
+    typer.echo(f"manifest {manifest}: {plan.items} items, {plan.invalid_rows} invalid rows "
+               f"(planned in {plan.plan_s:.1f} s, peak memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB)")
+    typer.echo(f"  {'preset':28s} {'to do':>10s} {'done before':>12s} {'invalid':>8s}")
+    for name, c in sorted(plan.by_preset.items()):
+        typer.echo(f"  {name:28s} {c['todo']:>10d} {c['done_before']:>12d} {c['invalid']:>8d}")
+    typer.echo("  (done before = every edit ok for this model; the workers also check that their PNGs exist)")
+
+
 @app.command()
 def run(
     manifest: str = typer.Option(..., help="manifest URL: JSONL/CSV/Parquet on file://, s3://, gs://, ..."),
@@ -254,15 +270,20 @@ def run(
     max_failure_rate: float = typer.Option(1.0, help="exit non-zero when more rows than this fraction fail"),
     item_timeout: float = typer.Option(0.0, help="per-item time limit in seconds (0 = none)"),
     max_pixels: int = typer.Option(40_000_000, help="refuse images with more pixels (checked before decoding)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="validate and plan only: print items to do / done before / "
+                                 "invalid rows per preset, and exit without loading a model or starting Ray/Prefect"),
 ):
-    """Run the catalog-localization flow over a manifest."""
+    """Run the catalog-localization flow over a manifest (a file, or a prefix ending in / of many files)."""
     _prepare_env()
     from tight_pipeline.engine.models import resolve_model_spec
 
     try:
         spec = resolve_model_spec(model)
-        _ensure_default_model(model, spec)
+        if not dry_run:
+            _ensure_default_model(model, spec)
         preset = _default_preset(preset, spec)
+        if dry_run:
+            return _dry_run(manifest, output, preset, model)
     except _user_errors() as exc:
         _fail(str(exc))
     from flows.catalog_localization import catalog_localization

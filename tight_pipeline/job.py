@@ -1,62 +1,53 @@
-"""The Ray Data job: manifest → fetch images → Tight Inversion in an actor pool → PNGs + Parquet scores.
+"""The Ray Data job: manifest → plan → Tight Inversion in an actor pool → PNGs + Parquet parts, written by workers.
 
     result = run_job(JobConfig(manifest="s3://bucket/m.jsonl", output="s3://bucket/out", preset="balanced"))
+    plan = plan_job(config)            # what --dry-run prints: to do / done before / invalid, per preset
 
-No Prefect or MLflow in here (flows/ and tracking.py add those). Guarantees:
-- one output row per (item, edit) of the manifest, with ``status`` ok / error / invalid and an ``error``
-  naming the item and the cause; an invalid manifest row yields one row with ``edit_id = "*"``;
-- a failing item never fails its block: the actor catches it and emits error rows;
-- images go to ``<output>/<preset-hash>/<item_id>/<edit_id>.png`` (+ ``reconstruction.png``, ``input.png``),
-  scores to ``<output>/scores/scores.parquet``; rows are checkpointed to ``<output>/scores/_parts/`` while the
-  run goes, so a crashed run resumes; a re-run skips rows that are ok, were made by the same model (spec and
-  weights, ``model_digest``) and whose PNGs exist.
+No Prefect or MLflow in here (flows/ and tracking.py add those). The driver coordinates and never holds the
+catalog: it streams the manifest in chunks (``manifest.iter_manifest``), marks each item *to do* or *resume
+candidate* by an anti-join of its keys against the ``scores/`` dataset's key columns (``scores.done_keys``), and
+writes the plan as Parquet files that Ray Data reads. Workers check the candidates' PNGs (``actor.DoneFilter``),
+edit the rest (``actor.EditorActor``) and write the rows themselves; the driver gets one small summary row per
+item. Guarantees:
+- one current row per (preset, item, edit) of the manifest — status ok / error / invalid, ``error`` naming the
+  item and the cause; an invalid manifest row yields one row with ``edit_id = "*row<N>"``; a redone key gets a
+  newer row (the latest ``finished_at`` wins: ``scores.read_latest``);
+- a failing item never fails its block; an item that kills its worker ends as an error row after
+  ``max_attempts`` starts;
+- images go to ``<output>/<preset-hash>/<item_id>/<edit_id>.png`` (+ ``reconstruction.png``, ``input.png``);
+  a re-run skips items whose rows are ok, were made by the same model (spec and weights, ``model_digest``) and
+  whose PNGs exist; a killed driver's re-run redoes only what has no row yet.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import logging
 import os
-import socket
 import sys
 import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Callable
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tight_pipeline import storage
+from tight_pipeline import scores, storage
+from tight_pipeline.actor import SUMMARY_COLUMNS, AttemptLedger, DoneFilter, EditorActor, now
 from tight_pipeline.engine.models import ModelSpec, model_digest, resolve_model_spec
-from tight_pipeline.manifest import Item, Manifest, read_manifest
+from tight_pipeline.manifest import InvalidRow, Item, iter_manifest
 from tight_pipeline.presets import Preset, load_preset, load_presets
 
 log = logging.getLogger("tight_pipeline.job")
 
-KEY = ["preset_hash", "item_id", "edit_id"]
-SCORE_COLUMNS = [
-    "psnr_vs_input", "ssim_vs_input", "psnr_vs_vae", "ssim_vs_vae", "vae_psnr_vs_input",
-    "edit_change", "edit_psnr_vs_input", "clip_score", "lpips_vs_input",
-]
-TIME_COLUMNS = ["time_fetch_s", "time_encode_s", "time_invert_s", "time_denoise_s", "time_write_s", "time_total_s"]
-SCHEMA = pa.schema(
-    [
-        ("run_id", pa.string()), ("manifest_uri", pa.string()), ("row", pa.int64()),
-        ("item_id", pa.string()), ("edit_id", pa.string()), ("edit_prompt", pa.string()),
-        ("source_prompt", pa.string()), ("image_uri", pa.string()),
-        ("preset", pa.string()), ("preset_hash", pa.string()), ("method", pa.string()),
-        ("model", pa.string()), ("model_digest", pa.string()),
-        ("status", pa.string()), ("error", pa.string()), ("warnings", pa.string()),
-        *[(c, pa.float64()) for c in SCORE_COLUMNS],
-        *[(c, pa.float64()) for c in TIME_COLUMNS],
-        ("input_uri", pa.string()), ("reconstruction_uri", pa.string()), ("edit_uri", pa.string()),
-        ("metadata", pa.string()), ("worker", pa.string()), ("finished_at", pa.string()),
-    ]
-)
+KEY = scores.KEY
 
 
 @dataclass(frozen=True)
@@ -77,7 +68,9 @@ class JobConfig:
         max_pixels / min_side: image limits (pixel count is checked before decoding).
         item_timeout_s: per-item time limit (0 = none); checked at every model step, the item becomes an error.
         allowed_schemes: URL schemes the manifest and images may use.
-        checkpoint_rows: rows collected before a checkpoint part is written.
+        max_attempts: starts of an item before a worker death on it makes it an error row (actor deaths
+            included: out of memory, native crashes, lost nodes). Ray restarts actors without end; this bounds it.
+        plan_rows: items per plan file (the unit Ray Data reads; the driver streams the manifest in such chunks).
         max_failure_rate: fraction of error/invalid rows above which ``JobResult.failed`` is true.
         clip_model: local CLIP folder for edit scores (optional; never downloaded).
         run_id: identifies the run in rows and MLflow; generated when empty.
@@ -96,7 +89,8 @@ class JobConfig:
     min_side: int = 32
     item_timeout_s: float = 0.0
     allowed_schemes: tuple[str, ...] = storage.DEFAULT_SCHEMES
-    checkpoint_rows: int = 32
+    max_attempts: int = 3
+    plan_rows: int = 2048
     max_failure_rate: float = 1.0
     clip_model: str | None = None
     run_id: str = ""
@@ -109,24 +103,69 @@ class JobConfig:
 
 
 @dataclass
+class Plan:
+    """What a run will do, counted while the manifest streams past (nothing per item is kept)."""
+
+    manifest_digest: str = ""
+    items: int = 0
+    invalid_rows: int = 0
+    todo_items: int = 0
+    candidate_items: int = 0  # every edit already ok for this model: skipped if the workers find their PNGs
+    candidate_rows: int = 0
+    by_preset: dict[str, dict[str, int]] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+    invalid_sample: list[str] = field(default_factory=list)  # the first 50 invalid rows' messages
+    presets: dict[str, Preset] = field(default_factory=dict)
+    plan_s: float = 0.0
+
+    def count(self, preset: str, what: str, n: int = 1) -> None:
+        self.by_preset.setdefault(preset, {"todo": 0, "done_before": 0, "invalid": 0})[what] += n
+
+
+@dataclass
 class JobResult:
     config: JobConfig
-    manifest: Manifest
     preset: Preset  # the run's default preset
     presets: dict[str, Preset]  # every preset used, by name
     model: ModelSpec
     model_digest: str  # the spec's settings + its weights' fingerprint (Parquet ``model_digest``)
-    rows: pd.DataFrame  # this manifest's rows (new and previously done), one per (item, edit)
+    plan: Plan
     processed_items: int  # items run through the model in this run
     skipped_items: int  # items already done before this run
     wall_s: float
-    scores_uri: str
-    counts: dict[str, int] = field(default_factory=dict)
+    scores_uri: str  # the scores/ dataset (a prefix)
+    counts: dict[str, int] = field(default_factory=dict)  # this manifest's current rows by status
+    _rows: pd.DataFrame | None = None
+
+    @property
+    def rows(self) -> pd.DataFrame:
+        """This manifest's current rows under this run's presets, every column (loads them: for small runs,
+        reports and tests)."""
+        if self._rows is None:
+            self._rows = scores.read_latest(self.config.output, filter=self.manifest_filter())
+        return self._rows
+
+    def manifest_filter(self):
+        """A pyarrow filter for this manifest's rows under this run's presets."""
+        hashes = sorted({p.hash for p in self.presets.values()})
+        return (pc.field("manifest_uri") == self.config.manifest) & pc.field("preset_hash").isin(hashes)
+
+    def sample_rows(self, n: int = 200) -> pd.DataFrame:
+        """Up to ``n`` current rows of this manifest (contact sheets, galleries), without reading the rest."""
+        return scores.head(self.config.output, n, filter=self.manifest_filter())
+
+    def run_rows(self, columns: list[str] | None = None) -> pd.DataFrame:
+        """The rows this run wrote (current ones), only ``columns``: what reports read at catalog scale."""
+        return scores.read_latest(self.config.output, columns, filter=pc.field("run_id") == self.config.run_id)
+
+    @property
+    def n_rows(self) -> int:
+        return sum(self.counts.values())
 
     @property
     def failure_rate(self) -> float:
-        n = len(self.rows)
-        return 0.0 if n == 0 else float((self.rows["status"] != "ok").sum()) / n
+        n = self.n_rows
+        return 0.0 if n == 0 else (n - self.counts.get("ok", 0)) / n
 
     @property
     def failed(self) -> bool:
@@ -174,315 +213,125 @@ def connect_ray(num_cpus: int | None = None):
     return ray
 
 
-# -- the actor ----------------------------------------------------------------------------------------
-class EditorActor:
-    """Loads the model once per actor; ``__call__`` turns a batch of items into a batch of score rows."""
-
-    def __init__(self, spec: ModelSpec, digest: str, presets: dict[str, Preset], output: str, run_id: str, manifest_uri: str,
-                 limits: storage.ImageLimits, torch_threads: int, clip_model: str | None, allowed_schemes: tuple[str, ...],
-                 item_timeout_s: float = 0.0):
-        import torch
-
-        from tight_pipeline.engine.runner import TightInversion
-
-        if torch_threads > 0:
-            torch.set_num_threads(torch_threads)
-        self.engine = TightInversion.from_spec(spec, clip_model=clip_model)
-        self.spec, self.digest, self.presets, self.output = spec, digest, presets, output
-        self.run_id, self.manifest_uri, self.limits = run_id, manifest_uri, limits
-        self.allowed = allowed_schemes
-        self.item_timeout_s = item_timeout_s
-        self.worker = f"{socket.gethostname()}:{os.getpid()}"
-
-    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
-        """Items of one preset run through the engine together (``edit_items``); each ends in its own rows."""
-        items = [Item.from_json(str(text)) for text in batch["item"]]
-        rows: list[dict] = []
-        by_preset: dict[str, list[Item]] = {}
-        for item in items:
-            by_preset.setdefault(item.preset, []).append(item)
-        for name, group in by_preset.items():
-            rows.extend(self.process_group(group, self.presets[name]))
-        return rows_to_columns(rows)
-
-    def _deadline(self, t_start: float, n_items: int = 1):
-        """A progress callback that aborts the work once it has run longer than ``item_timeout_s`` per item."""
-        if self.item_timeout_s <= 0:
-            return None
-        limit = self.item_timeout_s * n_items
-
-        def check(phase: str) -> None:
-            elapsed = time.perf_counter() - t_start
-            if elapsed > limit:
-                raise TimeoutError(f"item took longer than item_timeout_s={self.item_timeout_s:g} s (aborted during {phase})")
-
-        return check
-
-    def process(self, item: Item) -> list[dict]:
-        return self.process_group([item], self.presets[item.preset])
-
-    def process_group(self, items: list[Item], preset: Preset) -> list[dict]:
-        """Fetch every item, edit the fetched ones as one batch, write each item's PNGs; rows per item.
-
-        A batch that fails as a whole is run again one item at a time, so only the bad item ends as an error."""
-        from tight_pipeline.engine.runner import BatchError, ItemRequest
-
-        t_start = time.perf_counter()
-        rows: list[dict] = []
-        fetched: list[tuple[Item, Any, list[str], float]] = []
-        for item in items:
-            t0 = time.perf_counter()
-            try:
-                image, notes = self.fetch(item)
-            except Exception as exc:  # noqa: BLE001 - one bad item must never fail the block
-                rows.extend(self.error_rows(item, preset, exc, t0))
-                continue
-            fetched.append((item, image, notes, time.perf_counter() - t0))
-        requests = [ItemRequest(image, item.source_prompt, [(e.edit_id, e.prompt) for e in item.edits])
-                    for item, image, _, _ in fetched]
-        results = self.engine.edit_items(requests, preset, progress=self._deadline(time.perf_counter(), len(requests))) if requests else []
-        for (item, image, notes, fetch_s), request, result in zip(fetched, requests, results):
-            if isinstance(result, BatchError):
-                result = self.engine.edit_items([request], preset, progress=self._deadline(time.perf_counter()))[0]
-            if isinstance(result, BaseException):
-                rows.extend(self.error_rows(item, preset, result, t_start))
-                continue
-            try:
-                rows.extend(self.write(item, preset, result, notes, fetch_s, t_start))
-            except Exception as exc:  # noqa: BLE001
-                rows.extend(self.error_rows(item, preset, exc, t_start))
-        return rows
-
-    def fetch(self, item: Item):
-        from tight_pipeline.engine.runner import InputError
-
-        storage.check_scheme(item.image_uri, self.allowed)
-        try:
-            data = storage.read_bytes(item.image_uri, self.limits.max_bytes)
-        except FileNotFoundError:
-            raise InputError(f"image {storage.redact(item.image_uri)} does not exist") from None
-        return storage.decode_image(data, self.limits)
-
-    def error_rows(self, item: Item, preset: Preset, exc: BaseException, t_start: float) -> list[dict]:
-        """One error row per edit of ``item``; the message names the item and the cause in one line."""
-        kind = type(exc).__name__
-        message = f"item {item.item_id!r}: {kind}: {storage.redact(str(exc)).splitlines()[0] if str(exc) else kind}"
-        log.warning(message)
-        base = base_row(item, preset, self.spec, self.digest, self.run_id, self.manifest_uri)
-        return [
-            {**base, "worker": self.worker, "edit_id": e.edit_id, "edit_prompt": e.prompt, "status": "error",
-             "error": message, "time_total_s": time.perf_counter() - t_start, "finished_at": now()}
-            for e in item.edits
-        ]
-
-    def write(self, item: Item, preset: Preset, result, notes: list[str], fetch_s: float, t_start: float) -> list[dict]:
-        """Write the item's PNGs (reconstruction last) and return its ok rows."""
-        t0 = time.perf_counter()
-        folder = storage.join(self.output, preset.hash, item.item_id)
-        input_uri, recon_uri = storage.join(folder, "input.png"), storage.join(folder, "reconstruction.png")
-        storage.write_bytes_atomic(input_uri, storage.encode_png(result.input))
-        edit_uris = {}
-        for edit in item.edits:
-            edit_uris[edit.edit_id] = storage.output_key(self.output, preset.hash, item.item_id, edit.edit_id)
-            storage.write_bytes_atomic(edit_uris[edit.edit_id], storage.encode_png(result.edits[edit.edit_id]))
-        # The reconstruction is written last: its presence marks the item's images complete.
-        storage.write_bytes_atomic(recon_uri, storage.encode_png(result.reconstruction))
-        write_s = time.perf_counter() - t0
-        t = result.timings
-        timings = {
-            "time_fetch_s": fetch_s,
-            "time_encode_s": t["encode_s"] + t["embed_s"],
-            "time_invert_s": t["invert_s"],
-            "time_denoise_s": t["denoise_s"] + t["decode_s"],
-            "time_write_s": write_s,
-            "time_total_s": time.perf_counter() - t_start,
-        }
-        base = base_row(item, preset, self.spec, self.digest, self.run_id, self.manifest_uri)
-        return [
-            {
-                **base, **result.scores, **result.edit_scores[e.edit_id], **timings, "worker": self.worker,
-                "edit_id": e.edit_id, "edit_prompt": e.prompt, "status": "ok", "error": None,
-                "warnings": "; ".join(notes + result.warnings) or None,
-                "input_uri": input_uri, "reconstruction_uri": recon_uri, "edit_uri": edit_uris[e.edit_id],
-                "finished_at": now(),
-            }
-            for e in item.edits
-        ]
+# -- the plan ------------------------------------------------------------------------------------------
+def plan_job(config: JobConfig, default: Preset | None = None, digest: str | None = None, write: bool = False) -> Plan:
+    """Stream the manifest once: count items to do / done before / invalid per preset; with ``write``, write the
+    to-do items and resume candidates as plan files and the invalid rows as ``scores/`` parts."""
+    t0 = time.perf_counter()
+    config = config.with_run_id()
+    all_presets = load_presets()
+    default = default or load_preset(config.preset)
+    spec = resolve_model_spec(config.model)
+    digest = digest or model_digest(spec)
+    done = scores.done_keys(config.output, digest)
+    plan = Plan(presets={default.name: default})
+    by_ref: dict[str, Preset] = {}
+    sha = hashlib.sha256()
+    plan_dir = storage.join(scores.prefix(config.output), "_plan", config.run_id)
+    for chunk in iter_manifest(config.manifest, set(all_presets), config.allowed_schemes, config.plan_rows, sha):
+        for item in chunk.items:
+            if item.preset and item.preset not in by_ref:
+                by_ref[item.preset] = load_preset(item.preset)
+                plan.presets[by_ref[item.preset].name] = by_ref[item.preset]
+        chosen = [by_ref[item.preset] if item.preset else default for item in chunk.items]
+        # the anti-join, one vectorised lookup per chunk: an item is a resume candidate when all its keys are done
+        sizes = np.fromiter((len(item.edits) for item in chunk.items), dtype=np.int64, count=len(chunk.items))
+        hashes = scores.key_hashes((p.hash for p, item in zip(chosen, chunk.items) for _ in item.edits),
+                                   (item.item_id for item in chunk.items for _ in item.edits),
+                                   (e.edit_id for item in chunk.items for e in item.edits), int(sizes.sum()))
+        found = scores.contains(done, hashes)
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]) if len(sizes) else sizes
+        candidate = np.minimum.reduceat(found, starts) if len(sizes) and len(found) else np.zeros(len(sizes), bool)
+        texts = []
+        for item, preset, cand, n in zip(chunk.items, chosen, candidate.tolist(), sizes.tolist()):
+            plan.items += 1
+            if cand:
+                plan.candidate_items += 1
+                plan.candidate_rows += n
+                plan.count(preset.name, "done_before")
+            else:
+                plan.todo_items += 1
+                plan.count(preset.name, "todo")
+            if write:
+                texts.append(dataclasses.replace(item, preset=preset.name).to_json())
+        cands = candidate.astype(bool).tolist()
+        plan.invalid_rows += len(chunk.invalid)
+        plan.invalid_sample += [bad.message() for bad in chunk.invalid[: max(0, 50 - len(plan.invalid_sample))]]
+        if chunk.invalid:
+            plan.count(default.name, "invalid", len(chunk.invalid))
+        if write and texts:
+            url = storage.join(plan_dir, f"plan-{len(plan.files):06d}.parquet")
+            buf = io.BytesIO()
+            pq.write_table(pa.table({"item": texts, "candidate": cands}), buf)
+            storage.write_bytes_atomic(url, buf.getvalue())
+            plan.files.append(url)
+        if write and chunk.invalid:
+            scores.write_part(config.output, config.run_id,
+                              invalid_rows(chunk.invalid, config.manifest, default, spec, digest, config.run_id), "invalid")
+    plan.manifest_digest = sha.hexdigest()
+    plan.plan_s = time.perf_counter() - t0
+    return plan
 
 
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-def base_row(item: Item, preset: Preset, spec: ModelSpec, digest: str, run_id: str, manifest_uri: str) -> dict:
-    import json
-
-    return {
-        "run_id": run_id, "manifest_uri": manifest_uri, "row": item.row, "item_id": item.item_id,
-        "source_prompt": item.source_prompt, "image_uri": item.image_uri, "preset": preset.name,
-        "preset_hash": preset.hash, "method": preset.method, "model": spec.name, "model_digest": digest,
-        "metadata": json.dumps(item.metadata, default=str) if item.metadata else None,
-    }
-
-
-def rows_to_columns(rows: list[dict]) -> dict[str, list]:
-    return {name: [r.get(name) for r in rows] for name in SCHEMA.names}
-
-
-def rows_to_table(rows: pd.DataFrame | list[dict]) -> pa.Table:
-    frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows, columns=SCHEMA.names)
-    frame = frame.reindex(columns=SCHEMA.names)
-    return pa.Table.from_pandas(frame, schema=SCHEMA, preserve_index=False)
-
-
-# -- scores on storage ----------------------------------------------------------------------------------
-def scores_uri(output: str) -> str:
-    return storage.join(output, "scores", "scores.parquet")
-
-
-def parts_prefix(output: str) -> str:
-    return storage.join(output, "scores", "_parts")
-
-
-def _read_parquet(url: str) -> pd.DataFrame:
-    data = storage.read_bytes(url)
-    return pq.read_table(io.BytesIO(data)).to_pandas()
-
-
-def write_parquet_atomic(url: str, frame: pd.DataFrame) -> None:
-    buf = io.BytesIO()
-    pq.write_table(rows_to_table(frame), buf)
-    storage.write_bytes_atomic(url, buf.getvalue())
-
-
-def load_scores(output: str) -> tuple[pd.DataFrame, list[str]]:
-    """All rows recorded under ``output`` (compacted file + checkpoint parts of crashed runs), one per key
-    (the latest wins), and the part files read."""
-    import fsspec
-
-    frames = []
-    try:
-        frames.append(_read_parquet(scores_uri(output)))
-    except FileNotFoundError:
-        pass
-    fs, prefix = fsspec.core.url_to_fs(parts_prefix(output))
-    parts = sorted(storage.with_retries(lambda: fs.glob(prefix.rstrip("/") + "/*.parquet"), "listing checkpoint parts"))
-    proto = output.split("://", 1)[0] + "://" if "://" in output else ""
-    part_urls = [p if "://" in p else (proto + p if proto and proto != "file://" else p) for p in parts]
-    for url in part_urls:
-        frames.append(_read_parquet(url))
-    if not frames:
-        return pd.DataFrame(columns=SCHEMA.names), []
-    frame = pd.concat([f.reindex(columns=SCHEMA.names) for f in frames], ignore_index=True)
-    frame = frame.sort_values("finished_at", kind="stable").drop_duplicates(KEY, keep="last")
-    return frame.reset_index(drop=True), part_urls
-
-
-def existing_outputs(output: str, preset_hash: str) -> set[str]:
-    """Relative keys ``item_id/file.png`` that exist under ``<output>/<preset_hash>/`` (one listing)."""
-    import fsspec
-
-    fs, prefix = fsspec.core.url_to_fs(storage.join(output, preset_hash))
-    try:
-        found = storage.with_retries(lambda: fs.find(prefix), "listing outputs")
-    except FileNotFoundError:
-        return set()
-    prefix = prefix.rstrip("/") + "/"
-    return {p[len(prefix):] for p in found if p.startswith(prefix)}
-
-
-# -- the job -------------------------------------------------------------------------------------------
-def plan(manifest: Manifest, presets: dict[str, Preset], default: Preset, done: pd.DataFrame, output: str, digest: str):
-    """Split the manifest's items into (to do, already done). Done = every edit row ok, made by this model (same
-    ``model_digest``: spec and weights) and its PNGs exist."""
-    ok_keys = set()
-    if len(done):
-        ok = done[(done["status"] == "ok") & (done["model_digest"] == digest)]
-        ok_keys = set(map(tuple, ok[KEY].itertuples(index=False, name=None)))
-    listings: dict[str, set[str]] = {}
-    todo, skipped = [], []
-    for item in manifest.items:
-        preset = presets[item.preset] if item.preset else default
-        if preset.hash not in listings:
-            listings[preset.hash] = existing_outputs(output, preset.hash) if ok_keys else set()
-        files = listings[preset.hash]
-        complete = f"{item.item_id}/reconstruction.png" in files and all(
-            (preset.hash, item.item_id, e.edit_id) in ok_keys and f"{item.item_id}/{e.edit_id}.png" in files
-            for e in item.edits
-        )
-        (skipped if complete else todo).append(dataclasses.replace(item, preset=preset.name))
-    return todo, skipped
-
-
-def invalid_rows(manifest: Manifest, preset: Preset, spec: ModelSpec, digest: str, run_id: str) -> list[dict]:
+def invalid_rows(invalid: list[InvalidRow], manifest_uri: str, preset: Preset, spec: ModelSpec, digest: str,
+                 run_id: str) -> list[dict]:
     return [
         {
-            "run_id": run_id, "manifest_uri": manifest.uri, "row": bad.row,
+            "run_id": run_id, "manifest_uri": manifest_uri, "row": bad.row,
             "item_id": bad.item_id if bad.item_id else f"row-{bad.row}", "edit_id": f"*row{bad.row}",
             "preset": preset.name, "preset_hash": preset.hash, "method": preset.method, "model": spec.name,
             "model_digest": digest, "status": "invalid", "error": bad.message(), "finished_at": now(),
         }
-        for bad in manifest.invalid
+        for bad in invalid
     ]
 
 
+# -- the job -------------------------------------------------------------------------------------------
 def run_job(config: JobConfig, progress: Callable[[int, int], None] | None = None) -> JobResult:
-    """Run the manifest through the actor pool; returns this manifest's rows and counts."""
+    """Plan the manifest, run the to-do items through the actor pool; returns counts (rows stay on storage)."""
     t_start = time.perf_counter()
     config = config.with_run_id()
-    all_presets = load_presets()
     default = load_preset(config.preset)
     spec = resolve_model_spec(config.model)
     digest = model_digest(spec)
-    manifest = read_manifest(config.manifest, set(all_presets), config.allowed_schemes)
-    # Resolve every preset named in the manifest once; items then carry the resolved name.
-    by_ref = {ref: load_preset(ref) for ref in {i.preset for i in manifest.items if i.preset}}
-    manifest = dataclasses.replace(manifest, items=tuple(
-        dataclasses.replace(i, preset=by_ref[i.preset].name) if i.preset else i for i in manifest.items))
-    presets = {default.name: default, **{p.name: p for p in by_ref.values()}}
-    previous, part_urls = load_scores(config.output)
-    todo, skipped = plan(manifest, presets, default, previous, config.output, digest)
-    log.info("manifest %s: %d items (%d to do, %d done before), %d invalid rows",
-             storage.redact(config.manifest), len(manifest.items), len(todo), len(skipped), len(manifest.invalid))
-
-    new_rows: list[dict] = invalid_rows(manifest, default, spec, digest, config.run_id)
-    if todo:
-        ray_rows, parts_written = _run_ray(config, spec, digest, presets, todo, progress)
-        new_rows += ray_rows
-        part_urls += parts_written
-
-    # Compact: previous rows minus what this run redid, minus this manifest's old invalid rows, plus new rows.
-    new = pd.DataFrame(new_rows, columns=SCHEMA.names)
-    keep = previous
-    if len(keep):
-        keep = keep[~((keep["manifest_uri"] == manifest.uri) & (keep["status"] == "invalid"))]
-    merged = pd.concat([keep, new], ignore_index=True) if len(keep) else new
-    merged = merged.sort_values("finished_at", kind="stable").drop_duplicates(KEY, keep="last").reset_index(drop=True)
-    write_parquet_atomic(scores_uri(config.output), merged)
-    _remove_parts(part_urls)
-
-    wanted = {(presets[i.preset].hash, i.item_id, e.edit_id) for i in todo + skipped for e in i.edits}
-    wanted |= {(r["preset_hash"], r["item_id"], r["edit_id"]) for r in new_rows if r["status"] == "invalid"}
-    mine = merged[[k in wanted for k in merged[KEY].itertuples(index=False, name=None)]].reset_index(drop=True)
-    counts = mine["status"].value_counts().to_dict()
-    return JobResult(config, manifest, default, presets, spec, digest, mine, len(todo), len(skipped), time.perf_counter() - t_start,
-                     scores_uri(config.output), {k: int(v) for k, v in counts.items()})
+    plan = plan_job(config, default, digest, write=True)
+    log.info("manifest %s: %d items (%d to do, %d resume candidates), %d invalid rows; planned in %.1f s",
+             storage.redact(config.manifest), plan.items, plan.todo_items, plan.candidate_items, plan.invalid_rows,
+             plan.plan_s)
+    counts = {"invalid": plan.invalid_rows} if plan.invalid_rows else {}
+    processed = redone_candidate_rows = 0
+    if plan.files:
+        try:
+            for summary in _run_ray(config, spec, digest, plan, progress):
+                processed += len(summary["item_id"])
+                for ok, err, rows, cand in zip(summary["ok"], summary["error"], summary["rows"], summary["candidate"]):
+                    counts["ok"] = counts.get("ok", 0) + int(ok)
+                    if err:
+                        counts["error"] = counts.get("error", 0) + int(err)
+                    if cand:
+                        redone_candidate_rows += int(rows)
+        finally:
+            _remove_prefix(storage.join(scores.prefix(config.output), "_plan", config.run_id))
+    skipped_rows = plan.candidate_rows - redone_candidate_rows
+    if skipped_rows:
+        counts["ok"] = counts.get("ok", 0) + skipped_rows
+    skipped_items = plan.items - processed
+    return JobResult(config, default, plan.presets, spec, digest, plan, processed, skipped_items,
+                     time.perf_counter() - t_start, scores.prefix(config.output), counts)
 
 
-def _remove_parts(urls: list[str]) -> None:
+def _remove_prefix(url: str) -> None:
     import fsspec
 
-    for url in set(urls):
-        fs, path = fsspec.core.url_to_fs(url)
-        try:
-            fs.rm(path)
-        except FileNotFoundError:
-            pass
+    fs, path = fsspec.core.url_to_fs(url)
+    try:
+        fs.rm(path, recursive=True)
+    except FileNotFoundError:
+        pass
 
 
-def _run_ray(config: JobConfig, spec: ModelSpec, digest: str, presets: dict[str, Preset], todo: list[Item],
-             progress) -> tuple[list[dict], list[str]]:
-    """Run ``todo`` through the actor pool; returns the rows and the checkpoint parts written."""
+def _run_ray(config: JobConfig, spec: ModelSpec, digest: str, plan: Plan, progress):
+    """Yield the actor pool's summary batches (one row per item) as items finish."""
     ray = connect_ray()
     import ray.data
 
@@ -493,45 +342,42 @@ def _run_ray(config: JobConfig, spec: ModelSpec, digest: str, presets: dict[str,
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     threads = config.torch_threads or max(1, (os.cpu_count() or 1) // max(1, config.actors))
     limits = storage.ImageLimits(max_pixels=config.max_pixels, min_side=config.min_side)
-    # Small blocks (one item each, up to 2000 blocks) stream results back as items finish: checkpoints stay
-    # fine-grained and a slow item does not hold back a whole block.
-    ds = ray.data.from_items([{"item": i.to_json()} for i in todo], override_num_blocks=max(1, min(len(todo), 2000)))
-    ds = ds.map_batches(
-        EditorActor,
-        fn_constructor_args=(spec, digest, presets, config.output, config.run_id, config.manifest, limits, threads,
-                             config.clip_model or os.environ.get("TIGHT_PIPELINE_CLIP_MODEL"), config.allowed_schemes,
-                             config.item_timeout_s),
-        batch_size=config.batch_size or spec.max_batch,
-        batch_format="pandas",
-        compute=ray.data.ActorPoolStrategy(size=config.actors),
-        num_cpus=config.actor_cpus,
-        num_gpus=gpus,
-        # Ray Data restarts an actor that dies (OOM, lost node) and retries its task; rows stay unique by key.
-    )
-    rows: list[dict] = []
-    pending: list[dict] = []
-    done_items: set[str] = set()
-    written: list[str] = []
-    for batch in ds.iter_batches(batch_size=None, batch_format="pandas"):
-        records = batch.to_dict("records")
-        rows.extend(records)
-        pending.extend(records)
-        done_items.update(r["item_id"] for r in records)
-        if progress:
-            progress(len(done_items), len(todo))
-        if len(pending) >= config.checkpoint_rows:
-            written.append(_checkpoint(config, pending, len(written)))
-            pending = []
-    if pending:
-        written.append(_checkpoint(config, pending, len(written)))
-    return [{k: (None if _isnan(v) else v) for k, v in r.items()} for r in rows], written
+    batch = config.batch_size or spec.max_batch
+    ledger_name = f"tp-ledger-{config.run_id}"
+    ledger = ray.remote(AttemptLedger).options(name=ledger_name, num_cpus=0).remote()
+    try:
+        ds = ray.data.read_parquet(plan.files)
+        # Blocks of one batch each: resume candidates with all PNGs drop out here, and the actors' batches
+        # spread over the pool instead of one block per plan file.
+        ds = ds.map_batches(_done_filter, fn_kwargs={"output": config.output,
+                                                      "hashes": {n: p.hash for n, p in plan.presets.items()}},
+                            batch_size=batch, num_cpus=0.1)
+        ds = ds.map_batches(
+            EditorActor,
+            fn_constructor_kwargs=dict(
+                spec=spec, digest=digest, presets=plan.presets, output=config.output, run_id=config.run_id,
+                manifest_uri=config.manifest, limits=limits, torch_threads=threads,
+                clip_model=config.clip_model or os.environ.get("TIGHT_PIPELINE_CLIP_MODEL"),
+                allowed_schemes=config.allowed_schemes, item_timeout_s=config.item_timeout_s,
+                max_attempts=config.max_attempts, ledger_name=ledger_name,
+            ),
+            batch_size=batch,
+            compute=ray.data.ActorPoolStrategy(size=config.actors),
+            num_cpus=config.actor_cpus,
+            num_gpus=gpus,
+            # Ray restarts a dead actor and retries its batch; the ledger bounds how often an item is started.
+        )
+        done = 0
+        total = plan.todo_items + plan.candidate_items
+        for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            summary = {k: out[k].tolist() for k in SUMMARY_COLUMNS}
+            done += len(summary["item_id"])
+            if progress:
+                progress(done, total)
+            yield summary
+    finally:
+        ray.kill(ledger)
 
 
-def _isnan(v) -> bool:
-    return isinstance(v, float) and v != v
-
-
-def _checkpoint(config: JobConfig, rows: list[dict], n: int) -> str:
-    url = storage.join(parts_prefix(config.output), f"part-{config.run_id}-{n:05d}.parquet")
-    write_parquet_atomic(url, pd.DataFrame(rows, columns=SCHEMA.names))
-    return url
+def _done_filter(batch, output: str, hashes: dict[str, str]):
+    return DoneFilter(output, hashes)(batch)

@@ -16,6 +16,11 @@ In CSV, ``edits``, ``locales`` and ``metadata`` hold JSON text. Validation never
 every bad record becomes an ``InvalidRow`` with its 1-based row number and the reason, and the run goes on
 with the good ones. A manifest that cannot be read at all, or whose header lacks a required column, raises
 ``ManifestError`` before any model is loaded.
+
+A manifest is one file or a prefix ending in ``/`` (every ``.jsonl``/``.csv``/``.parquet`` file under it, in
+name order; rows are numbered across the files). ``iter_manifest`` streams it in chunks of validated items —
+memory is bounded by the chunk, plus one entry per item id to find duplicates — and ``read_manifest`` collects
+the chunks (small manifests, tests).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import hashlib
 import io
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import pandas as pd
 
@@ -99,11 +104,17 @@ class Manifest:
 
 
 def _records(data: bytes, fmt: str) -> list[tuple[int, dict | str]]:
-    """(row number, record or parse error text) for every data row."""
+    """(row number, record or parse error text) for every data row of an in-memory manifest."""
+    return [rec for chunk in _record_chunks(io.BytesIO(data), fmt, 1 << 62) for rec in chunk]
+
+
+def _record_chunks(f, fmt: str, chunk_rows: int, first_row: int = 1) -> Iterator[list[tuple[int, dict | str]]]:
+    """Chunks of (row number, record or parse error text) read from the binary file ``f``."""
+    row = first_row - 1
     if fmt == "jsonl":
-        out = []
-        row = 0
-        for line in data.decode("utf-8", errors="replace").splitlines():
+        out: list = []
+        for raw in f:
+            line = raw.decode("utf-8", errors="replace")
             if not line.strip():
                 continue
             row += 1
@@ -111,19 +122,29 @@ def _records(data: bytes, fmt: str) -> list[tuple[int, dict | str]]:
                 rec = json.loads(line)
             except json.JSONDecodeError as exc:
                 out.append((row, f"malformed JSON line: {exc.msg} at column {exc.colno}"))
-                continue
-            out.append((row, rec if isinstance(rec, dict) else f"line is JSON {type(rec).__name__}, not an object"))
-        return out
+            else:
+                out.append((row, rec if isinstance(rec, dict) else f"line is JSON {type(rec).__name__}, not an object"))
+            if len(out) >= chunk_rows:
+                yield out
+                out = []
+        if out:
+            yield out
+        return
     if fmt == "csv":
-        frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
+        frames = pd.read_csv(f, dtype=str, keep_default_na=False, chunksize=min(chunk_rows, 1 << 20))
     elif fmt == "parquet":
-        frame = pd.read_parquet(io.BytesIO(data))
+        import pyarrow.parquet as pq
+
+        frames = (b.to_pandas() for b in pq.ParquetFile(f).iter_batches(batch_size=min(chunk_rows, 1 << 20)))
     else:
         raise ManifestError(f"unknown manifest format {fmt!r}")
-    missing = [c for c in REQUIRED if c not in frame.columns]
-    if missing:
-        raise ManifestError(f"manifest header lacks required column(s) {missing}; found {list(frame.columns)}")
-    return [(i + 1, {k: _plain(v) for k, v in rec.items()}) for i, rec in enumerate(frame.to_dict("records"))]
+    for frame in frames:
+        missing = [c for c in REQUIRED if c not in frame.columns]
+        if missing:
+            raise ManifestError(f"manifest header lacks required column(s) {missing}; found {list(frame.columns)}")
+        recs = frame.to_dict("records")
+        yield [(row + 1 + i, {k: _plain(v) for k, v in rec.items()}) for i, rec in enumerate(recs)]
+        row += len(recs)
 
 
 def _plain(value: Any) -> Any:
@@ -190,12 +211,57 @@ def _edits(rec: dict) -> tuple[Edit, ...]:
     return tuple(edits)
 
 
-def _resolve_uri(image_uri: str, manifest_uri: str, allowed: tuple[str, ...]) -> str:
+def _resolve_uri(image_uri: str, manifest_uri: str, allowed: tuple[str, ...], roots: tuple[str, ...] | None = None) -> str:
     if "://" not in image_uri and not image_uri.startswith("/"):
         base = manifest_uri.rsplit("/", 1)[0] if "/" in manifest_uri else "."
         image_uri = storage.join(base, image_uri)
-    storage.check_scheme(image_uri, allowed)
+    storage.check_scheme(image_uri, allowed, roots)
     return image_uri
+
+
+class _Validator:
+    """Turns records into ``Item`` / ``InvalidRow``; remembers every item id to refuse duplicates."""
+
+    def __init__(self, uri: str, known_presets: set[str] | None, allowed_schemes: tuple[str, ...]):
+        self.uri, self.known_presets, self.allowed = uri, known_presets, allowed_schemes
+        self.first_seen: dict[str, int] = {}
+        self.roots = storage.file_roots()
+
+    def check(self, records: list[tuple[int, dict | str]], source_uri: str) -> tuple[list[Item], list[InvalidRow]]:
+        items: list[Item] = []
+        invalid: list[InvalidRow] = []
+        for row, rec in records:
+            if isinstance(rec, str):
+                invalid.append(InvalidRow(row, None, rec))
+                continue
+            raw_id = rec.get("item_id")
+            shown_id = raw_id if isinstance(raw_id, str) else None
+            try:
+                items.append(self.item(row, rec, source_uri))
+            except (ValueError, storage.StorageError) as exc:
+                invalid.append(InvalidRow(row, shown_id, str(exc)))
+        return items, invalid
+
+    def item(self, row: int, rec: dict, source_uri: str) -> Item:
+        missing = [c for c in REQUIRED if rec.get(c) in (None, "")]
+        if missing:
+            raise ValueError(f"missing required field(s) {missing}")
+        item_id = storage.check_id(rec.get("item_id"), "item_id")
+        if item_id in self.first_seen:
+            raise ValueError(f"duplicate item_id (first seen at row {self.first_seen[item_id]})")
+        self.first_seen[item_id] = row
+        if not isinstance(rec["image_uri"], str):
+            raise ValueError("image_uri must be a string")
+        image_uri = _resolve_uri(rec["image_uri"], source_uri, self.allowed, self.roots)
+        preset = rec.get("preset") or None
+        if preset is not None and self.known_presets is not None and preset.split("@")[0] not in self.known_presets:
+            raise ValueError(f"unknown preset {preset!r} (known: {', '.join(sorted(self.known_presets))})")
+        metadata = _maybe_json(rec.get("metadata"), "metadata") or {}
+        if not isinstance(metadata, dict):
+            raise ValueError("metadata must be an object")
+        extra = {k: v for k, v in rec.items() if k not in KNOWN and v not in (None, "")}
+        return Item(row, item_id, image_uri, _check_prompt(rec["source_prompt"], "source_prompt"), _edits(rec),
+                    preset, {**extra, **metadata})
 
 
 def parse_manifest(
@@ -205,40 +271,85 @@ def parse_manifest(
     known_presets: set[str] | None = None,
     allowed_schemes: tuple[str, ...] = storage.DEFAULT_SCHEMES,
 ) -> Manifest:
-    items: list[Item] = []
-    invalid: list[InvalidRow] = []
-    first_seen: dict[str, int] = {}
-    for row, rec in _records(data, fmt):
-        if isinstance(rec, str):
-            invalid.append(InvalidRow(row, None, rec))
-            continue
-        raw_id = rec.get("item_id")
-        shown_id = raw_id if isinstance(raw_id, str) else None
-        try:
-            missing = [c for c in REQUIRED if rec.get(c) in (None, "")]
-            if missing:
-                raise ValueError(f"missing required field(s) {missing}")
-            item_id = storage.check_id(raw_id, "item_id")
-            if item_id in first_seen:
-                raise ValueError(f"duplicate item_id (first seen at row {first_seen[item_id]})")
-            first_seen[item_id] = row
-            if not isinstance(rec["image_uri"], str):
-                raise ValueError("image_uri must be a string")
-            image_uri = _resolve_uri(rec["image_uri"], uri, allowed_schemes)
-            preset = rec.get("preset") or None
-            if preset is not None and known_presets is not None and preset.split("@")[0] not in known_presets:
-                raise ValueError(f"unknown preset {preset!r} (known: {', '.join(sorted(known_presets))})")
-            metadata = _maybe_json(rec.get("metadata"), "metadata") or {}
-            if not isinstance(metadata, dict):
-                raise ValueError("metadata must be an object")
-            extra = {k: v for k, v in rec.items() if k not in KNOWN and v not in (None, "")}
-            items.append(
-                Item(row, item_id, image_uri, _check_prompt(rec["source_prompt"], "source_prompt"), _edits(rec),
-                     preset, {**extra, **metadata})
-            )
-        except (ValueError, storage.StorageError) as exc:
-            invalid.append(InvalidRow(row, shown_id, str(exc)))
+    items, invalid = _Validator(uri, known_presets, allowed_schemes).check(_records(data, fmt), uri)
     return Manifest(uri, hashlib.sha256(data).hexdigest(), tuple(items), tuple(invalid))
+
+
+@dataclass(frozen=True)
+class ManifestChunk:
+    items: list[Item]
+    invalid: list[InvalidRow]
+
+
+def manifest_files(uri: str, allowed_schemes: tuple[str, ...] = storage.DEFAULT_SCHEMES) -> list[str]:
+    """The files of a manifest: ``uri`` itself, or every manifest file under a prefix ending in ``/``."""
+    import fsspec
+
+    storage.check_scheme(uri, allowed_schemes)
+    if not uri.endswith("/"):
+        detect_format(uri)
+        return [uri]
+    fs, path = fsspec.core.url_to_fs(uri)
+    try:
+        found = storage.with_retries(lambda: fs.find(path), "listing the manifest prefix")
+    except FileNotFoundError:
+        found = []
+    proto = uri.split("://", 1)[0] + "://" if "://" in uri and not uri.startswith("file://") else ""
+    files = sorted(proto + p if proto and "://" not in p else p for p in found
+                   if p.lower().endswith((".jsonl", ".ndjson", ".json", ".csv", ".parquet")))
+    if not files:
+        raise ManifestError(f"manifest prefix {storage.redact(uri)!r} holds no .jsonl, .csv or .parquet files")
+    return files
+
+
+def iter_manifest(
+    uri: str,
+    known_presets: set[str] | None = None,
+    allowed_schemes: tuple[str, ...] = storage.DEFAULT_SCHEMES,
+    chunk_rows: int = 50_000,
+    digest: "hashlib._Hash | None" = None,
+) -> Iterator[ManifestChunk]:
+    """Validated chunks of a manifest (one file or a prefix), streamed; ``digest`` (a hashlib object), if given,
+    is fed every byte read. Raises ``ManifestError`` when a file cannot be read or lacks required columns."""
+    validator = _Validator(uri, known_presets, allowed_schemes)
+    row = 0
+    for file_uri in manifest_files(uri, allowed_schemes):
+        fmt = detect_format(file_uri)
+        try:
+            with storage.open_read(file_uri) as raw:
+                f = _Hashing(raw, digest) if digest is not None else raw
+                for records in _record_chunks(f, fmt, chunk_rows, row + 1):
+                    row = records[-1][0] if records else row
+                    items, invalid = validator.check(records, file_uri)
+                    yield ManifestChunk(items, invalid)
+        except FileNotFoundError:
+            raise ManifestError(f"manifest {storage.redact(file_uri)!r} does not exist") from None
+        except ManifestError:
+            raise
+        except storage.StorageError as exc:
+            raise ManifestError(str(exc)) from exc
+        except (ValueError, OSError) as exc:
+            raise ManifestError(f"manifest {storage.redact(file_uri)!r} cannot be parsed as {fmt}: {exc}") from exc
+
+
+class _Hashing:
+    """A binary file wrapper that feeds what is read to a hash (lines or blocks)."""
+
+    def __init__(self, f, digest):
+        self.f, self.digest = f, digest
+
+    def __iter__(self):
+        for line in self.f:
+            self.digest.update(line)
+            yield line
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.digest.update(data)
+        return data
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
 
 
 def detect_format(uri: str) -> str:
@@ -254,18 +365,12 @@ def read_manifest(
     known_presets: set[str] | None = None,
     allowed_schemes: tuple[str, ...] = storage.DEFAULT_SCHEMES,
 ) -> Manifest:
-    """Read and validate a manifest. Raises ``ManifestError`` only when nothing in it can be used."""
-    storage.check_scheme(uri, allowed_schemes)
-    fmt = detect_format(uri)
-    try:
-        data = storage.read_bytes(uri)
-    except FileNotFoundError:
-        raise ManifestError(f"manifest {storage.redact(uri)!r} does not exist") from None
-    except storage.StorageError as exc:
-        raise ManifestError(str(exc)) from exc
-    try:
-        return parse_manifest(data, uri, fmt, known_presets, allowed_schemes)
-    except (ValueError, OSError) as exc:
-        if isinstance(exc, ManifestError):
-            raise
-        raise ManifestError(f"manifest {storage.redact(uri)!r} cannot be parsed as {fmt}: {exc}") from exc
+    """Read and validate a whole manifest into memory (small manifests; jobs stream with ``iter_manifest``).
+    Raises ``ManifestError`` only when nothing in it can be used."""
+    digest = hashlib.sha256()
+    items: list[Item] = []
+    invalid: list[InvalidRow] = []
+    for chunk in iter_manifest(uri, known_presets, allowed_schemes, digest=digest):
+        items += chunk.items
+        invalid += chunk.invalid
+    return Manifest(uri, digest.hexdigest(), tuple(items), tuple(invalid))

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -126,8 +127,9 @@ class Preset:
                 data[key] = float(data[key])
         return data
 
-    @property
+    @functools.cached_property
     def hash(self) -> str:
+        """12 hex digits of the settings' sha256 (computed once: the preset is frozen)."""
         blob = json.dumps(self.settings(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 

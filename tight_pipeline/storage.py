@@ -8,6 +8,7 @@ Credentials are never passed in code or config: s3fs/gcsfs read them from the en
 from __future__ import annotations
 
 import io
+import functools
 import os
 import re
 import time
@@ -46,16 +47,21 @@ def scheme_of(url: str) -> str:
 def file_roots() -> tuple[str, ...]:
     """Folders local reads are confined to when ``TIGHT_PIPELINE_FILE_ROOTS`` is set (``:``-separated);
     empty = no confinement (a person's own machine). Set it when running as a shared service."""
-    raw = os.environ.get("TIGHT_PIPELINE_FILE_ROOTS", "")
+    return _roots(os.environ.get("TIGHT_PIPELINE_FILE_ROOTS", ""))
+
+
+@functools.lru_cache(maxsize=8)
+def _roots(raw: str) -> tuple[str, ...]:  # cached: checked once per manifest row
     return tuple(os.path.realpath(r) for r in raw.split(":") if r)
 
 
-def check_scheme(url: str, allowed: tuple[str, ...] = DEFAULT_SCHEMES) -> None:
-    """Refuse URL schemes outside ``allowed`` and, with ``TIGHT_PIPELINE_FILE_ROOTS``, local paths outside it."""
+def check_scheme(url: str, allowed: tuple[str, ...] = DEFAULT_SCHEMES, roots: tuple[str, ...] | None = None) -> None:
+    """Refuse URL schemes outside ``allowed`` and, with ``TIGHT_PIPELINE_FILE_ROOTS``, local paths outside it
+    (``roots``: ``file_roots()`` read once by a caller that checks many URLs)."""
     scheme = scheme_of(url)
     if scheme not in allowed:
         raise StorageError(f"URL scheme {scheme!r} of {redact(url)!r} is not allowed (allowed: {', '.join(allowed)})")
-    roots = file_roots()
+    roots = file_roots() if roots is None else roots
     if scheme == "file" and roots:
         path = os.path.realpath(url.split("://", 1)[1] if "://" in url else url)
         if not any(path == r or path.startswith(r + os.sep) for r in roots):
@@ -102,6 +108,17 @@ def with_retries(fn, what: str, attempts: int = 8, base_delay: float = 0.5, max_
         if attempt < attempts - 1:
             time.sleep(min(max_delay, base_delay * 2**attempt))
     raise StorageError(f"{what}: {redact(str(last))} (after {attempts} attempts)") from last
+
+
+def open_read(url: str):
+    """A buffered binary file open for streaming reads (opening is retried; reading streams as it goes)."""
+    fs, path = _fs(url)
+    return with_retries(lambda: fs.open(path, "rb", block_size=8 << 20), f"opening {redact(url)}")
+
+
+def exists(url: str) -> bool:
+    fs, path = _fs(url)
+    return bool(with_retries(lambda: fs.exists(path), f"checking {redact(url)}"))
 
 
 def read_bytes(url: str, max_bytes: int | None = None) -> bytes:

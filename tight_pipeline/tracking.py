@@ -26,7 +26,7 @@ from tight_pipeline.presets import Preset
 from tight_pipeline.settings import state_dir
 
 PRESETS_EXPERIMENT = "tight-pipeline-presets"
-MAX_INLINE_PARQUET = 50 * 1024 * 1024
+MAX_INLINE_ROWS = 20_000  # this run's rows attached to the MLflow run up to this many; a link above
 
 
 def tracking_uri() -> str:
@@ -70,13 +70,18 @@ def track_preset(preset: Preset) -> str:
     return run.info.run_id
 
 
-def aggregate_metrics(rows: pd.DataFrame, wall_s: float, processed_items: int) -> dict[str, float]:
-    """Counts, mean and percentiles of the scores, items per second."""
+AGGREGATED = ["psnr_vs_input", "ssim_vs_input", "psnr_vs_vae", "ssim_vs_vae", "edit_change"]
+
+
+def aggregate_metrics(rows: pd.DataFrame, wall_s: float, processed_items: int,
+                      counts: dict[str, int] | None = None) -> dict[str, float]:
+    """Counts (``counts``, else from ``rows``), mean and percentiles of the scores in ``rows``, items per second."""
+    counts = counts if counts is not None else {k: int(v) for k, v in rows["status"].value_counts().items()}
     metrics: dict[str, float] = {
-        "rows": float(len(rows)),
-        "rows_ok": float((rows["status"] == "ok").sum()),
-        "rows_error": float((rows["status"] == "error").sum()),
-        "rows_invalid": float((rows["status"] == "invalid").sum()),
+        "rows": float(sum(counts.values())),
+        "rows_ok": float(counts.get("ok", 0)),
+        "rows_error": float(counts.get("error", 0)),
+        "rows_invalid": float(counts.get("invalid", 0)),
         "items_processed": float(processed_items),
         "wall_s": wall_s,
         "items_per_s": processed_items / wall_s if wall_s > 0 else 0.0,
@@ -132,23 +137,25 @@ def log_run(result: JobResult, sheet: Image.Image | None = None, flow_name: str 
         params["model.digest"] = result.model_digest  # settings + weights
         params["model.spec_digest"] = result.model.digest
         params.update({
-            "manifest_uri": storage.redact(cfg.manifest), "manifest_digest": result.manifest.digest,
+            "manifest_uri": storage.redact(cfg.manifest), "manifest_digest": result.plan.manifest_digest,
             "output": storage.redact(cfg.output), "actors": cfg.actors, "batch_size": cfg.batch_size,
             "presets_used": ",".join(sorted(f"{p.name}:{p.hash}" for p in result.presets.values())),
         })
         mlflow.log_params({k: storage.redact(str(v))[:500] for k, v in params.items()})
         _log_input(mlflow, result)
-        mlflow.log_metrics(aggregate_metrics(result.rows, result.wall_s, result.processed_items))
+        # Scores of this run's rows only, read with the columns the aggregates need (catalog-size runs).
+        scored = result.run_rows(["status", "preset_hash", "item_id", *AGGREGATED])
+        mlflow.log_metrics(aggregate_metrics(scored, result.wall_s, result.processed_items, result.counts))
         mlflow.log_text(default.to_yaml(), "preset.yaml")
         with tempfile.TemporaryDirectory() as tmp:
-            parquet = Path(tmp) / "scores.parquet"
-            result.rows.to_parquet(parquet, index=False)
-            if parquet.stat().st_size <= MAX_INLINE_PARQUET:
+            if len(scored) <= MAX_INLINE_ROWS:
+                parquet = Path(tmp) / "scores.parquet"
+                result.run_rows().to_parquet(parquet, index=False)
                 mlflow.log_artifact(str(parquet))
             else:
                 mlflow.log_text(storage.redact(result.scores_uri), "scores_link.txt")
             sheet_path = Path(tmp) / "contact_sheet.png"
-            (sheet if sheet is not None else build_contact_sheet(result.rows)).save(sheet_path)
+            (sheet if sheet is not None else build_contact_sheet(result.sample_rows())).save(sheet_path)
             mlflow.log_artifact(str(sheet_path))
             for name, data in (extra_artifacts or {}).items():
                 (Path(tmp) / name).write_bytes(data)
@@ -161,9 +168,11 @@ def log_run(result: JobResult, sheet: Image.Image | None = None, flow_name: str 
 
 
 def _log_input(mlflow, result: JobResult) -> None:
-    frame = pd.DataFrame([{"item_id": i.item_id, "image_uri": storage.redact(i.image_uri)} for i in result.manifest.items])
-    dataset = mlflow.data.from_pandas(frame, source=storage.redact(result.manifest.uri), name="manifest",
-                                      digest=result.manifest.digest[:16])
+    plan = result.plan
+    frame = pd.DataFrame([{"items": plan.items, "invalid_rows": plan.invalid_rows, "to_do": plan.todo_items,
+                           "done_before": plan.candidate_items}])
+    dataset = mlflow.data.from_pandas(frame, source=storage.redact(result.config.manifest), name="manifest",
+                                      digest=plan.manifest_digest[:16])
     mlflow.log_input(dataset, context="manifest")
 
 

@@ -23,7 +23,7 @@ import yaml
 
 from tight_pipeline.settings import configs_dir, state_dir
 
-FAMILIES = ("sdxl", "sd", "flux")
+FAMILIES = ("sdxl", "sd", "flux", "passthrough")
 DEFAULT_MODEL = "catalog-demo"
 DTYPES = ("float32", "float16", "bfloat16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -42,7 +42,8 @@ class ModelSpec:
     Attributes:
         name: a label for logs, Parquet rows and MLflow.
         family: ``sdxl`` (StableDiffusionXLPipeline), ``sd`` (StableDiffusionPipeline, SD 1.5/2.1) or
-            ``flux`` (FluxPipeline, FLUX.1-dev / schnell, with an IP-Adapter in the XLabs layout).
+            ``flux`` (FluxPipeline, FLUX.1-dev / schnell, with an IP-Adapter in the XLabs layout), or
+            ``passthrough`` (no model: decode, resize, write; for measuring and testing the pipeline at scale).
         base: a local diffusers folder, or a Hugging Face repo id already in the local cache.
         adapter: root of the IP-Adapter in the h94/IP-Adapter layout (folder or cached repo id);
             ``None`` runs without an image condition (plain inversion only).
@@ -62,7 +63,7 @@ class ModelSpec:
     tolerance, so changing them never makes a resumed run redo rows):
         max_batch: at most this many latent rows per UNet / transformer call; items of a batch (same preset,
             same working size) are inverted and edited together and split into calls of this size. The
-            SDXL UNet's cost per image flattens from batch 8 on an H100/H200 (``../docs/gpu.md``).
+            SDXL UNet's cost per image flattens from batch 8 on an H200 (``docs/gpu.md``).
         vae_batch: at most this many images per VAE encode / decode call (decoding 1024 px is memory-heavy).
         tf32: allow TF32 matmuls and convolutions on CUDA (faster float32, ~1e-3 relative error per op).
             Off by default: inversion accumulates error over every step; bf16/fp16 networks are unaffected.
@@ -179,6 +180,8 @@ def weights_digest(spec: ModelSpec) -> str:
     weights in place changes it, so a re-run redoes rows instead of keeping images of the old model.
     """
     h = hashlib.sha256()
+    if spec.family == "passthrough":
+        return hashlib.sha256(b"passthrough").hexdigest()[:12]
     _tree_fingerprint(h, "base", _local_root(spec.base))
     if spec.adapter is not None:
         root = _local_root(spec.adapter)

@@ -98,6 +98,10 @@ class TightInversion:
             from tight_pipeline.engine.flux import FluxTightInversion
 
             return FluxTightInversion.from_spec(spec, clip_model)
+        if spec.family == "passthrough":
+            from tight_pipeline.engine.passthrough import PassthroughEngine
+
+            return PassthroughEngine.from_spec(spec, clip_model)
         pipe = load_pipeline(spec)
         scorer = metrics.ClipScorer(clip_model, device=str(pipe.unet.device)) if clip_model else None
         return cls(pipe, spec, scorer)
