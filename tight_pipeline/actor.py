@@ -138,8 +138,11 @@ class EditorActor:
         for name, group in by_preset.items():
             rows.extend(self.process_group(group, self.presets[name]))
         scores.write_part(self.output, self.run_id, rows, tag=f"{os.getpid()}")
+        by_item: dict[str, list[dict]] = {}
+        for r in rows:
+            by_item.setdefault(r["item_id"], []).append(r)
         for item in fresh:
-            summary.append(summarize(item, [r for r in rows if r["item_id"] == item.item_id], candidate.get(item.item_id, False)))
+            summary.append(summarize(item, by_item.get(item.item_id, []), candidate.get(item.item_id, False)))
         if self.ledger:
             ray.get(self.ledger.release.remote(keys))
         return {k: [s[k] for s in summary] for k in SUMMARY_COLUMNS}
@@ -219,13 +222,20 @@ class EditorActor:
         t0 = time.perf_counter()
         folder = storage.join(self.output, preset.hash, item.item_id)
         input_uri, recon_uri = storage.join(folder, "input.png"), storage.join(folder, "reconstruction.png")
-        storage.write_bytes_atomic(input_uri, storage.encode_png(result.input))
+        encoded: dict[int, bytes] = {}  # one encoding per image object (the passthrough model returns one)
+
+        def png(image) -> bytes:
+            if id(image) not in encoded:
+                encoded[id(image)] = storage.encode_png(image)
+            return encoded[id(image)]
+
+        storage.write_bytes_atomic(input_uri, png(result.input))
         edit_uris = {}
         for edit in item.edits:
             edit_uris[edit.edit_id] = storage.output_key(self.output, preset.hash, item.item_id, edit.edit_id)
-            storage.write_bytes_atomic(edit_uris[edit.edit_id], storage.encode_png(result.edits[edit.edit_id]))
+            storage.write_bytes_atomic(edit_uris[edit.edit_id], png(result.edits[edit.edit_id]))
         # The reconstruction is written last: its presence marks the item's images complete.
-        storage.write_bytes_atomic(recon_uri, storage.encode_png(result.reconstruction))
+        storage.write_bytes_atomic(recon_uri, png(result.reconstruction))
         write_s = time.perf_counter() - t0
         t = result.timings
         timings = {

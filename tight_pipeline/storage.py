@@ -92,8 +92,11 @@ def _fs(url: str):
     return fs, path
 
 
-def with_retries(fn, what: str, attempts: int = 8, base_delay: float = 0.5, max_delay: float = 8.0):
-    """Call ``fn`` with exponential backoff on I/O errors (object stores hiccup, servers restart)."""
+def with_retries(fn, what, attempts: int = 8, base_delay: float = 0.5, max_delay: float = 8.0):
+    """Call ``fn`` with exponential backoff on I/O errors (object stores hiccup, servers restart).
+
+    ``what`` names the operation in the final error: a string, or a callable giving it (built only on failure:
+    redacting a URL costs more than writing a small PNG)."""
     for attempt in range(attempts):
         try:
             return fn()
@@ -107,18 +110,18 @@ def with_retries(fn, what: str, attempts: int = 8, base_delay: float = 0.5, max_
             last = exc
         if attempt < attempts - 1:
             time.sleep(min(max_delay, base_delay * 2**attempt))
-    raise StorageError(f"{what}: {redact(str(last))} (after {attempts} attempts)") from last
+    raise StorageError(f"{what() if callable(what) else what}: {redact(str(last))} (after {attempts} attempts)") from last
 
 
 def open_read(url: str):
     """A buffered binary file open for streaming reads (opening is retried; reading streams as it goes)."""
     fs, path = _fs(url)
-    return with_retries(lambda: fs.open(path, "rb", block_size=8 << 20), f"opening {redact(url)}")
+    return with_retries(lambda: fs.open(path, "rb", block_size=8 << 20), lambda: f"opening {redact(url)}")
 
 
 def exists(url: str) -> bool:
     fs, path = _fs(url)
-    return bool(with_retries(lambda: fs.exists(path), f"checking {redact(url)}"))
+    return bool(with_retries(lambda: fs.exists(path), lambda: f"checking {redact(url)}"))
 
 
 def read_bytes(url: str, max_bytes: int | None = None) -> bytes:
@@ -131,7 +134,7 @@ def read_bytes(url: str, max_bytes: int | None = None) -> bytes:
         with fs.open(path, "rb") as f:
             return f.read()
 
-    return with_retries(_read, f"reading {redact(url)}")
+    return with_retries(_read, lambda: f"reading {redact(url)}")
 
 
 def write_bytes_atomic(url: str, data: bytes) -> None:
@@ -152,7 +155,7 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
         else:
             fs.pipe_file(path, data)
 
-    with_retries(_write, f"writing {redact(url)}")
+    with_retries(_write, lambda: f"writing {redact(url)}")
 
 
 def encode_png(image: Image.Image) -> bytes:
