@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 from tight_pipeline import scores, storage
 from tight_pipeline.actor import SUMMARY_COLUMNS, AttemptLedger, DoneFilter, EditorActor, now
 from tight_pipeline.engine.models import ModelSpec, model_digest, resolve_model_spec
-from tight_pipeline.manifest import InvalidRow, Item, iter_manifest
+from tight_pipeline.manifest import InvalidRow, iter_manifest
 from tight_pipeline.presets import Preset, load_preset, load_presets
 
 log = logging.getLogger("tight_pipeline.job")
