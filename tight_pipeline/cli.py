@@ -1,4 +1,4 @@
-"""Command line: ``tight-pipeline edit | run | demo | tradeoff | presets | make-tiny-model``.
+"""Command line: ``tight-pipeline edit | run [--dry-run] | demo | tradeoff | presets | make-tiny-model | train-demo-model | evaluate-demo-model``.
 
 Thin: parses, calls the library or a flow, prints where things are. Bad input exits with status 2 and
 one line naming the cause.

@@ -1,4 +1,4 @@
-"""Model specs and loading: SDXL / SD pipelines plus an IP-Adapter in the h94/IP-Adapter layout.
+"""Model specs and loading: SDXL / SD pipelines with an h94-layout IP-Adapter, FLUX with an XLabs-layout one, or none (passthrough).
 
 Weights are only ever read from a local folder or a pre-filled Hugging Face cache: every call passes
 ``local_files_only=True``. Nothing here downloads.
