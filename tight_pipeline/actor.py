@@ -160,9 +160,6 @@ class EditorActor:
 
         return check
 
-    def process(self, item: Item) -> list[dict]:
-        return self.process_group([item], self.presets[item.preset])
-
     def process_group(self, items: list[Item], preset: Preset) -> list[dict]:
         """Fetch every item, edit the fetched ones as one batch, write each item's PNGs; rows per item.
 

@@ -147,11 +147,3 @@ def contains(sorted_hashes: np.ndarray, hashes: np.ndarray) -> np.ndarray:
     pos = np.clip(np.searchsorted(sorted_hashes, hashes), 0, len(sorted_hashes) - 1)
     return sorted_hashes[pos] == hashes
 
-
-def status_counts(output: str, run_id: str | None = None) -> dict[str, int]:
-    """Rows by status among the current rows (or this run's rows only), from two projected columns."""
-    cols = KEY + ["finished_at", "status", "run_id"]
-    frame = read_latest(output, cols)
-    if run_id is not None:
-        frame = frame[frame["run_id"] == run_id]
-    return {k: int(v) for k, v in frame["status"].value_counts().items()}
