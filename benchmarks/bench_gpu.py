@@ -54,34 +54,48 @@ def photos(n: int, resolution: int):
 EDIT_PROMPTS = ["in blue", "in red, studio light", "on a wooden table", "as a watercolour"]
 
 
-def bench_items(engine, device: str, presets: dict, edits_list, batches, steps: int) -> list[dict]:
+def parse_cases(text: str) -> list[tuple[str, int, int]]:
+    """``"balanced:1:8,off:1:8"`` -> [(preset, edits, batch), ...]; ``batch`` 0 = the default batch."""
+    cases = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        try:
+            name, n_edits, batch = part.split(":")
+            cases.append((name, int(n_edits), int(batch)))
+        except ValueError:
+            raise SystemExit(f"error: --cases item {part!r}: expected PRESET:EDITS:BATCH, e.g. balanced:1:8") from None
+    return cases
+
+
+def bench_items(engine, device: str, cases, steps: int) -> list[dict]:
+    """Time each (preset, edits, batch) case: one warm-up at the same shapes with 2 steps (the kernels and
+    allocations a 50-step run uses), then the timed run. Each row goes to stderr as soon as it is measured,
+    so a run cut short still leaves its figures."""
     from tight_pipeline.engine.runner import ItemRequest
+    from tight_pipeline.presets import load_preset
 
     rows = []
-    images = photos(max(batches), engine.spec.resolution)
-    for name, preset in presets.items():
-        preset = dataclasses.replace(preset, steps=steps)
-        for n_edits in edits_list:
-            for batch in batches:
-                requests = [ItemRequest(images[i], "a photo of a product",
-                                        [(f"e{k}", f"a photo of a product {EDIT_PROMPTS[k]}") for k in range(n_edits)])
-                            for i in range(batch)]
-                engine.edit_items(requests[:batch], preset)  # warm-up at this shape
-                if device.startswith("cuda"):
-                    torch.cuda.reset_peak_memory_stats()
-                wall, results = timed(device, lambda: engine.edit_items(requests, preset))
-                failed = [r for r in results if isinstance(r, BaseException)]
-                if failed:
-                    raise RuntimeError(f"{name} x{n_edits} batch {batch}: {failed[0]}")
-                per_item = wall / batch
-                phases = {k: round(sum(r.timings[k] for r in results) / batch, 4)
-                          for k in ("encode_s", "embed_s", "invert_s", "denoise_s", "decode_s", "score_s")}
-                rows.append({
-                    "preset": name, "method": preset.method, "edits": n_edits, "batch": batch,
-                    "s_per_item": round(per_item, 4), "items_per_min": round(60 / per_item, 2), "phases_s": phases,
-                    "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.startswith("cuda") else None,
-                })
-                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    images = photos(max(b for _, _, b in cases), engine.spec.resolution)
+    for name, n_edits, batch in cases:
+        preset = dataclasses.replace(load_preset(name), steps=steps)
+        requests = [ItemRequest(images[i], "a photo of a product",
+                                [(f"e{k}", f"a photo of a product {EDIT_PROMPTS[k]}") for k in range(n_edits)])
+                    for i in range(batch)]
+        engine.edit_items(requests, dataclasses.replace(preset, steps=2))  # warm-up at these shapes
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        wall, results = timed(device, lambda: engine.edit_items(requests, preset))
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            raise RuntimeError(f"{name} x{n_edits} batch {batch}: {failed[0]}")
+        per_item = wall / batch
+        phases = {k: round(sum(r.timings[k] for r in results) / batch, 4)
+                  for k in ("encode_s", "embed_s", "invert_s", "denoise_s", "decode_s", "score_s")}
+        rows.append({
+            "preset": name, "method": preset.method, "edits": n_edits, "batch": batch,
+            "s_per_item": round(per_item, 4), "items_per_min": round(60 / per_item, 2), "phases_s": phases,
+            "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.startswith("cuda") else None,
+        })
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return rows
 
 
@@ -147,6 +161,10 @@ def main() -> None:
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--compile", default="", help="torch.compile mode for the UNet ('' = off)")
     ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--cases", default="", help="PRESET:EDITS:BATCH list run in this order, e.g. "
+                    "'balanced:1:8,off:1:8' (batch 0 = --batch); default: off/balanced/faithful x 1/4 edits x --batch/1")
+    ap.add_argument("--resolution", type=int, default=None, help="override the model's resolution (CPU smoke runs)")
+    ap.add_argument("--floor-batches", default="", help="UNet floor batch sizes, e.g. '1,8' (default 1,2,4,8,16 full)")
     args = ap.parse_args()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -155,7 +173,6 @@ def main() -> None:
     from tight_pipeline.engine.models import resolve_model_spec
     from tight_pipeline.engine.runner import TightInversion
     from tight_pipeline.engine.tiny_model import make_tiny_model
-    from tight_pipeline.presets import load_preset
 
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     steps = args.steps or (50 if args.size == "full" else 4)
@@ -167,26 +184,34 @@ def main() -> None:
         t_build, _ = timed("cpu", lambda: make_tiny_model(folder, size=args.size,
                                                            dtype=torch.float16 if args.size == "full" else None))
     spec = resolve_model_spec(str(folder), device=args.device, dtype=dtype, max_batch=args.batch,
-                              compile=args.compile, channels_last=args.channels_last)
+                              compile=args.compile, channels_last=args.channels_last,
+                              **({"resolution": args.resolution} if args.resolution else {}))
     t_load, engine = timed(args.device, lambda: TightInversion.from_spec(spec))
     report.update(build_s=round(t_build, 1), load_s=round(t_load, 1), resolution=spec.resolution,
                   compile=args.compile, channels_last=args.channels_last)
 
-    names = ["off", "balanced"] if args.quick else ["off", "balanced", "faithful"]
-    edits = [1] if args.quick else [1, 4]
-    batches = sorted({1, args.batch})
-    items = bench_items(engine, args.device, {n: load_preset(n) for n in names}, edits, batches, steps)
+    if args.cases:
+        cases = [(n, e, b or args.batch) for n, e, b in parse_cases(args.cases)]
+    else:
+        names = ["off", "balanced"] if args.quick else ["off", "balanced", "faithful"]
+        cases = [(n, e, b) for b in sorted({args.batch, 1}, reverse=True) for n in names
+                 for e in ([1] if args.quick else [1, 4])]
+    items = bench_items(engine, args.device, cases, steps)
     report["items"] = items
 
     def per_item(name, n, b):
-        return next(r["s_per_item"] for r in items if r["preset"] == name and r["edits"] == n and r["batch"] == b)
+        return next((r["s_per_item"] for r in items if r["preset"] == name and r["edits"] == n and r["batch"] == b), None)
 
-    report["ratios"] = {
-        f"balanced_over_off_batch{b}": round(per_item("balanced", 1, b) / per_item("off", 1, b), 3) for b in batches}
-    if "faithful" in names:
-        report["ratios"].update({f"faithful_over_balanced_batch{b}": round(per_item("faithful", 1, b) / per_item("balanced", 1, b), 3)
-                                 for b in batches})
-    report["unet_floor"] = unet_floor(engine, args.device, [1, 2, 4, 8, 16] if args.size == "full" else [1, 4, 8], 5)
+    report["ratios"] = {}
+    for b in sorted({r["batch"] for r in items}):
+        off, balanced, faithful = (per_item(n, 1, b) for n in ("off", "balanced", "faithful"))
+        if off and balanced:
+            report["ratios"][f"balanced_over_off_batch{b}"] = round(balanced / off, 3)
+        if faithful and balanced:
+            report["ratios"][f"faithful_over_balanced_batch{b}"] = round(faithful / balanced, 3)
+    floor = ([int(b) for b in args.floor_batches.split(",")] if args.floor_batches
+             else [1, 2, 4, 8, 16] if args.size == "full" else [1, 4, 8])
+    report["unet_floor"] = unet_floor(engine, args.device, floor, 5)
     if not (args.quick or args.no_peers):
         del engine
         if args.device.startswith("cuda"):

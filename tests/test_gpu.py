@@ -30,9 +30,16 @@ def test_half_precision_renoise_on_cuda_reconstructs_the_trained_model(dtype):
     on_gpu = gpu.edit_item(shot.image, shot.spec.caption, [("blue", "a blue mug")], preset)
     on_cpu = cpu.edit_item(shot.image, shot.spec.caption, [("blue", "a blue mug")], preset)
     assert np.isfinite(np.asarray(on_gpu.reconstruction, dtype=float)).all()
-    assert on_gpu.scores["psnr_vs_vae"] > 30  # CPU bf16: 54-57 dB on held-out shots
-    diff = np.abs(np.asarray(on_gpu.edits["blue"], dtype=int) - np.asarray(on_cpu.edits["blue"], dtype=int))
-    assert diff.mean() < 8
+    assert on_gpu.scores["psnr_vs_vae"] > 30  # CPU bf16: 54-57 dB; H100 bf16 53.8, fp16 64.3
+    edit_gpu, edit_cpu = (np.asarray(r.edits["blue"], dtype=float) for r in (on_gpu, on_cpu))
+    gap = np.abs(edit_gpu - edit_cpu).mean()
+    moved = np.abs(edit_cpu - np.asarray(shot.image, dtype=float)).mean()
+    if dtype == "float16":
+        assert gap < 1.0  # H100: 0.06 levels of 255
+    else:
+        # bf16's 8-bit mantissa on the GPU's kernels: the reconstruction stays (0.46 levels) but a CFG 7.5 edit
+        # drifts (H100: 10.9 levels mean while the edit itself moves the photo 41.5); it must still be the same edit.
+        assert gap < 0.5 * moved
 
 
 def test_batched_items_on_cuda_equal_one_item_runs(tiny_spec, photo):
