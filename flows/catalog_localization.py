@@ -6,10 +6,13 @@
 
 from __future__ import annotations
 
+import os
+
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.tasks import edit_items, publish_summary, track_run, validate_manifest, write_contact_sheet
+from flows.tasks import edit_items, open_tracking, publish_summary, track_run, validate_manifest, write_contact_sheet
+from tight_pipeline import tracking
 from tight_pipeline.job import JobConfig
 
 
@@ -29,13 +32,27 @@ def catalog_localization(
     config = JobConfig(manifest=manifest, output=output, preset=preset, model=model, actors=actors,
                        actor_cpus=actor_cpus, max_failure_rate=max_failure_rate,
                        item_timeout_s=item_timeout_s, max_pixels=max_pixels).with_run_id()
+    return run_tracked(config, flow_label)
+
+
+def run_tracked(config: JobConfig, flow_label: str) -> dict:
+    """Validate, open the MLflow run, edit, sheet, track, summarise: the body every catalog-style flow shares.
+    The MLflow run spans the job and ends FAILED (with the error) when the job raises."""
     validate_manifest(config)
-    result = edit_items(config)
-    sheet_uri, sheet = write_contact_sheet(result)
-    links = track_run(result, sheet, sheet_uri, flow_label, {"prefect_flow_run_id": str(flow_run.id)})
+    tags = {"prefect_flow_run_id": str(flow_run.id)}
+    if os.environ.get("PREFECT_API_URL") and flow_run.ui_url:
+        tags["prefect_flow_run_url"] = flow_run.ui_url  # a temporary server's URL would be dead after the run
+    opened = open_tracking(config, flow_label, tags)
+    try:
+        result = edit_items(config, flow_label)
+        sheet_uri, sheet = write_contact_sheet(result)
+    except BaseException as exc:
+        tracking.fail_run(opened["mlflow_run_id"], f"{type(exc).__name__}: {exc}")
+        raise
+    links = track_run(result, sheet, sheet_uri, flow_label, tags, opened["mlflow_run_id"])
     summary = publish_summary(result, links, sheet_uri, flow_label)
     summary["prefect_flow_run_id"] = str(flow_run.id)
     summary["prefect_flow_run_url"] = flow_run.ui_url
-    summary["output"] = output
+    summary["output"] = config.output
     summary["failed"] = result.failed
     return summary

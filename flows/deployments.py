@@ -1,6 +1,8 @@
 """Scheduled deployments of the flows, with their parameters.
 
-    python -m flows.deployments            # serve all three on this machine (needs PREFECT_API_URL for a UI)
+    tight-pipeline deploy                  # register all three with the Prefect server at PREFECT_API_URL
+    tight-pipeline deploy --serve          # register and run them from this process (blocks)
+    python -m flows.deployments            # the same as --serve
 
 The same deployments are declared for a work pool in ``infra/prefect/prefect.yaml`` (``prefect deploy --all``).
 Parameters come from the environment so that one file serves staging and production:
@@ -46,6 +48,19 @@ def build():
         tags=["tight-pipeline", "presets"],
     )
     return [catalog, variants, tradeoff]
+
+
+def register(deployments=None) -> list[dict]:
+    """Register the deployments with the configured Prefect server (no worker needed to list them: the
+    Deployments page shows them with their schedules and parameters, and the server schedules their runs).
+    Returns name, id and schedule of each."""
+    out = []
+    for deployment in deployments or build():
+        deployment_id = deployment.apply()
+        crons = [getattr(s.schedule, "cron", None) for s in (deployment.schedules or [])]
+        out.append({"flow": deployment.flow_name, "name": deployment.name, "id": str(deployment_id),
+                    "cron": ", ".join(c for c in crons if c)})
+    return out
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.logging import get_run_logger
 
+import pandas as pd
 import pyarrow.compute as pc
 
 from tight_pipeline import scores, storage, tracking
@@ -30,10 +31,18 @@ def validate_manifest(config: JobConfig) -> dict:
     return {"items": plan.items, "invalid": plan.invalid_rows, "digest": plan.manifest_digest, "by_preset": plan.by_preset}
 
 
+@task(name="open-mlflow-run", **IO_RETRIES)
+def open_tracking(config: JobConfig, flow_name: str, tags: dict) -> dict:
+    """The MLflow run opens when the job starts (RUNNING while it runs; its duration is the job's)."""
+    return tracking.open_run(flow_name, config.run_id, tags)
+
+
 @task(name="edit-items")
-def edit_items(config: JobConfig) -> JobResult:
+def edit_items(config: JobConfig, flow_name: str = "tight-pipeline") -> JobResult:
     """The Ray Data job (compute: no Prefect retries; per-item errors are rows, resume is built in)."""
-    progress_id = create_progress_artifact(progress=0.0, key=None, description="items edited in this run (%)")
+    # Keyed, so it is listed on Prefect's Artifacts page (latest value per key) as well as on the run.
+    progress_id = create_progress_artifact(progress=0.0, key=f"{flow_name}-progress",
+                                           description=f"{flow_name} {config.run_id}: items edited (%)")
 
     last = [0.0]
 
@@ -58,8 +67,20 @@ def write_contact_sheet(result: JobResult) -> tuple[str, object]:
 
 
 @task(name="track-in-mlflow", **IO_RETRIES)
-def track_run(result: JobResult, sheet, sheet_uri: str, flow_name: str, extra_tags: dict | None = None) -> dict:
-    return tracking.log_run(result, sheet=sheet, flow_name=flow_name, extra_tags=extra_tags, contact_sheet_uri=sheet_uri)
+def track_run(result: JobResult, sheet, sheet_uri: str, flow_name: str, extra_tags: dict | None = None,
+              mlflow_run_id: str | None = None) -> dict:
+    worst = tracking.worst_rows_of(result)
+    links = tracking.log_run(result, sheet=sheet, flow_name=flow_name, extra_tags=extra_tags, contact_sheet_uri=sheet_uri,
+                             mlflow_run_id=mlflow_run_id, worst=worst)
+    return {**links, "worst": worst}
+
+
+def _link(label: str, url: str | None, fallback: str) -> str:
+    return f"[{label}]({url})" if url else f"{label}: `{fallback}`"
+
+
+def _image(label: str, url: str | None) -> str:
+    return f"![{label}]({url})" if url else ""
 
 
 @task(name="publish-summary")
@@ -81,16 +102,40 @@ def publish_summary(result: JobResult, links: dict, sheet_uri: str, flow_name: s
     }
     create_table_artifact(table=[{"field": k, "value": str(v)} for k, v in summary.items()],
                           key=f"{flow_name}-summary", description="tight-pipeline run summary")
+    worst = links.get("worst")
+    if worst is not None and len(worst):
+        create_table_artifact(
+            table=[{"item_id": r.item_id, "edit_id": r.edit_id, "status": r.status,
+                    "psnr_vs_input": "" if pd.isna(r.psnr_vs_input) else f"{float(r.psnr_vs_input):.2f}",
+                    "ssim_vs_input": "" if pd.isna(r.ssim_vs_input) else f"{float(r.ssim_vs_input):.3f}",
+                    "edit_change": "" if pd.isna(r.edit_change) else f"{float(r.edit_change):.3f}",
+                    "error": "" if pd.isna(r.error) else str(r.error)[:300]} for r in worst.itertuples()],
+            key=f"{flow_name}-worst-items",
+            description="failures first, then the ok rows with the lowest reconstruction PSNR vs the input (20 at most)",
+        )
     bad = scores.head(result.config.output, 100, filter=result.manifest_filter() & (pc.field("status") != "ok"))
     if len(bad):
         create_table_artifact(
             table=[{"item_id": r.item_id, "edit_id": r.edit_id, "status": r.status, "error": r.error} for r in bad.itertuples()],
             key=f"{flow_name}-failures", description="rows that did not succeed (first 100)",
         )
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items()))
+    state = "**failed**: failure rate above the limit" if result.failed else "succeeded"
+    mlflow_url = links.get("mlflow_run_link", "")
     create_markdown_artifact(
-        markdown=(f"### {flow_name} `{result.config.run_id}`\n\n"
-                  f"- scores: `{storage.redact(result.scores_uri)}`\n- contact sheet: `{storage.redact(sheet_uri)}`\n"
-                  f"- MLflow: {links.get('mlflow_run_link')}\n- counts: `{json.dumps(result.counts)}`\n"),
-        key=f"{flow_name}-links",
+        markdown="\n".join(line for line in [
+            f"### {flow_name} `{result.config.run_id}`: {state}",
+            f"rows: {counts} · items processed {result.processed_items}, done before {result.skipped_items} · "
+            f"{result.wall_s:.0f} s",
+            "",
+            "- " + _link("MLflow run", mlflow_url if mlflow_url.startswith("http") else None, mlflow_url),
+            "- " + _link("contact sheet", links.get("contact_sheet_url"), storage.redact(sheet_uri)),
+            "- " + _link("worst items", links.get("worst_items_url"), "MLflow run artifact worst_items.png"),
+            f"- scores (Parquet): `{storage.redact(result.scores_uri)}`",
+            "",
+            _image("contact sheet", links.get("contact_sheet_url")),
+            _image("worst items", links.get("worst_items_url")),
+        ]),
+        key=f"{flow_name}-links", description="links to MLflow, the contact sheet and the worst items",
     )
     return summary

@@ -72,6 +72,20 @@ def test_catalog_localization_on_s3_tracks_everything_and_leaks_nothing(s3, ray_
     preset_run = mlflow.get_run(run.data.tags["preset_run_id"])
     assert preset_run.data.params["hash"] == run.data.params["preset.hash"]
 
+    # Monitoring: the run spans the job, opens as a model experiment, shows rounded metrics, the worst items.
+    assert run.info.status == "FINISHED"
+    assert (run.info.end_time - run.info.start_time) / 1000 >= summary["wall_s"]
+    assert mlflow.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert all(v == float(f"{v:.5g}") for v in run.data.metrics.values())
+    assert run.data.metrics["psnr_vs_vae_mean"] != round(run.data.metrics["psnr_vs_vae_mean"])  # rounded, not cut
+    assert {"worst_items.json", "worst_items.png"} <= artifacts
+    table = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/worst_items.json")  # log_table's split format
+    worst = pd.DataFrame(table["data"], columns=table["columns"])
+    assert worst["item_id"].iloc[0] == "sku-bad" and "nope.png" in worst["error"].iloc[0]
+    ok_psnr = pd.to_numeric(worst["psnr_vs_input"].iloc[1:])
+    assert ok_psnr.is_monotonic_increasing and len(worst) == 7
+    assert run.data.tags["prefect_flow_run_id"] == summary["prefect_flow_run_id"]
+
     # Prefect: the summary table and links artifacts exist for the flow run.
     import asyncio
 
@@ -82,8 +96,15 @@ def test_catalog_localization_on_s3_tracks_everything_and_leaks_nothing(s3, ray_
             return await client.read_artifacts(artifact_filter=ArtifactFilter(
                 flow_run_id=ArtifactFilterFlowRunId(any_=[summary["prefect_flow_run_id"]])))
 
-    kinds = {a.type for a in asyncio.run(artifacts_of_run())}
-    assert {"table", "markdown", "progress"} <= kinds
+    found = asyncio.run(artifacts_of_run())
+    assert {"table", "markdown", "progress"} <= {a.type for a in found}
+    keys = {a.key for a in found}
+    assert {"catalog-localization-progress", "catalog-localization-worst-items", "catalog-localization-links",
+            "catalog-localization-summary", "catalog-localization-failures"} <= keys
+    links = next(a for a in found if a.key == "catalog-localization-links").data
+    assert "succeeded" in links and "contact_sheet.png" in links and "mlflow ui --backend-store-uri" in links
+    worst_table = json.loads(next(a for a in found if a.key == "catalog-localization-worst-items").data)
+    assert worst_table[0]["item_id"] == "sku-bad" and worst_table[1]["psnr_vs_input"]
 
     # Second run: nothing new to do but the broken row.
     again = catalog_localization(manifest=manifest, output="s3://catalog/out", preset="draft", model=str(tiny_model_dir))
@@ -130,3 +151,53 @@ def test_variant_generation_and_tradeoff_benchmark(tmp_path, ray_session, prefec
     mlflow.set_tracking_uri(tracking.tracking_uri())
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(result["mlflow_run_id"])}
     assert {"tradeoff.csv", "tradeoff.png"} <= artifacts
+
+
+def test_deploy_registers_the_three_scheduled_flows(prefect_harness):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from typer.testing import CliRunner
+
+    from tight_pipeline.cli import app
+
+    result = CliRunner().invoke(app, ["deploy"])
+    assert result.exit_code == 0, result.output
+    assert "registered 3 deployments" in result.output
+
+    async def deployments():
+        async with get_client() as client:
+            return await client.read_deployments()
+
+    found = {d.name: d for d in asyncio.run(deployments())}
+    assert {"nightly-localization", "weekly-variants", "monthly-tradeoff"} <= set(found)
+    assert found["nightly-localization"].schedules[0].schedule.cron == "0 2 * * *"
+    assert found["nightly-localization"].parameters["max_failure_rate"] == 0.05
+
+
+def test_deploy_without_a_server_says_what_to_start(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    proc = subprocess.run([sys.executable, "-c", "from tight_pipeline.cli import app; app()", "deploy"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: deploy needs a Prefect server")
+
+
+def test_an_mlflow_run_that_fails_is_closed_as_failed(tmp_path, monkeypatch):
+    import mlflow
+
+    from tight_pipeline import tracking
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    opened = tracking.open_run("catalog-localization", "run-x", {"prefect_flow_run_id": "abc"})
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    assert mlflow.get_run(opened["mlflow_run_id"]).info.status == "RUNNING"
+    tracking.fail_run(opened["mlflow_run_id"], "RuntimeError: Ray died")
+    run = mlflow.get_run(opened["mlflow_run_id"])
+    assert run.info.status == "FAILED" and run.data.tags["error"] == "RuntimeError: Ray died"
+    assert run.data.tags["prefect_flow_run_id"] == "abc"

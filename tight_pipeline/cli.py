@@ -1,4 +1,4 @@
-"""Command line: ``tight-pipeline edit | run [--dry-run] | demo | tradeoff | presets | make-tiny-model | train-demo-model | evaluate-demo-model``.
+"""Command line: ``tight-pipeline edit | run [--dry-run] | demo | tradeoff | deploy | presets | make-tiny-model | train-demo-model | evaluate-demo-model``.
 
 Thin: parses, calls the library or a flow, prints where things are. Bad input exits with status 2 and
 one line naming the cause.
@@ -240,6 +240,36 @@ def _print_summary(summary: dict) -> None:
     else:
         typer.echo(f"  prefect         flow run {summary['prefect_flow_run_id']} (temporary server; "
                    f"`python infra/local/services.py start prefect` with PREFECT_HOME={os.environ.get('PREFECT_HOME')} shows it)")
+
+
+@app.command()
+def deploy(serve: bool = typer.Option(False, "--serve", help="also run the scheduled flows from this process (blocks)")):
+    """Register the scheduled flows (nightly localization, weekly variants, monthly trade-off) with the Prefect
+    server at PREFECT_API_URL, so its Deployments page lists them; parameters come from TP_* variables
+    (see flows/deployments.py). With --serve this process also runs them when they are due."""
+    _prepare_env()
+    from prefect.settings import PREFECT_API_URL
+
+    api = PREFECT_API_URL.value()
+    if not api:
+        _fail("deploy needs a Prefect server: start one (python infra/local/services.py start prefect) and set "
+              "PREFECT_API_URL=http://127.0.0.1:4200/api")
+    from flows.deployments import build, register
+
+    try:
+        deployments = build()
+        for d in register(deployments):
+            typer.echo(f"  {d['flow']}/{d['name']:24s} cron {d['cron']:12s} id {d['id']}")
+    except Exception as exc:  # noqa: BLE001
+        message = _service_failure(exc)
+        if message is None:
+            raise
+        _fail(message)
+    typer.echo(f"registered {len(deployments)} deployments at {api} (UI: {api.removesuffix('/api')}/deployments)")
+    if serve:
+        from prefect import serve as prefect_serve
+
+        prefect_serve(*deployments)
 
 
 def _dry_run(manifest: str, output: str, preset: str, model: str | None) -> None:

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.compute as pc
 from PIL import Image
 
-from tight_pipeline import sheets, storage
+from tight_pipeline import scores, sheets, storage
 from tight_pipeline.job import JobResult
 from tight_pipeline.presets import Preset
 from tight_pipeline.settings import state_dir
@@ -43,15 +44,79 @@ def connect():
     return mlflow
 
 
+# MLflow 3 opens an experiment without this tag on its GenAI "Traces" page; ours are model runs with metrics.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def experiment_id(mlflow, name: str) -> str:
-    """Id of experiment ``name`` (created on first use, with local artifacts for a SQLite store)."""
+    """Id of experiment ``name`` (created on first use, with local artifacts for a SQLite store), tagged as a
+    model-development experiment so that the UI opens on its runs."""
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
+        if exp.tags.get("mlflow.experimentKind") is None:
+            mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
         return exp.experiment_id
     artifact_location = None
     if tracking_uri().startswith("sqlite:"):
         artifact_location = (state_dir() / "mlartifacts" / name).as_uri()
-    return mlflow.create_experiment(name, artifact_location=artifact_location)
+    return mlflow.create_experiment(name, artifact_location=artifact_location, tags=EXPERIMENT_KIND)
+
+
+def for_people(value: float, digits: int = 5) -> float:
+    """A metric rounded to ``digits`` significant digits for the UI (full precision stays in Parquet)."""
+    return float(f"{value:.{digits}g}") if np.isfinite(value) else value
+
+
+def open_run(flow_name: str, run_id: str, tags: dict | None = None, experiment: str = "tight-pipeline") -> dict[str, str]:
+    """Open the job's MLflow run when the job starts (status RUNNING), so that its duration is the job's;
+    ``log_run(..., mlflow_run_id=...)`` fills and closes it, ``fail_run`` closes it as FAILED."""
+    mlflow = connect()
+    exp_id = experiment_id(mlflow, experiment)
+    run = mlflow.MlflowClient().create_run(exp_id, run_name=f"{flow_name}-{run_id}",
+                                           tags={"flow": flow_name, "run_id": run_id, **(tags or {})})
+    return {"mlflow_run_id": run.info.run_id, "mlflow_experiment_id": exp_id,
+            "mlflow_run_link": run_link(exp_id, run.info.run_id)}
+
+
+def fail_run(mlflow_run_id: str, message: str) -> None:
+    """Close a run opened by ``open_run`` as FAILED, with the error as a tag (first 500 characters)."""
+    client = connect().MlflowClient()
+    client.set_tag(mlflow_run_id, "error", storage.redact(message)[:500])
+    client.set_terminated(mlflow_run_id, status="FAILED")
+
+
+WORST_COLUMNS = ["item_id", "edit_id", "preset", "status", "psnr_vs_input", "ssim_vs_input", "psnr_vs_vae",
+                 "edit_change", "error", "source_prompt", "preset_hash", "input_uri", "reconstruction_uri", "edit_uri"]
+
+
+def worst_rows(rows: pd.DataFrame, n: int = 20) -> pd.DataFrame:
+    """The rows a reviewer should look at first: failures, then ok rows with the lowest reconstruction PSNR
+    vs the input (the worst-kept photos), at most ``n``."""
+    rows = rows.reindex(columns=WORST_COLUMNS)
+    bad = rows[rows["status"] != "ok"]
+    ok = rows[rows["status"] == "ok"].assign(_psnr=lambda f: pd.to_numeric(f["psnr_vs_input"], errors="coerce"))
+    ok = ok.sort_values(["_psnr", "item_id", "edit_id"], na_position="first").drop(columns="_psnr")
+    return pd.concat([bad.sort_values(["item_id", "edit_id"]), ok]).head(n).reset_index(drop=True)
+
+
+def worst_rows_of(result: JobResult, n: int = 20) -> pd.DataFrame:
+    """``worst_rows`` over the manifest's current rows, reading two score columns for all of them and every
+    column only for the ``n`` picked (catalog-size runs)."""
+    light = scores.read_latest(result.config.output, ["status", "psnr_vs_input"], filter=result.manifest_filter())
+    picked = worst_rows(light, n)[scores.KEY] if len(light) else light.reindex(columns=scores.KEY)
+    if picked.empty:
+        return worst_rows(light, 0)
+    full = scores.read_latest(result.config.output, filter=result.manifest_filter()
+                              & pc.field("item_id").isin(sorted(set(picked["item_id"]))))
+    return picked.merge(full, on=scores.KEY, how="left").reindex(columns=WORST_COLUMNS)
+
+
+def artifact_url(mlflow_run_id: str, path: str) -> str | None:
+    """A URL a browser can load for an artifact of the run (MLflow server only; ``None`` for a local store)."""
+    uri = tracking_uri()
+    if not uri.startswith("http"):
+        return None
+    return f"{uri.rstrip('/')}/get-artifact?path={path}&run_uuid={mlflow_run_id}"
 
 
 def track_preset(preset: Preset) -> str:
@@ -98,11 +163,16 @@ def aggregate_metrics(rows: pd.DataFrame, wall_s: float, processed_items: int,
     return metrics
 
 
-def build_contact_sheet(rows: pd.DataFrame, max_items: int = 8) -> Image.Image:
-    """input | reconstruction | edits for a sample of ok items, read back from the output store."""
+def build_contact_sheet(rows: pd.DataFrame, max_items: int = 8, order: list[str] | None = None) -> Image.Image:
+    """input | reconstruction | edits for a sample of ok items, read back from the output store; ``order``:
+    item ids in the order to show (default: sorted)."""
     ok = rows[rows["status"] == "ok"]
     entries = []
-    for (_, item_id), group in list(ok.groupby(["preset_hash", "item_id"], sort=True))[:max_items]:
+    groups = list(ok.groupby(["preset_hash", "item_id"], sort=True))
+    if order is not None:
+        rank = {item: i for i, item in enumerate(order)}
+        groups.sort(key=lambda g: rank.get(g[0][1], len(rank)))
+    for (_, item_id), group in groups[:max_items]:
         first = group.iloc[0]
         tiles = []
         for label, uri in [("input", first["input_uri"]), (f"recon {first['psnr_vs_vae']:.1f} dB vs VAE", first["reconstruction_uri"])]:
@@ -119,14 +189,18 @@ def _load(uri: str) -> Image.Image:
 
 def log_run(result: JobResult, sheet: Image.Image | None = None, flow_name: str = "tight-pipeline",
             extra_tags: dict | None = None, experiment: str = "tight-pipeline",
-            contact_sheet_uri: str | None = None, extra_artifacts: dict[str, bytes] | None = None) -> dict[str, str]:
-    """Log one pipeline run. Returns ids and links (run id, UI link, contact sheet URI)."""
+            contact_sheet_uri: str | None = None, extra_artifacts: dict[str, bytes] | None = None,
+            mlflow_run_id: str | None = None, worst: pd.DataFrame | None = None) -> dict[str, str]:
+    """Log one pipeline run into ``mlflow_run_id`` (opened by ``open_run`` when the job started) or a new run,
+    and close it. ``worst``: the rows to show first (``worst_rows``), logged as a previewable table and a picture.
+    Returns ids and links (run id, UI link, artifact URLs when the tracking server serves them)."""
     mlflow = connect()
     exp_id = experiment_id(mlflow, experiment)
     preset_runs = {p.hash: track_preset(p) for p in result.presets.values()}
     cfg = result.config
     default = result.preset
-    with mlflow.start_run(experiment_id=exp_id, run_name=f"{flow_name}-{cfg.run_id}") as run:
+    start = dict(run_id=mlflow_run_id) if mlflow_run_id else dict(experiment_id=exp_id, run_name=f"{flow_name}-{cfg.run_id}")
+    with mlflow.start_run(**start) as run:
         mlflow.set_tags({
             "flow": flow_name, "run_id": cfg.run_id, "preset": default.name, "preset_hash": default.hash,
             "preset_run_id": preset_runs[default.hash], "model": result.model.name,
@@ -145,7 +219,8 @@ def log_run(result: JobResult, sheet: Image.Image | None = None, flow_name: str 
         _log_input(mlflow, result)
         # Scores of this run's rows only, read with the columns the aggregates need (catalog-size runs).
         scored = result.run_rows(["status", "preset_hash", "item_id", *AGGREGATED])
-        mlflow.log_metrics(aggregate_metrics(scored, result.wall_s, result.processed_items, result.counts))
+        mlflow.log_metrics({k: for_people(v) for k, v in
+                            aggregate_metrics(scored, result.wall_s, result.processed_items, result.counts).items()})
         mlflow.log_text(default.to_yaml(), "preset.yaml")
         with tempfile.TemporaryDirectory() as tmp:
             if len(scored) <= MAX_INLINE_ROWS:
@@ -157,6 +232,15 @@ def log_run(result: JobResult, sheet: Image.Image | None = None, flow_name: str 
             sheet_path = Path(tmp) / "contact_sheet.png"
             (sheet if sheet is not None else build_contact_sheet(result.sample_rows())).save(sheet_path)
             mlflow.log_artifact(str(sheet_path))
+            if worst is not None and len(worst):
+                # A table MLflow previews (Artifacts tab, and the experiment's evaluation view), and the worst
+                # ok items as a picture.
+                mlflow.log_table(data=worst.astype(str).replace({"nan": "", "None": ""}), artifact_file="worst_items.json")
+                worst_ok = worst[worst["status"] == "ok"]
+                if len(worst_ok):
+                    worst_path = Path(tmp) / "worst_items.png"
+                    build_contact_sheet(worst_ok, max_items=6, order=list(dict.fromkeys(worst_ok["item_id"]))).save(worst_path)
+                    mlflow.log_artifact(str(worst_path))
             for name, data in (extra_artifacts or {}).items():
                 (Path(tmp) / name).write_bytes(data)
                 mlflow.log_artifact(str(Path(tmp) / name))
@@ -164,7 +248,9 @@ def log_run(result: JobResult, sheet: Image.Image | None = None, flow_name: str 
             mlflow.set_tag("contact_sheet_uri", storage.redact(contact_sheet_uri))
         run_id = run.info.run_id
     return {"mlflow_run_id": run_id, "mlflow_experiment_id": exp_id, "tracking_uri": storage.redact(tracking_uri()),
-            "mlflow_run_link": run_link(exp_id, run_id)}
+            "mlflow_run_link": run_link(exp_id, run_id),
+            "contact_sheet_url": artifact_url(run_id, "contact_sheet.png"),
+            "worst_items_url": artifact_url(run_id, "worst_items.png") if worst is not None and (worst["status"] == "ok").any() else None}
 
 
 def _log_input(mlflow, result: JobResult) -> None:
