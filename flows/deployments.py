@@ -36,7 +36,7 @@ def build():
         cron="0 4 * * 1",  # Mondays 04:00
         parameters={"manifest": os.environ.get("TP_VARIANTS_MANIFEST", "s3://catalog/manifests/variants.jsonl"),
                     "output": os.environ.get("TP_VARIANTS_OUTPUT", "s3://catalog/variants"),
-                    "n": 4, "preset": "creative", "model": model, "actors": actors},
+                    "n": 4, "styles": os.environ.get("TP_VARIANTS_STYLES", "product"), "preset": "creative", "model": model, "actors": actors},
         tags=["tight-pipeline", "variants"],
     )
     tradeoff = tradeoff_benchmark.to_deployment(

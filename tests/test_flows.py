@@ -134,13 +134,32 @@ def test_variant_generation_and_tradeoff_benchmark(tmp_path, ray_session, prefec
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("\n".join(json.dumps({"item_id": i, "image_uri": f"img/{i}.png", "source_prompt": "a mug",
                                                "edits": [{"edit_id": "blue", "prompt": "a blue mug"}]}) for i in "ab") + "\n")
-    summary = variant_generation(manifest=str(manifest), output=str(tmp_path / "out"), n=3, preset="draft",
-                                 model=str(tiny_model_dir))
-    assert summary["status_ok"] == 6  # 2 items x 3 variants
+    out = str(tmp_path / "out")
+    summary = variant_generation(manifest=str(manifest), output=out, n=2, preset="draft", model=str(tiny_model_dir))
+    assert summary["status_ok"] == 4 and summary["items_processed"] == 2  # 2 items x 2 variants
     from tight_pipeline import scores as scores_dataset
+    from tight_pipeline.variants import VariantRequest, load_style_set
 
-    scores = scores_dataset.read_latest(str(tmp_path / "out"))
-    assert sorted(scores["edit_id"].unique()) == ["variant-00", "variant-01", "variant-02"]
+    first = scores_dataset.read_latest(out)
+    request = VariantRequest(2, load_style_set("product"))
+    for item in "ab":
+        rows = first[first["item_id"] == item]
+        assert sorted(rows["edit_id"]) == sorted(e for e, _ in request.edits(item, "a mug"))
+        assert rows["time_invert_s"].nunique() == 1  # one inversion served both variants
+        meta = json.loads(rows["metadata"].iloc[0])["variants"]
+        assert meta["style_set"] == "product" and meta["style_set_hash"] == request.style_set.hash
+        sheet = tmp_path / "out" / rows["preset_hash"].iloc[0] / item / "variants.png"
+        assert sheet.stat().st_size > 1000  # input + 2 variants, labelled
+
+    again = variant_generation(manifest=str(manifest), output=out, n=2, preset="draft", model=str(tiny_model_dir))
+    assert again["items_processed"] == 0 and again["status_ok"] == 4  # resumed: nothing redone
+    more = variant_generation(manifest=str(manifest), output=out, n=3, preset="draft", model=str(tiny_model_dir))
+    assert more["status_ok"] == 6 and more["items_processed"] == 2
+    rows = scores_dataset.read(out).to_pandas()
+    assert (rows["run_id"] == first["run_id"].iloc[0]).sum() == 4  # the first two variants were not redone
+    new = rows[rows["run_id"] != first["run_id"].iloc[0]]
+    assert len(new) == 2 and set(new["item_id"]) == {"a", "b"}
+    assert not set(zip(new["item_id"], new["edit_id"])) & set(zip(first["item_id"], first["edit_id"]))
 
     result = tradeoff_benchmark(manifest=str(manifest), output=str(tmp_path / "sweep"), scales=[0.0, 1.0], sample=2,
                                 base_preset="draft", model=str(tiny_model_dir))

@@ -11,15 +11,17 @@ error row after ``max_attempts`` starts instead of being retried forever by Ray'
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
+import re
 import socket
 import time
 from datetime import datetime, timezone
 from typing import Any
 
-from tight_pipeline import scores, storage
+from tight_pipeline import scores, sheets, storage
 from tight_pipeline.engine.models import ModelSpec
 from tight_pipeline.manifest import Item
 from tight_pipeline.presets import Preset
@@ -214,6 +216,23 @@ class EditorActor:
             for e in item.edits
         ]
 
+    def variant_sheet(self, item: Item, preset: Preset, result, variants: dict):
+        """input | every variant of the item, labelled with its style (variants done in an earlier run are
+        read back from the output, so the sheet shows all of them)."""
+        from PIL import Image
+
+        tiles = [("input", result.input)]
+        for edit_id, style in variants.get("styles", {}).items():
+            image = result.edits.get(edit_id)
+            if image is None:
+                try:
+                    image = Image.open(io.BytesIO(storage.read_bytes(
+                        storage.output_key(self.output, preset.hash, item.item_id, edit_id)))).convert("RGB")
+                except (FileNotFoundError, storage.StorageError, OSError):
+                    continue
+            tiles.append((re.sub(r"{[A-Za-z_][A-Za-z0-9_]*}", "", style).strip(" ,"), image))
+        return sheets.side_by_side(tiles, tile=256)
+
     def write(self, item: Item, preset: Preset, result, notes: list[str], fetch_s: float, t_start: float) -> list[dict]:
         """Write the item's PNGs (reconstruction last) and return its ok rows."""
         t0 = time.perf_counter()
@@ -231,6 +250,10 @@ class EditorActor:
         for edit in item.edits:
             edit_uris[edit.edit_id] = storage.output_key(self.output, preset.hash, item.item_id, edit.edit_id)
             storage.write_bytes_atomic(edit_uris[edit.edit_id], png(result.edits[edit.edit_id]))
+        variants = item.metadata.get("variants") if isinstance(item.metadata, dict) else None
+        if variants:
+            storage.write_bytes_atomic(storage.join(folder, "variants.png"),
+                                       storage.encode_png(self.variant_sheet(item, preset, result, variants)))
         # The reconstruction is written last: its presence marks the item's images complete.
         storage.write_bytes_atomic(recon_uri, png(result.reconstruction))
         write_s = time.perf_counter() - t0

@@ -1,4 +1,4 @@
-"""Command line: ``tight-pipeline edit | run [--dry-run] | demo | tradeoff | deploy | presets | make-tiny-model | train-demo-model | evaluate-demo-model``.
+"""Command line: ``tight-pipeline edit | run [--dry-run] | variants | demo | tradeoff | deploy | presets | make-tiny-model | train-demo-model | evaluate-demo-model``.
 
 Thin: parses, calls the library or a flow, prints where things are. Bad input exits with status 2 and
 one line naming the cause.
@@ -69,8 +69,10 @@ def _user_errors():
     from tight_pipeline.manifest import ManifestError
     from tight_pipeline.presets import PresetError
     from tight_pipeline.storage import ImageDecodeError, StorageError
+    from tight_pipeline.variants import VariantError
 
-    return (ModelError, InputError, ManifestError, PresetError, ImageDecodeError, StorageError, FileNotFoundError)
+    return (ModelError, InputError, ManifestError, PresetError, ImageDecodeError, StorageError, FileNotFoundError,
+            VariantError)
 
 
 @app.command("make-tiny-model")
@@ -272,12 +274,12 @@ def deploy(serve: bool = typer.Option(False, "--serve", help="also run the sched
         prefect_serve(*deployments)
 
 
-def _dry_run(manifest: str, output: str, preset: str, model: str | None) -> None:
+def _dry_run(manifest: str, output: str, preset: str, model: str | None, variants: int = 0, styles: str = "") -> None:
     import resource
 
     from tight_pipeline.job import JobConfig, plan_job
 
-    plan = plan_job(JobConfig(manifest=manifest, output=output, preset=preset, model=model))
+    plan = plan_job(JobConfig(manifest=manifest, output=output, preset=preset, model=model, variants=variants, styles=styles))
     for message in plan.invalid_sample[:20]:
         typer.echo(f"invalid: {message}", err=True)
     typer.echo(f"manifest {manifest}: {plan.items} items, {plan.invalid_rows} invalid rows "
@@ -322,6 +324,51 @@ def run(
                         actors=actors, actor_cpus=actor_cpus, max_failure_rate=max_failure_rate,
                         item_timeout_s=item_timeout, max_pixels=max_pixels)
     _print_summary(summary)
+    if summary["failed"]:
+        _fail(f"failure rate {summary['failure_rate']:.1%} exceeds --max-failure-rate {max_failure_rate:.1%} "
+              "(every row was still written; see the error column)")
+
+
+@app.command()
+def variants(
+    manifest: str = typer.Option(..., help="manifest URL (items need item_id, image_uri, source_prompt; edits are "
+                                 "not needed)"),
+    output: str = typer.Option(..., help="output prefix URL"),
+    n: int = typer.Option(4, "--n", help="variants per item (items may override with variants: {n, styles})"),
+    styles: str = typer.Option("", help="style set in configs/variants.yaml (default: the file's default, product)"),
+    preset: Optional[str] = typer.Option(None, help="preset (default: balanced; flux-balanced for FLUX models); "
+                                         "creative lets scenes move further"),
+    model: Optional[str] = typer.Option(None, help="model folder / spec YAML / name (default: catalog-demo)"),
+    actors: int = typer.Option(1, help="actor pool size (one model per actor)"),
+    actor_cpus: float = typer.Option(1.0, help="CPUs reserved per actor"),
+    max_failure_rate: float = typer.Option(1.0, help="exit non-zero when more rows than this fraction fail"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="validate and plan only (variants to do / done before)"),
+):
+    """N styled variants of every item (one inversion per item serves all its variants). Re-runs skip done
+    variants; a larger --n adds only the new ones. Writes <item>/variants.png (input + variants) per item."""
+    _prepare_env()
+    from tight_pipeline.engine.models import resolve_model_spec
+    from tight_pipeline.variants import VariantRequest, load_style_set
+
+    try:
+        spec = resolve_model_spec(model)
+        style_set = load_style_set(styles or None)
+        VariantRequest(n, style_set)
+        if not dry_run:
+            _ensure_default_model(model, spec)
+        preset = _default_preset(preset, spec)
+        if dry_run:
+            return _dry_run(manifest, output, preset, model, n, styles)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    from flows.variant_generation import variant_generation
+
+    typer.echo(f"{n} variants per item from style set {style_set.name!r} ({style_set.hash}): "
+               + "; ".join(style_set.styles), err=True)
+    summary = _run_flow(variant_generation, manifest=manifest, output=output, n=n, styles=styles, preset=preset,
+                        model=model, actors=actors, actor_cpus=actor_cpus, max_failure_rate=max_failure_rate)
+    _print_summary(summary)
+    typer.echo(f"  variant sheets  {output}/<preset-hash>/<item_id>/variants.png")
     if summary["failed"]:
         _fail(f"failure rate {summary['failure_rate']:.1%} exceeds --max-failure-rate {max_failure_rate:.1%} "
               "(every row was still written; see the error column)")

@@ -77,7 +77,8 @@ def write_catalog_demo_inputs(folder: str, count: int = 8, seed: int = 0) -> str
         ]
         lines.append(json.dumps({"item_id": item_id, "image_uri": f"shots/{item_id}.png", "source_prompt": spec.caption,
                                  "edits": edits, "metadata": {"kind": spec.kind, "colour": spec.colour,
-                                                              "pattern": spec.pattern, "background": spec.background}}))
+                                                              "pattern": spec.pattern, "background": spec.background,
+                                                              "subject": spec.caption.split(" on a ")[0]}}))
     manifest = storage.join(folder, "manifest.jsonl")
     storage.write_bytes_atomic(manifest, ("\n".join(lines) + "\n").encode())
     return manifest

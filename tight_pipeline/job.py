@@ -45,6 +45,7 @@ from tight_pipeline.actor import SUMMARY_COLUMNS, AttemptLedger, DoneFilter, Edi
 from tight_pipeline.engine.models import ModelSpec, model_digest, resolve_model_spec
 from tight_pipeline.manifest import InvalidRow, iter_manifest
 from tight_pipeline.presets import Preset, load_preset, load_presets
+from tight_pipeline.variants import VariantRequest, load_style_set
 
 log = logging.getLogger("tight_pipeline.job")
 
@@ -74,6 +75,9 @@ class JobConfig:
         plan_rows: items per plan file (the unit Ray Data reads; the driver streams the manifest in such chunks).
         max_failure_rate: fraction of error/invalid rows above which ``JobResult.failed`` is true.
         clip_model: local CLIP folder for edit scores (optional; never downloaded).
+        variants: a variant job: this many styled variants per item (0 = not a variant job; the manifest's
+            edits are used). Items may override it (``variants: {n, styles}``).
+        styles: the variant job's style set (``configs/variants.yaml``; "" = its default).
         run_id: identifies the run in rows and MLflow; generated when empty.
     """
 
@@ -94,7 +98,15 @@ class JobConfig:
     plan_rows: int = 2048
     max_failure_rate: float = 1.0
     clip_model: str | None = None
+    variants: int = 0
+    styles: str = ""
     run_id: str = ""
+
+    def variant_request(self) -> VariantRequest | None:
+        """The variant job's request (``None`` when this is not a variant job); raises ``VariantError``."""
+        if self.variants <= 0:
+            return None
+        return VariantRequest(self.variants, load_style_set(self.styles or None))
 
     def with_run_id(self) -> "JobConfig":
         if self.run_id:
@@ -113,6 +125,7 @@ class Plan:
     todo_items: int = 0
     candidate_items: int = 0  # every edit already ok for this model: skipped if the workers find their PNGs
     candidate_rows: int = 0
+    kept_rows: int = 0  # ok rows of partly done variant items, left as they are (only their new variants run)
     by_preset: dict[str, dict[str, int]] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
     invalid_sample: list[str] = field(default_factory=list)  # the first 50 invalid rows' messages
@@ -241,7 +254,9 @@ def _plan_job(config: JobConfig, default: Preset | None, digest: str | None, wri
     by_ref: dict[str, Preset] = {}
     sha = hashlib.sha256()
     plan_dir = storage.join(scores.prefix(config.output), "_plan", config.run_id)
-    for chunk in iter_manifest(config.manifest, set(all_presets), config.allowed_schemes, config.plan_rows, sha):
+    variants = config.variant_request()
+    for chunk in iter_manifest(config.manifest, set(all_presets), config.allowed_schemes, config.plan_rows, sha,
+                               variants):
         for item in chunk.items:
             if item.preset and item.preset not in by_ref:
                 by_ref[item.preset] = load_preset(item.preset)
@@ -256,7 +271,7 @@ def _plan_job(config: JobConfig, default: Preset | None, digest: str | None, wri
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]) if len(sizes) else sizes
         candidate = np.minimum.reduceat(found, starts) if len(sizes) and len(found) else np.zeros(len(sizes), bool)
         texts = []
-        for item, preset, cand, n in zip(chunk.items, chosen, candidate.tolist(), sizes.tolist()):
+        for item, preset, cand, n, start in zip(chunk.items, chosen, candidate.tolist(), sizes.tolist(), starts.tolist()):
             plan.items += 1
             if cand:
                 plan.candidate_items += 1
@@ -266,6 +281,12 @@ def _plan_job(config: JobConfig, default: Preset | None, digest: str | None, wri
                 plan.todo_items += 1
                 plan.count(preset.name, "todo")
             if write:
+                if variants is not None and not cand:
+                    # A variant item runs only its variants not done yet (--n raised later adds only those);
+                    # one inversion serves them, and the done ones are left as they are.
+                    done_here = found[start:start + n] if len(found) else np.zeros(n, bool)
+                    item = dataclasses.replace(item, edits=tuple(e for e, d in zip(item.edits, done_here) if not d))
+                    plan.kept_rows += n - len(item.edits)
                 texts.append(dataclasses.replace(item, preset=preset.name).to_json())
         cands = candidate.astype(bool).tolist()
         plan.invalid_rows += len(chunk.invalid)
@@ -325,7 +346,7 @@ def run_job(config: JobConfig, progress: Callable[[int, int], None] | None = Non
                         redone_candidate_rows += int(rows)
         finally:
             _remove_prefix(storage.join(scores.prefix(config.output), "_plan", config.run_id))
-    skipped_rows = plan.candidate_rows - redone_candidate_rows
+    skipped_rows = plan.candidate_rows - redone_candidate_rows + plan.kept_rows
     if skipped_rows:
         counts["ok"] = counts.get("ok", 0) + skipped_rows
     skipped_items = plan.items - processed

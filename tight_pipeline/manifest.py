@@ -9,8 +9,13 @@ One record per product photo:
      "edits": [{"edit_id": "blue", "prompt": "a blue ceramic mug"}],   # list form, and/or
      "locales": {"de-DE": "a white ceramic mug on a Christmas table"}, # locale -> prompt (edit_id = locale)
      "preset": "faithful",                       # optional; overrides the run's preset for this item
-     "metadata": {"sku": "123"}}                 # optional; passed through to the output (as are
+     "metadata": {"sku": "123"},                 # optional; passed through to the output (as are
                                                  #   any other columns)
+     "variants": {"n": 2, "styles": "seasonal"}} # optional, variant jobs only: this item's count and style
+                                                 #   set (a name in configs/variants.yaml, or a list of phrases)
+
+In a variant job (``tight-pipeline variants``) an item's edits are its variants (``edits``/``locales`` are
+not needed and are ignored): see ``tight_pipeline.variants``.
 
 In CSV, ``edits``, ``locales`` and ``metadata`` hold JSON text. Validation never stops at the first problem:
 every bad record becomes an ``InvalidRow`` with its 1-based row number and the reason, and the run goes on
@@ -34,9 +39,10 @@ from typing import Any, Iterator
 import pandas as pd
 
 from tight_pipeline import storage
+from tight_pipeline.variants import VariantRequest, item_request
 
 REQUIRED = ("item_id", "image_uri", "source_prompt")
-KNOWN = REQUIRED + ("edits", "locales", "preset", "metadata")
+KNOWN = REQUIRED + ("edits", "locales", "preset", "metadata", "variants")
 MAX_PROMPT_CHARS = 4000
 
 
@@ -222,8 +228,10 @@ def _resolve_uri(image_uri: str, manifest_uri: str, allowed: tuple[str, ...], ro
 class _Validator:
     """Turns records into ``Item`` / ``InvalidRow``; remembers every item id to refuse duplicates."""
 
-    def __init__(self, uri: str, known_presets: set[str] | None, allowed_schemes: tuple[str, ...]):
+    def __init__(self, uri: str, known_presets: set[str] | None, allowed_schemes: tuple[str, ...],
+                 variants: "VariantRequest | None" = None):
         self.uri, self.known_presets, self.allowed = uri, known_presets, allowed_schemes
+        self.variants = variants
         self.first_seen: dict[str, int] = {}
         self.roots = storage.file_roots()
 
@@ -260,8 +268,14 @@ class _Validator:
         if not isinstance(metadata, dict):
             raise ValueError("metadata must be an object")
         extra = {k: v for k, v in rec.items() if k not in KNOWN and v not in (None, "")}
-        return Item(row, item_id, image_uri, _check_prompt(rec["source_prompt"], "source_prompt"), _edits(rec),
-                    preset, {**extra, **metadata})
+        source_prompt = _check_prompt(rec["source_prompt"], "source_prompt")
+        if self.variants is None:
+            return Item(row, item_id, image_uri, source_prompt, _edits(rec), preset, {**extra, **metadata})
+        request = item_request(self.variants, _plain(rec.get("variants")))
+        edits = tuple(Edit(e, _check_prompt(p, "variant prompt"))
+                      for e, p in request.edits(item_id, source_prompt, {**extra, **metadata}))
+        return Item(row, item_id, image_uri, source_prompt, edits, preset,
+                    {**extra, **metadata, "variants": request.metadata(item_id)})
 
 
 def parse_manifest(
@@ -308,10 +322,12 @@ def iter_manifest(
     allowed_schemes: tuple[str, ...] = storage.DEFAULT_SCHEMES,
     chunk_rows: int = 50_000,
     digest: "hashlib._Hash | None" = None,
+    variants: VariantRequest | None = None,
 ) -> Iterator[ManifestChunk]:
     """Validated chunks of a manifest (one file or a prefix), streamed; ``digest`` (a hashlib object), if given,
-    is fed every byte read. Raises ``ManifestError`` when a file cannot be read or lacks required columns."""
-    validator = _Validator(uri, known_presets, allowed_schemes)
+    is fed every byte read; ``variants``: a variant job's request (items' edits are their variants).
+    Raises ``ManifestError`` when a file cannot be read or lacks required columns."""
+    validator = _Validator(uri, known_presets, allowed_schemes, variants)
     row = 0
     for file_uri in manifest_files(uri, allowed_schemes):
         fmt = detect_format(file_uri)
@@ -364,13 +380,14 @@ def read_manifest(
     uri: str,
     known_presets: set[str] | None = None,
     allowed_schemes: tuple[str, ...] = storage.DEFAULT_SCHEMES,
+    variants: VariantRequest | None = None,
 ) -> Manifest:
     """Read and validate a whole manifest into memory (small manifests; jobs stream with ``iter_manifest``).
     Raises ``ManifestError`` only when nothing in it can be used."""
     digest = hashlib.sha256()
     items: list[Item] = []
     invalid: list[InvalidRow] = []
-    for chunk in iter_manifest(uri, known_presets, allowed_schemes, digest=digest):
+    for chunk in iter_manifest(uri, known_presets, allowed_schemes, digest=digest, variants=variants):
         items += chunk.items
         invalid += chunk.invalid
     return Manifest(uri, digest.hexdigest(), tuple(items), tuple(invalid))

@@ -215,6 +215,11 @@ def log_run(result: JobResult, sheet: Image.Image | None = None, flow_name: str 
             "output": storage.redact(cfg.output), "actors": cfg.actors, "batch_size": cfg.batch_size,
             "presets_used": ",".join(sorted(f"{p.name}:{p.hash}" for p in result.presets.values())),
         })
+        request = cfg.variant_request()
+        if request is not None:  # a variant job: the run's default count and style set (items may override)
+            params.update({"variants.n": request.n, "variants.style_set": request.style_set.name,
+                           "variants.style_set_hash": request.style_set.hash,
+                           "variants.styles": " | ".join(request.style_set.styles)})
         mlflow.log_params({k: storage.redact(str(v))[:500] for k, v in params.items()})
         _log_input(mlflow, result)
         # Scores of this run's rows only, read with the columns the aggregates need (catalog-size runs).
