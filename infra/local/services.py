@@ -249,7 +249,9 @@ def start(name: str) -> dict[str, str]:
     if name == "prefect":
         port = int(os.environ.get("PREFECT_PORT", "4200"))
         _spawn("prefect", [_bin("prefect"), "server", "start", "--host", HOST, "--port", str(port)],
-               {"PREFECT_HOME": os.environ.get("PREFECT_HOME", str(state / "prefect")), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+               {"PREFECT_HOME": os.environ.get("PREFECT_HOME", str(state / "prefect")), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                # the UI's own idea of where the API is (default: port 4200, wrong for any other port)
+                "PREFECT_UI_API_URL": f"http://{HOST}:{port}/api"})
         wait_http(f"http://{HOST}:{port}/api/health")
         return {"PREFECT_API_URL": f"http://{HOST}:{port}/api"}
     if name == "mlflow":
