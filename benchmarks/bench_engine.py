@@ -41,18 +41,18 @@ def main() -> None:
     from skimage import data
 
     from tight_pipeline.engine.models import resolve_model_spec
-    from tight_pipeline.engine.runner import TightInversion
+    from tight_pipeline.engine.factory import load_engine
     from tight_pipeline.presets import load_preset
 
     spec = resolve_model_spec(args.model)
     if args.model is None and not os.path.exists(spec.base):
-        from tight_pipeline.engine.tiny_model import make_tiny_model
+        from tight_pipeline.tiny_models import make_tiny_model
 
         make_tiny_model(spec.base)
     photo = Image.fromarray(data.coffee())
     preset = dataclasses.replace(load_preset("balanced"), steps=args.steps)
-    tight = TightInversion.from_spec(spec)
-    plain = TightInversion.from_spec(dataclasses.replace(spec, adapter=None))
+    tight = load_engine(spec)
+    plain = load_engine(dataclasses.replace(spec, adapter=None))
     edits = [(f"e{i}", p) for i, p in enumerate(["a red cup of coffee", "a cup of green tea", "a blue cup of coffee", "a glass cup of coffee"])]
     print(f"model {spec.name} ({spec.resolution}px, {tight.device}, {spec.dtype}), {args.steps} steps, torch threads {torch.get_num_threads()}")
 

@@ -171,8 +171,8 @@ def main() -> None:
     if args.device == "cpu":
         torch.set_num_threads(int(os.environ.get("TORCH_THREADS", os.cpu_count() or 1)))
     from tight_pipeline.engine.models import resolve_model_spec
-    from tight_pipeline.engine.runner import TightInversion
-    from tight_pipeline.engine.tiny_model import make_tiny_model
+    from tight_pipeline.engine.factory import load_engine
+    from tight_pipeline.tiny_models import make_tiny_model
 
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     steps = args.steps or (50 if args.size == "full" else 4)
@@ -186,7 +186,7 @@ def main() -> None:
     spec = resolve_model_spec(str(folder), device=args.device, dtype=dtype, max_batch=args.batch,
                               compile=args.compile, channels_last=args.channels_last,
                               **({"resolution": args.resolution} if args.resolution else {}))
-    t_load, engine = timed(args.device, lambda: TightInversion.from_spec(spec))
+    t_load, engine = timed(args.device, lambda: load_engine(spec))
     report.update(build_s=round(t_build, 1), load_s=round(t_load, 1), resolution=spec.resolution,
                   compile=args.compile, channels_last=args.channels_last)
 

@@ -45,12 +45,12 @@ def write_manifest(folder: Path, n: int) -> Path:
 
 def bare_loop(manifest: Path, out: Path, preset_name: str, model) -> float:
     from tight_pipeline import storage
-    from tight_pipeline.engine.runner import TightInversion
+    from tight_pipeline.engine.factory import load_engine
     from tight_pipeline.manifest import read_manifest
     from tight_pipeline.presets import load_preset
 
     t0 = time.perf_counter()
-    engine = TightInversion.from_spec(model)
+    engine = load_engine(model)
     preset = load_preset(preset_name)
     for item in read_manifest(str(manifest)).items:
         image, _ = storage.decode_image(storage.read_bytes(item.image_uri))
@@ -82,7 +82,7 @@ def main() -> None:
 
     spec = resolve_model_spec(args.model)
     if args.model is None and not os.path.exists(spec.base):
-        from tight_pipeline.engine.tiny_model import make_tiny_model
+        from tight_pipeline.tiny_models import make_tiny_model
 
         make_tiny_model(spec.base)
     manifest = write_manifest(work / "in", args.items)

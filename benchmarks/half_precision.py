@@ -22,8 +22,8 @@ torch.set_num_threads(int(os.environ.get("TORCH_THREADS", os.cpu_count() or 1)))
 from tight_pipeline.demo_model.products import ProductSpec, render_product  # noqa: E402
 from tight_pipeline.engine import conditioning, editing, inversion, metrics  # noqa: E402
 from tight_pipeline.engine.models import resolve_model_spec  # noqa: E402
-from tight_pipeline.engine.runner import TightInversion  # noqa: E402
-from tight_pipeline.engine.tiny_model import make_tiny_model  # noqa: E402
+from tight_pipeline.engine.factory import load_engine
+from tight_pipeline.tiny_models import make_tiny_model  # noqa: E402
 from tight_pipeline.presets import Preset  # noqa: E402
 
 PRESET = Preset(name="renoise-20x8", method="renoise", steps=20, inversion_scale=0.6, edit_scale=0.6, guidance=5.0,
@@ -31,7 +31,7 @@ PRESET = Preset(name="renoise-20x8", method="renoise", steps=20, inversion_scale
 
 
 def trained(dtype: str) -> list[float]:
-    engine = TightInversion.from_spec(resolve_model_spec("catalog-demo", device="cpu", dtype=dtype))
+    engine = load_engine(resolve_model_spec("catalog-demo", device="cpu", dtype=dtype))
     shots = [render_product(ProductSpec.sample(i, 99)) for i in range(4)]
     return [round(engine.edit_item(s.image, s.spec.caption, [], PRESET).scores["psnr_vs_vae"], 1) for s in shots]
 
@@ -40,7 +40,7 @@ def tiny(folder, dtype: str, noise: float = 0.0) -> float:
     from PIL import Image
     from skimage import data
 
-    engine = TightInversion.from_spec(resolve_model_spec(str(folder), device="cpu", dtype=dtype))
+    engine = load_engine(resolve_model_spec(str(folder), device="cpu", dtype=dtype))
     pipe = engine.pipe
     fitted = engine.prepare_image(Image.fromarray(data.coffee()))
     z0 = engine.encode(fitted)

@@ -29,10 +29,10 @@ def main() -> None:
     from tight_pipeline.demo_model.evaluate import EvalConfig, heldout_shots
     from tight_pipeline.engine import conditioning, editing, inversion
     from tight_pipeline.engine.models import resolve_model_spec
-    from tight_pipeline.engine.runner import TightInversion
+    from tight_pipeline.engine.factory import load_engine
 
     torch.set_grad_enabled(False)
-    engine = TightInversion.from_spec(resolve_model_spec(args.model, device="cpu"))
+    engine = load_engine(resolve_model_spec(args.model, device="cpu"))
     pipe = engine.pipe
     shots = heldout_shots(EvalConfig(images=args.images))
     z0 = torch.cat([engine.encode(s.image) for s in shots])

@@ -7,16 +7,14 @@ edit strength (mean pixel change of the edits from the reconstruction), one poin
 
 from __future__ import annotations
 
-import io
 import json
 
 import pandas as pd
-from PIL import Image
 from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 
 from flows.tasks import IO_RETRIES
-from tight_pipeline import storage, tracking
+from tight_pipeline import plots, storage, tracking
 from tight_pipeline.job import JobConfig, run_job
 from tight_pipeline.manifest import read_manifest
 
@@ -45,49 +43,9 @@ def run_scale(manifest: str, output: str, preset: str, model: str | None) -> dic
     }
 
 
-def plot_curve(table: pd.DataFrame) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    ax.plot(table["edit_change"], table["psnr_vs_vae"], "o-")
-    for r in table.itertuples():
-        ax.annotate(f"s={r.scale:g}", (r.edit_change, r.psnr_vs_vae), textcoords="offset points", xytext=(4, 4))
-    ax.set_xlabel("edit strength (mean |edit - reconstruction|)")
-    ax.set_ylabel("reconstruction PSNR vs VAE round-trip (dB)")
-    ax.set_title("Tight Inversion trade-off by adapter scale")
-    ax.grid(alpha=0.3)
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    return buf.getvalue()
-
-
 @task(name="log-tradeoff", **IO_RETRIES)
 def log_tradeoff(table: pd.DataFrame, plot: bytes, manifest: str, base_preset: str) -> str:
-    mlflow = tracking.connect()
-    exp_id = tracking.experiment_id(mlflow, "tight-pipeline-tradeoff")
-    with mlflow.start_run(experiment_id=exp_id, run_name=f"tradeoff-{base_preset}") as run:
-        mlflow.log_params({"manifest_uri": storage.redact(manifest), "base_preset": base_preset,
-                           "scales": ",".join(f"{s:g}" for s in table["scale"])})
-        for step, r in enumerate(table.itertuples()):
-            mlflow.log_metrics({"scale": r.scale, "psnr_vs_vae": r.psnr_vs_vae, "psnr_vs_input": r.psnr_vs_input,
-                                "edit_change": r.edit_change}, step=step)
-        mlflow.log_text(table.to_csv(index=False), "tradeoff.csv")
-        mlflow.log_text(table.to_markdown(index=False) if _has_tabulate() else table.to_string(index=False), "tradeoff.md")
-        mlflow.log_image(Image.open(io.BytesIO(plot)), "tradeoff.png")
-        return run.info.run_id
-
-
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return tracking.log_tradeoff(table, plot, manifest, base_preset)
 
 
 @flow(name="tradeoff-benchmark", log_prints=True)
@@ -97,7 +55,7 @@ def tradeoff_benchmark(manifest: str, output: str, scales: list[float] | None = 
     sample_uri = write_sample(manifest, output, sample)
     points = [run_scale(sample_uri, output, f"{base_preset}@{s:g}", model) for s in scales]
     table = pd.DataFrame(points)
-    plot = plot_curve(table)
+    plot = plots.tradeoff_curve(table)
     storage.write_bytes_atomic(storage.join(output, "tradeoff", f"{base_preset}.png"), plot)
     run_id = log_tradeoff(table, plot, manifest, base_preset)
     create_table_artifact(table=table.round(4).to_dict("records"), key="tradeoff-table",

@@ -39,7 +39,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> Path:
-    from tight_pipeline.engine.tiny_model import make_tiny_model
+    from tight_pipeline.tiny_models import make_tiny_model
 
     return make_tiny_model(_SESSION_HOME / "models" / "tiny-sdxl")
 
@@ -53,9 +53,9 @@ def tiny_spec(tiny_model_dir):
 
 @pytest.fixture(scope="session")
 def engine(tiny_spec):
-    from tight_pipeline.engine.runner import TightInversion
+    from tight_pipeline.engine.factory import load_engine
 
-    return TightInversion.from_spec(tiny_spec)
+    return load_engine(tiny_spec)
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ from tight_pipeline.demo_model.products import ProductSpec, render_product
 from tight_pipeline.engine import metrics
 from tight_pipeline.engine.models import resolve_model_spec
 from tight_pipeline.engine.runner import BatchError, InputError, ItemRequest, TightInversion
+from tight_pipeline.engine.factory import load_engine
 from tight_pipeline.presets import Preset
 
 
@@ -37,7 +38,7 @@ def _latent_gap(a, b) -> float:
 @pytest.fixture(scope="module")
 def chunked_engine(tiny_spec):
     """The tiny model with UNet calls split into chunks of 2 rows (batches of 3 items need several calls)."""
-    return TightInversion.from_spec(dataclasses.replace(tiny_spec, max_batch=2, vae_batch=2))
+    return load_engine(dataclasses.replace(tiny_spec, max_batch=2, vae_batch=2))
 
 
 @pytest.mark.parametrize("method,extra", [
@@ -91,7 +92,7 @@ def test_bfloat16_renoise_reconstructs_the_trained_model_above_30_db():
     its noise prediction to a 25 dB reconstruction even in float32 (benchmarks/half_precision.py)."""
     from tight_pipeline.demo import write_catalog_demo_inputs  # noqa: F401 - same shots as the demo
 
-    engine = TightInversion.from_spec(resolve_model_spec("catalog-demo", device="cpu", dtype="bfloat16"))
+    engine = load_engine(resolve_model_spec("catalog-demo", device="cpu", dtype="bfloat16"))
     assert engine.pipe.unet.dtype == torch.bfloat16
     preset = Preset(name="t", method="renoise", steps=20, inversion_scale=1.0, edit_scale=1.0, guidance=5.0,
                     renoise_iterations=8)
@@ -104,10 +105,10 @@ def test_bfloat16_renoise_reconstructs_the_trained_model_above_30_db():
 
 
 def test_bfloat16_rf_fixed_point_reconstructs_above_30_db(tmp_path):
-    from tight_pipeline.engine.tiny_model import make_tiny_flux_model
+    from tight_pipeline.tiny_models import make_tiny_flux_model
 
     folder = make_tiny_flux_model(tmp_path / "tiny-flux")
-    engine = TightInversion.from_spec(resolve_model_spec(str(folder), device="cpu", dtype="bfloat16"))
+    engine = load_engine(resolve_model_spec(str(folder), device="cpu", dtype="bfloat16"))
     assert engine.pipe.transformer.dtype == torch.bfloat16
     preset = Preset(name="t", method="rf_inversion", steps=10, inversion_scale=0.5, edit_scale=0.5, guidance=2.0,
                     fixed_point_iterations=3)
@@ -132,7 +133,7 @@ def test_tensor_scores_equal_scikit_image(photo):
 
 
 def test_channels_last_changes_nothing_but_the_layout(tiny_spec, engine, photo):
-    fast = TightInversion.from_spec(dataclasses.replace(tiny_spec, channels_last=True))
+    fast = load_engine(dataclasses.replace(tiny_spec, channels_last=True))
     assert fast.pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     preset = Preset(name="t", method="ddim", steps=4, inversion_scale=0.4, edit_scale=0.4, guidance=5.0)
     a = engine.edit_item(photo, "a cup", [("tea", "a cup of tea")], preset)

@@ -70,7 +70,7 @@ def browser():
 
 
 def _cli(args: list[str], env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", "from tight_pipeline.cli import app; app()", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-c", "from flows.cli import app; app()", *args], cwd=ROOT,
                           env={**os.environ, **env}, capture_output=True, text=True, timeout=600)
 
 

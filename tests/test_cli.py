@@ -11,13 +11,12 @@ import tempfile
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 from PIL import Image
 
 from tests.corpus import image_files, write_corpus
 
-CLI = [sys.executable, "-m", "tight_pipeline.cli"]
+CLI = [sys.executable, "-m", "flows.cli"]
 
 
 def _env(tmp_path: Path) -> dict:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tight_pipeline.demo_model import products
-from tight_pipeline.demo_model.products import COLOURS, ProductSpec, render_product
+from tight_pipeline.demo_model.products import ProductSpec, render_product
 
 
 def test_shots_are_deterministic_captioned_and_masked():
@@ -102,9 +102,9 @@ IOU_MIN = 0.75
 @pytest.fixture(scope="module")
 def demo_engine():
     from tight_pipeline.engine.models import resolve_model_spec
-    from tight_pipeline.engine.runner import TightInversion
+    from tight_pipeline.engine.factory import load_engine
 
-    return TightInversion.from_spec(resolve_model_spec("catalog-demo", device="cpu"))
+    return load_engine(resolve_model_spec("catalog-demo", device="cpu"))
 
 
 def test_shipped_model_is_small_safetensors_in_the_sdxl_and_h94_layout(demo_engine):
@@ -258,4 +258,6 @@ def test_token_probe_sees_the_product_position_in_the_encoder_states(demo_engine
     assert [r["target"] for r in rows] == ["dx", "scale"]
     dx = rows[0]
     assert dx["encoder_states_r2"] > 0.5  # the image encoder sees where the product stands (0.96 with 768 shots)
-    assert all(-1 < r["adapter_tokens_r2"] <= 1 for r in rows)
+    # The finding the probe exists for: the adapter's tokens keep much less of the position than the encoder
+    # states they are projected from (committed evaluation: 0.013 vs 0.96 for dx).
+    assert dx["adapter_tokens_r2"] < dx["encoder_states_r2"] - 0.2

@@ -78,7 +78,7 @@ def test_adapter_scale_changes_prediction_and_scale_zero_equals_no_adapter(engin
 
 
 def test_saved_and_offline_loaded_model_matches_in_memory(tiny_model_dir, engine, photo, monkeypatch):
-    from tight_pipeline.engine.tiny_model import build_tiny_pipeline
+    from tight_pipeline.tiny_models import build_tiny_pipeline
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     pipe, vision, state = build_tiny_pipeline(0, tokenizer_dir=tiny_model_dir / "tokenizer")

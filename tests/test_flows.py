@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 
 import pandas as pd
@@ -178,7 +177,7 @@ def test_deploy_registers_the_three_scheduled_flows(prefect_harness):
     from prefect.client.orchestration import get_client
     from typer.testing import CliRunner
 
-    from tight_pipeline.cli import app
+    from flows.cli import app
 
     result = CliRunner().invoke(app, ["deploy"])
     assert result.exit_code == 0, result.output
@@ -201,7 +200,7 @@ def test_deploy_without_a_server_says_what_to_start(tmp_path):
 
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env["PREFECT_HOME"] = str(tmp_path / "prefect")
-    proc = subprocess.run([sys.executable, "-c", "from tight_pipeline.cli import app; app()", "deploy"],
+    proc = subprocess.run([sys.executable, "-c", "from flows.cli import app; app()", "deploy"],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: deploy needs a Prefect server")

@@ -19,7 +19,7 @@ from tight_pipeline.presets import Preset, load_preset
 
 @pytest.fixture(scope="session")
 def flux_dir(tmp_path_factory):
-    from tight_pipeline.engine.tiny_model import make_tiny_flux_model
+    from tight_pipeline.tiny_models import make_tiny_flux_model
 
     return make_tiny_flux_model(tmp_path_factory.mktemp("models") / "tiny-flux")
 
@@ -27,9 +27,9 @@ def flux_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def flux_engine(flux_dir):
     from tight_pipeline.engine.models import resolve_model_spec
-    from tight_pipeline.engine.runner import TightInversion
+    from tight_pipeline.engine.factory import load_engine
 
-    return TightInversion.from_spec(resolve_model_spec(str(flux_dir), device="cpu"))
+    return load_engine(resolve_model_spec(str(flux_dir), device="cpu"))
 
 
 @pytest.fixture(scope="session")
@@ -145,7 +145,6 @@ def test_run_with_a_flux_spec_end_to_end(tmp_path, flux_dir):
     import tempfile
 
     import mlflow
-    import pandas as pd
 
     from tight_pipeline.demo import write_demo_inputs
 
@@ -155,7 +154,7 @@ def test_run_with_a_flux_spec_end_to_end(tmp_path, flux_dir):
                TIGHT_PIPELINE_HOME=str(tmp_path / "home"), MLFLOW_TRACKING_URI=tracking_uri)
     env.pop("AWS_ENDPOINT_URL", None)
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "tight_pipeline.cli", "run", "--manifest", manifest, "--output",
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--manifest", manifest, "--output",
                            str(out), "--preset", "flux-draft", "--model", str(flux_dir)],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -173,9 +172,10 @@ def test_run_with_a_flux_spec_end_to_end(tmp_path, flux_dir):
 def test_batched_flux_items_equal_one_item_runs(flux_engine, flux_dir):
     """RF-Inversion of three same-size items (2, 0 and 1 edits) in one batch, transformer calls of 2 rows."""
     from tight_pipeline.engine.models import resolve_model_spec
-    from tight_pipeline.engine.runner import ItemRequest, TightInversion
+    from tight_pipeline.engine.runner import ItemRequest
+    from tight_pipeline.engine.factory import load_engine
 
-    chunked = TightInversion.from_spec(resolve_model_spec(str(flux_dir), device="cpu", max_batch=2, vae_batch=2))
+    chunked = load_engine(resolve_model_spec(str(flux_dir), device="cpu", max_batch=2, vae_batch=2))
     preset = _preset(steps=6, gamma=0.5, eta=0.7, eta_stop=0.5, fixed_point_iterations=1)
     shots = [render_product(ProductSpec.sample(i, 3)).image for i in range(3)]
     requests = [ItemRequest(shots[0], "a red mug", [("blue", "a blue mug"), ("dots", "a dotted mug")]),

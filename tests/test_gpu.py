@@ -20,10 +20,10 @@ def test_half_precision_renoise_on_cuda_reconstructs_the_trained_model(dtype):
 
     from tight_pipeline.demo_model.products import ProductSpec, render_product
     from tight_pipeline.engine.models import resolve_model_spec
-    from tight_pipeline.engine.runner import TightInversion
+    from tight_pipeline.engine.factory import load_engine
 
-    gpu = TightInversion.from_spec(resolve_model_spec("catalog-demo", device="cuda", dtype=dtype))
-    cpu = TightInversion.from_spec(resolve_model_spec("catalog-demo", device="cpu"))
+    gpu = load_engine(resolve_model_spec("catalog-demo", device="cuda", dtype=dtype))
+    cpu = load_engine(resolve_model_spec("catalog-demo", device="cpu"))
     assert gpu.device.type == "cuda"
     preset = dataclasses.replace(load_preset("faithful"), steps=20, renoise_iterations=8)
     shot = render_product(ProductSpec.sample(11, 99))
@@ -45,9 +45,10 @@ def test_half_precision_renoise_on_cuda_reconstructs_the_trained_model(dtype):
 def test_batched_items_on_cuda_equal_one_item_runs(tiny_spec, photo):
     import numpy as np
 
-    from tight_pipeline.engine.runner import ItemRequest, TightInversion
+    from tight_pipeline.engine.runner import ItemRequest
+    from tight_pipeline.engine.factory import load_engine
 
-    gpu = TightInversion.from_spec(dataclasses.replace(tiny_spec, device="cuda", max_batch=4))
+    gpu = load_engine(dataclasses.replace(tiny_spec, device="cuda", max_batch=4))
     preset = dataclasses.replace(load_preset("balanced"), steps=10)
     requests = [ItemRequest(photo.rotate(a), "a cup of coffee", [("tea", "a cup of green tea")] * (k % 2 + 1))
                 for k, a in enumerate((0, 90, 180, 270, 45))]
@@ -63,10 +64,10 @@ def test_cuda_ddim_inversion_equals_inverse_scheduler(tiny_spec, photo):
     from diffusers import DDIMInverseScheduler
 
     from tight_pipeline.engine import conditioning, inversion
-    from tight_pipeline.engine.runner import TightInversion
+    from tight_pipeline.engine.factory import load_engine
 
     # The spec's TF32 policy (off by default) also turns off cuDNN's TF32 convolutions, which PyTorch enables.
-    eng = TightInversion.from_spec(dataclasses.replace(tiny_spec, device="cuda", dtype="float32"))
+    eng = load_engine(dataclasses.replace(tiny_spec, device="cuda", dtype="float32"))
     assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
     fitted = eng.prepare_image(photo)
     z0 = eng.encode(fitted)
@@ -87,11 +88,11 @@ def test_tiny_flux_rf_inversion_on_cuda_bf16(tmp_path, photo):
     import numpy as np
 
     from tight_pipeline.engine.models import resolve_model_spec
-    from tight_pipeline.engine.runner import TightInversion
-    from tight_pipeline.engine.tiny_model import make_tiny_flux_model
+    from tight_pipeline.engine.factory import load_engine
+    from tight_pipeline.tiny_models import make_tiny_flux_model
 
     folder = make_tiny_flux_model(tmp_path / "tiny-flux")
-    gpu = TightInversion.from_spec(resolve_model_spec(str(folder), device="cuda", dtype="bfloat16"))
+    gpu = load_engine(resolve_model_spec(str(folder), device="cuda", dtype="bfloat16"))
     assert gpu.device.type == "cuda" and gpu.pipe.image_encoder.dtype.is_floating_point
     preset = dataclasses.replace(load_preset("flux-faithful"), steps=10)
     result = gpu.edit_item(photo, "a cup of coffee", [("tea", "a cup of green tea")], preset)

@@ -113,7 +113,7 @@ def test_done_keys_follow_the_latest_row_and_the_model(tmp_path):
 
 def test_dry_run_prints_counts_without_starting_services(tmp_path):
     manifest = _jsonl(tmp_path / "m.jsonl", _write(tmp_path, 5) + [{"item_id": "../x"}])
-    proc = subprocess.run([sys.executable, "-m", "tight_pipeline.cli", "run", "--manifest", str(manifest), "--output",
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--manifest", str(manifest), "--output",
                            str(tmp_path / "out"), "--model", "passthrough", "--preset", "draft", "--dry-run"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]

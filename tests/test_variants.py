@@ -82,7 +82,7 @@ def test_a_variant_manifest_streams_into_items_whose_edits_are_their_variants(tm
 def test_variants_command_refuses_an_impossible_request_in_one_line(tmp_path):
     from typer.testing import CliRunner
 
-    from tight_pipeline.cli import app
+    from flows.cli import app
 
     result = CliRunner().invoke(app, ["variants", "--manifest", str(tmp_path / "m.jsonl"), "--output", str(tmp_path / "o"),
                                       "--n", "7", "--styles", "seasonal"])

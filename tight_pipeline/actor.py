@@ -81,11 +81,11 @@ class EditorActor:
                  max_attempts: int = 3, ledger_name: str | None = None):
         import torch
 
-        from tight_pipeline.engine.runner import TightInversion
+        from tight_pipeline.engine.factory import load_engine
 
         if torch_threads > 0:
             torch.set_num_threads(torch_threads)
-        self.engine = TightInversion.from_spec(spec, clip_model=clip_model)
+        self.engine = load_engine(spec, clip_model=clip_model)
         self.spec, self.digest, self.presets, self.output = spec, digest, presets, output
         self.run_id, self.manifest_uri, self.limits = run_id, manifest_uri, limits
         self.allowed = allowed_schemes

@@ -58,7 +58,7 @@ def write_catalog_demo_inputs(folder: str, count: int = 8, seed: int = 0) -> str
     """
     from tight_pipeline.demo_model.evaluate import target_colour
     from tight_pipeline.demo_model.products import BACKGROUNDS, ProductSpec, caption, render_product
-    from tight_pipeline.demo_model.train import HELDOUT_SEED_OFFSET
+    from tight_pipeline.demo_model.products import HELDOUT_SEED_OFFSET
 
     lines = []
     backgrounds = list(BACKGROUNDS)

@@ -27,6 +27,7 @@ from tight_pipeline.presets import Preset
 from tight_pipeline.settings import state_dir
 
 PRESETS_EXPERIMENT = "tight-pipeline-presets"
+TRADEOFF_EXPERIMENT = "tight-pipeline-tradeoff"  # trade-off sweeps and demo-model evaluations
 MAX_INLINE_ROWS = 20_000  # this run's rows attached to the MLflow run up to this many; a link above
 
 
@@ -272,3 +273,43 @@ def run_link(experiment_id: str, run_id: str) -> str:
     if uri.startswith("http"):
         return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
     return f"mlflow ui --backend-store-uri {uri}  →  experiment {experiment_id}, run {run_id}"
+
+
+def log_tradeoff(table: pd.DataFrame, plot: bytes, manifest: str, base_preset: str) -> str:
+    """One run of the trade-off sweep: one metric step per adapter scale, the table (CSV/Markdown), the plot."""
+    mlflow = connect()
+    exp_id = experiment_id(mlflow, TRADEOFF_EXPERIMENT)
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"tradeoff-{base_preset}") as run:
+        mlflow.log_params({"manifest_uri": storage.redact(manifest), "base_preset": base_preset,
+                           "scales": ",".join(f"{s:g}" for s in table["scale"])})
+        for step, r in enumerate(table.itertuples()):
+            mlflow.log_metrics({k: for_people(float(getattr(r, k))) for k in
+                                ("scale", "psnr_vs_vae", "psnr_vs_input", "edit_change")}, step=step)
+        mlflow.log_text(table.to_csv(index=False), "tradeoff.csv")
+        mlflow.log_text(_markdown(table), "tradeoff.md")
+        mlflow.log_image(Image.open(io.BytesIO(plot)), "tradeoff.png")
+        return run.info.run_id
+
+
+def log_demo_evaluation(report: dict, report_dir: Path) -> str:
+    """One run in the trade-off experiment for ``tight-pipeline evaluate-demo-model``: params, one metric step
+    per table row, and the report files."""
+    mlflow = connect()
+    exp_id = experiment_id(mlflow, TRADEOFF_EXPERIMENT)
+    with mlflow.start_run(experiment_id=exp_id, run_name="demo-model-evaluation") as run:
+        mlflow.set_tags({"kind": "demo-model-evaluation", "model": report["model"]})
+        mlflow.log_params({f"eval.{k}": str(v)[:500] for k, v in report["config"].items()})
+        for step, r in enumerate(report["table"]):
+            mlflow.log_metrics({k: for_people(float(r[k])) for k in
+                                ("scale", "psnr_vs_input", "psnr_vs_vae", "edit_success", "iou", "background_psnr",
+                                 "gain_vs_scale0_db", "gain_vs_vae_db", "headroom_db")}, step=step)
+        for name in ("evaluation.json", "evaluation.md", "tradeoff.png", "examples.png"):
+            mlflow.log_artifact(str(Path(report_dir) / name))
+        return run.info.run_id
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    try:
+        return table.to_markdown(index=False)
+    except ImportError:  # tabulate is optional
+        return table.to_string(index=False)

@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from tight_pipeline.demo_model.products import SIZE, vocabulary
-from tight_pipeline.engine.tiny_model import cross_attention_layers
+from tight_pipeline.engine.models import cross_attention_layers
 
 ADAPTER_WEIGHT = "ip-adapter-plus_catalog-demo.safetensors"
 IMAGE_TOKENS = 16
@@ -195,7 +195,6 @@ def save_demo_model(pipe, image_encoder, out_dir: Path, dtype=None, note: str = 
     """
     import copy
 
-    import torch
     from diffusers import StableDiffusionXLPipeline
     from safetensors.torch import save_file
 

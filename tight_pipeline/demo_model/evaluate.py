@@ -20,7 +20,6 @@ them to MLflow's trade-off experiment (the one the ``tradeoff-benchmark`` flow u
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import time
@@ -31,7 +30,7 @@ import numpy as np
 
 from tight_pipeline.demo_model.products import (COLOURS, ProductSpec, dominant_colour, iou, product_region,
                                                  render_product)
-from tight_pipeline.demo_model.train import HELDOUT_SEED_OFFSET
+from tight_pipeline.demo_model.products import HELDOUT_SEED_OFFSET
 
 PRESET_BEGIN = "  # >>> catalog-demo presets: written by `tight-pipeline evaluate-demo-model --apply-presets`"
 PRESET_END = "  # <<< catalog-demo presets"
@@ -181,10 +180,10 @@ def evaluate_demo_model(model: str, report_dir: str | Path, config: EvalConfig =
 
     from tight_pipeline.engine import conditioning, editing, inversion, metrics
     from tight_pipeline.engine.models import resolve_model_spec
-    from tight_pipeline.engine.runner import TightInversion
+    from tight_pipeline.engine.factory import load_engine
 
     t_start = time.perf_counter()
-    engine = TightInversion.from_spec(resolve_model_spec(model))
+    engine = load_engine(resolve_model_spec(model))
     pipe = engine.pipe
     shots = heldout_shots(config)
     targets = [target_colour(s.spec.colour) for s in shots]
@@ -263,25 +262,6 @@ def evaluate_demo_model(model: str, report_dir: str | Path, config: EvalConfig =
     examples_sheet(shots, examples, config).save(out / "examples.png")
     log(f"evaluation written to {out} ({report['wall_s']} s)")
     return report
-
-
-def log_to_mlflow(report: dict, report_dir: Path) -> str:
-    """One run in the trade-off experiment (where the ``tradeoff-benchmark`` flow logs): params, one metric
-    step per table row, and the report files."""
-    from tight_pipeline import tracking
-
-    mlflow = tracking.connect()
-    exp_id = tracking.experiment_id(mlflow, "tight-pipeline-tradeoff")
-    with mlflow.start_run(experiment_id=exp_id, run_name="demo-model-evaluation") as run:
-        mlflow.set_tags({"kind": "demo-model-evaluation", "model": report["model"]})
-        mlflow.log_params({f"eval.{k}": str(v)[:500] for k, v in report["config"].items()})
-        for step, r in enumerate(report["table"]):
-            mlflow.log_metrics({k: r[k] for k in ("scale", "psnr_vs_input", "psnr_vs_vae", "edit_success", "iou",
-                                                   "background_psnr", "gain_vs_scale0_db", "gain_vs_vae_db",
-                                                   "headroom_db")}, step=step)
-        for name in ("evaluation.json", "evaluation.md", "tradeoff.png", "examples.png"):
-            mlflow.log_artifact(str(Path(report_dir) / name))
-        return run.info.run_id
 
 
 def aggregate(per_image: list[dict], config: EvalConfig) -> list[dict]:
@@ -407,12 +387,14 @@ def markdown_report(report: dict) -> str:
 
 
 def plot_tradeoff(table: list[dict]) -> bytes:
-    import matplotlib
+    from tight_pipeline import plots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    with plots.figure(1, 2, size=(11, 4.2)) as (fig, (ax1, ax2)):
+        _draw_tradeoff(table, ax1, ax2)
+        return plots.png(fig, dpi=110)
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+
+def _draw_tradeoff(table: list[dict], ax1, ax2) -> None:
     ref_steps = max(r["steps"] for r in table if r["method"] == "ddim")
     runs = sorted({(r["method"], r["steps"]) for r in table}, key=lambda k: (k[0], k[1]))
     for method, steps in runs:
@@ -441,11 +423,6 @@ def plot_tradeoff(table: list[dict]) -> bytes:
     ax2.set_ylim(0, 1.05)
     ax2.grid(alpha=0.3)
     ax2.legend(fontsize=8)
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def examples_sheet(shots, examples: dict, config: EvalConfig):

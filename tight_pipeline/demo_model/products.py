@@ -36,6 +36,7 @@ BACKGROUNDS = {
     "mint": (204, 232, 216),
 }
 SIZE = 64
+HELDOUT_SEED_OFFSET = 10_000  # held-out shots: ProductSpec.sample(seed + 10_000, i), never trained on
 _SS = 4  # supersampling factor
 
 

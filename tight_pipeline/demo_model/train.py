@@ -32,7 +32,6 @@ import numpy as np
 from tight_pipeline.demo_model.products import SIZE, ProductSpec, render_product
 
 TRAIN_SEED_OFFSET = 0  # training shots: ProductSpec.sample(seed, i)
-HELDOUT_SEED_OFFSET = 10_000  # held-out shots: ProductSpec.sample(seed + 10_000, i), never trained on
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Tight Inversion on FLUX: RF-Inversion conditioned on the image itself through an XLabs IP-Adapter.
 
-    engine = TightInversion.from_spec(resolve_model_spec("tiny-flux"))      # -> FluxTightInversion
+    engine = load_engine(resolve_model_spec("tiny-flux"))      # engine/factory.py -> FluxTightInversion
     result = engine.edit_item(image, "a red mug", [("blue", "a blue mug")], load_preset("flux-balanced"))
 
 The recipe is the SDXL one with FLUX's parts:

@@ -413,3 +413,19 @@ def apply_speed_settings(pipe, spec: ModelSpec) -> None:
         pipe.vae.to(memory_format=torch.channels_last)
     if spec.compile:
         net.compile(mode=spec.compile, fullgraph=False, dynamic=False)
+
+
+def cross_attention_layers(unet) -> list[tuple[str, int]]:
+    """(processor name, hidden size) of every UNet cross-attention layer, in h94's numbering order."""
+    out = []
+    for name in unet.attn_processors.keys():
+        if name.endswith("attn1.processor") or not name.startswith(("down_blocks", "mid_block", "up_blocks")):
+            continue  # self-attention, or the Resampler's own attention once an adapter is loaded
+        if name.startswith("mid_block"):
+            hidden = unet.config.block_out_channels[-1]
+        elif name.startswith("up_blocks"):
+            hidden = list(reversed(unet.config.block_out_channels))[int(name[len("up_blocks.")])]
+        else:
+            hidden = unet.config.block_out_channels[int(name[len("down_blocks.")])]
+        out.append((name, hidden))
+    return out

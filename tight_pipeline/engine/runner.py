@@ -1,6 +1,6 @@
 """Items end to end: the Tight Inversion recipe, with scores and per-phase timings, batched across items.
 
-    engine = TightInversion.from_spec(resolve_model_spec("catalog-demo"))
+    engine = load_engine(resolve_model_spec("catalog-demo"))      # engine/factory.py
     result = engine.edit_item(image, "a coffee cup", [("blue", "a blue coffee cup")], load_preset("balanced"))
     results = engine.edit_items([ItemRequest(image, "a mug", [("red", "a red mug")]), ...], preset)
 
@@ -93,15 +93,10 @@ class TightInversion:
 
     @classmethod
     def from_spec(cls, spec: ModelSpec, clip_model: str | None = None) -> "TightInversion":
-        """The engine for ``spec``'s family: ``FluxTightInversion`` for FLUX, this class for SD/SDXL."""
-        if spec.family == "flux" and cls is TightInversion:
-            from tight_pipeline.engine.flux import FluxTightInversion
-
-            return FluxTightInversion.from_spec(spec, clip_model)
-        if spec.family == "passthrough":
-            from tight_pipeline.engine.passthrough import PassthroughEngine
-
-            return PassthroughEngine.from_spec(spec, clip_model)
+        """This class's engine for an SD / SDXL ``spec`` (``engine.factory.load_engine`` picks the class by family)."""
+        if spec.family not in ("sdxl", "sd"):
+            raise ValueError(f"model {spec.name!r} is a {spec.family} model: load it with "
+                             "tight_pipeline.engine.factory.load_engine")
         pipe = load_pipeline(spec)
         scorer = metrics.ClipScorer(clip_model, device=str(pipe.unet.device)) if clip_model else None
         return cls(pipe, spec, scorer)

@@ -80,7 +80,7 @@ def make_tiny_model_cmd(out_dir: Path = typer.Argument(..., help="folder to writ
                         family: str = typer.Option("sdxl", help="sdxl (h94 IP-Adapter) or flux (XLabs IP-Adapter)")):
     """Write a tiny model with random weights in the real folder layout (for tests and first runs)."""
     _prepare_env()
-    from tight_pipeline.engine.tiny_model import make_tiny_flux_model, make_tiny_model
+    from tight_pipeline.tiny_models import make_tiny_flux_model, make_tiny_model
 
     if family not in ("sdxl", "flux"):
         _fail(f"--family {family!r}: choose sdxl or flux")
@@ -125,7 +125,8 @@ def evaluate_demo_model_cmd(
 ):
     """Reconstruction vs editability of the demo model by adapter scale and schedule; calibrates its presets."""
     _prepare_env()
-    from tight_pipeline.demo_model.evaluate import EvalConfig, apply_presets as write_presets, evaluate_demo_model, log_to_mlflow
+    from tight_pipeline.demo_model.evaluate import EvalConfig, apply_presets as write_presets, evaluate_demo_model
+    from tight_pipeline.tracking import log_demo_evaluation
     from tight_pipeline.settings import configs_dir
 
     config = EvalConfig(images=images)
@@ -135,7 +136,7 @@ def evaluate_demo_model_cmd(
         result = evaluate_demo_model(model, report, config, log=typer.echo)
     except _user_errors() as exc:
         _fail(str(exc))
-    run_id = log_to_mlflow(result, report)
+    run_id = log_demo_evaluation(result, report)
     for name, p in result["presets"].items():
         typer.echo(f"  {name:18s} {p['method']} {p['steps']} steps, scale {p['scale']}")
     if apply_presets:
@@ -170,7 +171,7 @@ def edit(
 
     from tight_pipeline import sheets, storage
     from tight_pipeline.engine.models import resolve_model_spec
-    from tight_pipeline.engine.runner import TightInversion
+    from tight_pipeline.engine.factory import load_engine
     from tight_pipeline.presets import load_preset
 
     try:
@@ -185,7 +186,7 @@ def edit(
         if not source_prompt.strip():
             raise ValueError("--source-prompt is empty")
         _ensure_default_model(model, spec)
-        engine = TightInversion.from_spec(spec, clip_model=os.environ.get("TIGHT_PIPELINE_CLIP_MODEL"))
+        engine = load_engine(spec, clip_model=os.environ.get("TIGHT_PIPELINE_CLIP_MODEL"))
         edit_list = [(f"edit_{i + 1:02d}", p) for i, p in enumerate(edits)]
         separate = chosen.inversion_scale != chosen.edit_scale or spec.family == "flux"
         phases = 3 if separate and edits else 2
@@ -221,7 +222,7 @@ def _default_preset(preset: str | None, spec) -> str:
 def _ensure_default_model(ref: str | None, spec) -> None:
     """The built-in tiny model is written on first use; any other model must already be on the machine."""
     if ref in (None, "tiny-sdxl", "tiny-flux") and not Path(spec.base).exists():
-        from tight_pipeline.engine.tiny_model import make_tiny_flux_model, make_tiny_model
+        from tight_pipeline.tiny_models import make_tiny_flux_model, make_tiny_model
 
         typer.echo(f"writing the built-in tiny model to {spec.base} (random weights: plumbing, not quality)", err=True)
         (make_tiny_flux_model if spec.family == "flux" else make_tiny_model)(spec.base)

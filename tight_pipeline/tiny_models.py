@@ -23,6 +23,8 @@ from pathlib import Path
 
 import yaml
 
+from tight_pipeline.engine.models import cross_attention_layers
+
 TINY_WEIGHT_NAME = "ip-adapter_tiny.safetensors"
 TINY_RESOLUTION = 64
 _IMAGE_TOKENS = 4  # diffusers' ImageProjection for plain IP-Adapters uses 4 tokens
@@ -159,22 +161,6 @@ def build_tiny_components(seed: int = 0, size: str = "tiny") -> dict:
     torch.manual_seed(seed + 3)
     text_encoder_2 = CLIPTextModelWithProjection(text_config)
     return dict(unet=unet, vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, scheduler=_scheduler())
-
-
-def cross_attention_layers(unet) -> list[tuple[str, int]]:
-    """(processor name, hidden size) of every UNet cross-attention layer, in h94's numbering order."""
-    out = []
-    for name in unet.attn_processors.keys():
-        if name.endswith("attn1.processor") or not name.startswith(("down_blocks", "mid_block", "up_blocks")):
-            continue  # self-attention, or the Resampler's own attention once an adapter is loaded
-        if name.startswith("mid_block"):
-            hidden = unet.config.block_out_channels[-1]
-        elif name.startswith("up_blocks"):
-            hidden = list(reversed(unet.config.block_out_channels))[int(name[len("up_blocks.")])]
-        else:
-            hidden = unet.config.block_out_channels[int(name[len("down_blocks.")])]
-        out.append((name, hidden))
-    return out
 
 
 def _tiny_adapter_state(unet, image_embed_dim: int, seed: int) -> dict:
