@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench install clean-state
+.PHONY: demo test test-fast bench install clean-state
 
 install: $(STAMP)
 
@@ -22,7 +22,11 @@ demo: $(STAMP)
 	$(VENV)/bin/tight-pipeline demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
+
+# Units without services or end-to-end runs (tests marked slow are left out): minutes, for the edit loop.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not gpu" --durations=10
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_engine.py

@@ -28,7 +28,14 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+SERVICE_FIXTURES = {"s3", "ray_session", "prefect_harness", "servers"}
+
+
 def pytest_collection_modifyitems(config, items):
+    # Anything that starts a service (S3, Ray, Prefect, MLflow, a browser) is slow: `make test-fast` leaves it out.
+    for item in items:
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
     if cuda_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")

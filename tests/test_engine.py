@@ -172,3 +172,24 @@ def test_edit_friendly_noise_maps_see_the_image_condition(engine, photo):
     conditioning.set_adapter_scale(pipe, 0.8)
     _, maps8 = inversion.invert_ddpm_ef(pipe, z0, schedule, text, rows, seed=0)
     assert len(maps0) == 6 and max((a - b).abs().max().item() for a, b in zip(maps0, maps8)) > 1e-3
+
+
+def test_source_as_negative_equals_the_source_prompt_as_negative_prompt(engine, photo):
+    """The authors' "use source as negative" switch: each edit's unconditional branch is its item's source
+    prompt; the same as writing that prompt into negative_prompt, and different from the empty negative."""
+    import dataclasses
+
+    import numpy as np
+
+    from tight_pipeline.presets import load_preset
+
+    base = dataclasses.replace(load_preset("balanced"), steps=4)
+    edits = [("tea", "a cup of green tea")]
+    switch = engine.edit_item(photo, "a cup of coffee", edits, dataclasses.replace(base, negative_source=True))
+    spelled = engine.edit_item(photo, "a cup of coffee", edits, dataclasses.replace(base, negative_prompt="a cup of coffee"))
+    plain = engine.edit_item(photo, "a cup of coffee", edits, base)
+    a, b, c = (np.asarray(r.edits["tea"], dtype=int) for r in (switch, spelled, plain))
+    assert np.abs(a - b).max() <= 1
+    assert np.abs(a - c).mean() > 0.5
+    assert dataclasses.replace(base, negative_source=True).hash != base.hash
+    assert "negative_source" not in load_preset("balanced").settings()  # off: left out of the hash, hashes unchanged

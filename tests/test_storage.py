@@ -89,3 +89,21 @@ def test_file_roots_confine_local_reads(tmp_path, monkeypatch):
     for outside in ("/etc/passwd", f"file://{tmp_path}/catalog/../secret.txt", f"{tmp_path}/catalog-evil/x.png"):
         with pytest.raises(storage.StorageError, match="outside the allowed roots"):
             storage.check_scheme(outside)
+
+
+def test_browser_urls_presign_object_store_outputs_only_when_asked(s3, monkeypatch):
+    import urllib.request
+
+    fs = s3.filesystem()
+    if not fs.exists("presign"):
+        fs.mkdir("presign")
+    fs.pipe("presign/sheet.png", b"\x89PNG\r\n\x1a\nfake")
+    monkeypatch.delenv("TIGHT_PIPELINE_PRESIGN_S", raising=False)
+    assert storage.browser_url("s3://presign/sheet.png") is None  # off by default: shown as a path
+    assert storage.browser_url("/tmp/x.png") is None
+    assert storage.browser_url("https://cdn.example/x.png") == "https://cdn.example/x.png"
+    monkeypatch.setenv("TIGHT_PIPELINE_PRESIGN_S", "600")
+    url = storage.browser_url("s3://presign/sheet.png")
+    assert url.startswith(s3.endpoint) and "Signature" in url and s3.secret_key not in url
+    with urllib.request.urlopen(url, timeout=30) as resp:  # what a browser does with the link
+        assert resp.read() == b"\x89PNG\r\n\x1a\nfake"

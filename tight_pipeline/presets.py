@@ -22,7 +22,7 @@ METHODS = ("ddim", "renoise", "ddpm_ef", "rf_inversion")
 # Fields added after the first release: left out of the hash while at their defaults, so the hashes (and
 # output folders) of presets that don't use them stay what they were.
 _LATER_DEFAULTS = {"gamma": 0.0, "eta": 0.0, "eta_start": 0.0, "eta_stop": 0.25, "fixed_point_iterations": 0,
-                   "inversion_prompt": "source", "distilled_guidance": 3.5}
+                   "inversion_prompt": "source", "distilled_guidance": 3.5, "negative_source": False}
 
 
 class PresetError(ValueError):
@@ -46,6 +46,9 @@ class Preset:
         renoise_iterations: fixed-point iterations per inversion step (``renoise`` only).
         renoise_average_last: how many of the last iterations' predictions are averaged.
         negative_prompt: text of the unconditional branch for edits ("" = the model's empty prompt).
+        negative_source: use each item's source prompt as its edits' negative prompt (the authors' demo
+            switch "use source as negative"; overrides ``negative_prompt``): guidance then pushes away from
+            what the photo shows towards what the edit asks.
         gamma: RF-Inversion forward control: 0 = plain flow-ODE inversion, 1 = straight to the target noise.
         eta: RF-Inversion reverse control: pull of edits back towards the input's latent (0 = none).
         eta_start, eta_stop: the part of the denoising steps (fractions, from the noisy end) where ``eta`` acts.
@@ -75,6 +78,7 @@ class Preset:
     fixed_point_iterations: int = 0
     inversion_prompt: str = "source"
     distilled_guidance: float = 3.5
+    negative_source: bool = False
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -105,6 +109,8 @@ class Preset:
             problems.append(f"eta_start {self.eta_start} is after eta_stop {self.eta_stop}")
         if not isinstance(self.fixed_point_iterations, int) or not 0 <= self.fixed_point_iterations <= 50:
             problems.append(f"fixed_point_iterations {self.fixed_point_iterations!r} must be an integer in 0..50")
+        if not isinstance(self.negative_source, bool):
+            problems.append(f"negative_source {self.negative_source!r} must be true or false")
         if self.inversion_prompt not in ("source", "empty"):
             problems.append(f"inversion_prompt {self.inversion_prompt!r} must be 'source' or 'empty'")
         if not isinstance(self.distilled_guidance, (int, float)) or not 0.0 <= self.distilled_guidance <= 30.0:

@@ -219,6 +219,23 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> tuple[Imag
     return img, notes
 
 
+def browser_url(uri: str, expires_s: int | None = None) -> str | None:
+    """A URL a browser can open for ``uri``: itself for http(s); a presigned URL for an object store when
+    ``TIGHT_PIPELINE_PRESIGN_S`` (or ``expires_s``) is > 0 (it carries the access key *id* and a signature,
+    never the secret); else ``None`` (shown as a path)."""
+    scheme = scheme_of(uri)
+    if scheme in ("http", "https"):
+        return uri
+    seconds = int(os.environ.get("TIGHT_PIPELINE_PRESIGN_S", "0") or 0) if expires_s is None else expires_s
+    if seconds <= 0 or scheme not in ("s3", "gs", "gcs"):
+        return None
+    fs, path = _fs(uri)
+    try:
+        return with_retries(lambda: fs.sign(path, expiration=seconds), lambda: f"presigning {redact(uri)}")
+    except NotImplementedError:
+        return None
+
+
 def redact(text: str) -> str:
     """Remove credential values found in the environment and ``user:password@`` parts of URLs."""
     if not isinstance(text, str):

@@ -193,6 +193,8 @@ class FluxTightInversion(TightInversion):
         e = len(edit_owner)
         inversion_prompts = [r.source_prompt if preset.inversion_prompt == "source" else "" for r in requests]
         prompts = inversion_prompts + [p for r in requests for _, p in r.edits] + [preset.negative_prompt]
+        if preset.negative_source:  # each edit's negative: its item's source prompt (after the fixed negative)
+            prompts += [r.source_prompt for r in requests]
         text_all = embed_text(pipe, prompts)
         images = [embed_image(pipe, f) for f in fitted]
         timings["embed_s"] = time.perf_counter() - t0
@@ -219,7 +221,8 @@ class FluxTightInversion(TightInversion):
         outs = [rf_inversion.denoise_rf(plain, x1, sigmas, callback=step("denoise"))]
         if e:
             self._set_scale(preset.edit_scale)
-            text = FluxText.cat([text_all.rows([len(prompts) - 1] * e), text_all.rows(list(range(b, b + e)))])
+            negative_rows = ([b + e + 1 + k for k in edit_owner] if preset.negative_source else [b + e] * e)
+            text = FluxText.cat([text_all.rows(negative_rows), text_all.rows(list(range(b, b + e)))])
             velocity = self.velocity_fn(text, image_rows((edit_owner, True), (edit_owner, False)), image_ids, timesteps,
                                         self.guidance_rows([preset.distilled_guidance] * 2 * e))
 

@@ -303,7 +303,9 @@ class TightInversion:
 
         t0 = time.perf_counter()
         mb = self.spec.max_batch
-        guided_text = conditioning.TextCondition.cat([_repeat(negative, e), text_all.rows(list(range(b, b + e)))])
+        # Unconditional rows: the preset's negative prompt, or (negative_source) each edit's own item's source prompt.
+        uncond = text_all.rows(edit_owner) if preset.negative_source else _repeat(negative, e)
+        guided_text = conditioning.TextCondition.cat([uncond, text_all.rows(list(range(b, b + e)))])
         # Every denoising row starts at its item's z_T and (DDPM) follows its item's noise maps.
         if preset.edit_scale == preset.inversion_scale or e == 0:
             rows = items + edit_owner
