@@ -275,6 +275,13 @@ def deploy(serve: bool = typer.Option(False, "--serve", help="also run the sched
         prefect_serve(*deployments)
 
 
+def _fail_over_limit(summary: dict, max_failure_rate: float) -> None:
+    """Exit 2 when the run's failure rate is above ``--max-failure-rate`` (its rows are all written anyway)."""
+    if summary["failed"]:
+        _fail(f"failure rate {summary['failure_rate']:.1%} exceeds --max-failure-rate {max_failure_rate:.1%} "
+              "(every row was still written; see the error column)")
+
+
 def _dry_run(manifest: str, output: str, preset: str, model: str | None, variants: int = 0, styles: str = "") -> None:
     import resource
 
@@ -325,9 +332,7 @@ def run(
                         actors=actors, actor_cpus=actor_cpus, max_failure_rate=max_failure_rate,
                         item_timeout_s=item_timeout, max_pixels=max_pixels)
     _print_summary(summary)
-    if summary["failed"]:
-        _fail(f"failure rate {summary['failure_rate']:.1%} exceeds --max-failure-rate {max_failure_rate:.1%} "
-              "(every row was still written; see the error column)")
+    _fail_over_limit(summary, max_failure_rate)
 
 
 @app.command()
@@ -370,9 +375,7 @@ def variants(
                         model=model, actors=actors, actor_cpus=actor_cpus, max_failure_rate=max_failure_rate)
     _print_summary(summary)
     typer.echo(f"  variant sheets  {output}/<preset-hash>/<item_id>/variants.png")
-    if summary["failed"]:
-        _fail(f"failure rate {summary['failure_rate']:.1%} exceeds --max-failure-rate {max_failure_rate:.1%} "
-              "(every row was still written; see the error column)")
+    _fail_over_limit(summary, max_failure_rate)
 
 
 @app.command()
