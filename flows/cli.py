@@ -1,4 +1,4 @@
-"""Command line: ``tight-pipeline edit | run [--dry-run] | variants | demo | tradeoff | deploy | presets | make-tiny-model | train-demo-model | evaluate-demo-model``.
+"""Command line: ``tight-pipeline edit | run [--dry-run] | variants | demo | tradeoff | deploy | presets | make-tiny-model | train-demo-model | evaluate-demo-model | evaluate-auto-strength``.
 
 Thin: parses, calls the library or a flow, prints where things are. Bad input exits with status 2 and
 one line naming the cause.
@@ -145,13 +145,41 @@ def evaluate_demo_model_cmd(
     typer.echo(f"report in {report}/ ; mlflow run {run_id}")
 
 
+@app.command("evaluate-auto-strength")
+def evaluate_auto_strength_cmd(
+    model: str = typer.Option("catalog-demo", help="model folder / spec / name"),
+    report: Path = typer.Option(Path("docs/demo-model/auto"), help="folder for auto.md/.json and auto.png"),
+    images: int = typer.Option(64, help="shots (held-out unless --training-shots)"),
+    steps: int = typer.Option(10, help="DDIM steps of the base schedule"),
+    training_shots: bool = typer.Option(False, "--training-shots", help="read training shots (to choose the judge's "
+                                        "settings without looking at the held-out ones)"),
+    seed: int = typer.Option(0, help="shot seed"),
+):
+    """Automatic strength vs every fixed scale on the demo model, and the landed check vs the colour classifier."""
+    _prepare_env()
+    from tight_pipeline.demo_model.auto_eval import AutoEvalConfig, evaluate_auto_strength
+    from tight_pipeline.tracking import log_auto_evaluation
+
+    config = AutoEvalConfig(images=images, steps=steps, heldout=not training_shots, seed=seed)
+    try:
+        result = evaluate_auto_strength(model, report, config, log=typer.echo)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    run_id = log_auto_evaluation(result, report)
+    auto = result["table"][-1]
+    typer.echo(f"auto: success {auto['edit_success']:.3f}, IoU {auto['iou']:.3f}, background {auto['background_psnr']:.1f} dB, "
+               f"{result['cost_vs_fixed']}x the fixed preset's time; judge agrees on {result['agreement']['agreement']:.1%}")
+    typer.echo(f"report in {report}/ ; mlflow run {run_id}")
+
+
 @app.command()
 def presets():
     """List the presets with their settings and hashes."""
     from tight_pipeline.presets import load_presets
 
     for p in load_presets().values():
-        typer.echo(f"{p.name:10s} {p.hash}  {p.method:7s} steps={p.steps:<3d} scale={p.inversion_scale:g}/{p.edit_scale:g} "
+        scale = ("auto:" + ",".join(f"{s:g}" for s in p.auto_scales)) if p.auto else f"{p.inversion_scale:g}/{p.edit_scale:g}"
+        typer.echo(f"{p.name:10s} {p.hash}  {p.method:7s} steps={p.steps:<3d} scale={scale} "
                    f"cfg={p.guidance:g}  {p.description}")
 
 

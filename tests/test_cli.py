@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import pandas as pd
 from PIL import Image
 
 from tests.corpus import image_files, write_corpus
@@ -103,6 +104,17 @@ def test_bad_input_corpus_through_run(tmp_path, tiny_model_dir):
         elif needle == "upright":
             fitted = Image.open(row["input_uri"])
             assert fitted.height > fitted.width and "EXIF" in row["warnings"]
+        elif needle == "auto":  # `preset: auto`: the scale chosen for the edit, and every scale tried
+            tried = json.loads(row["auto_candidates"])
+            assert row["preset"] == "draft@auto" and row["auto_judge"] == "diffusion"
+            assert [c["scale"] for c in tried] == [1.0, 0.4, 0.0][: len(tried)]  # strongest first
+            good = [c["scale"] for c in tried if c["landed"] >= 0.6 and c["kept_db"] >= 26.0]
+            landed = [c["scale"] for c in tried if c["landed"] >= 0.6]
+            # the search stops at the first scale that passes both checks, and the rule picks as documented
+            expected = {"landed": good[:1], "landed-not-faithful": landed[:1], "none-landed": [0.0]}[row["auto_reason"]]
+            assert [row["adapter_scale"]] == expected and (good == tried[-1:] or len(tried) == 3)
+        else:
+            assert row["adapter_scale"] == 0.4 and pd.isna(row["auto_reason"])  # the run's fixed preset, draft
     # Nothing was written outside the output prefix (Ray's and the CLI's own state aside).
     written = {p for p in tmp_path.rglob("*") if p.is_file()} - before
     outside = [p for p in written if not p.is_relative_to(out)]

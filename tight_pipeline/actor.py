@@ -166,6 +166,7 @@ class EditorActor:
         """Fetch every item, edit the fetched ones as one batch, write each item's PNGs; rows per item.
 
         A batch that fails as a whole is run again one item at a time, so only the bad item ends as an error."""
+        from tight_pipeline.engine import strength
         from tight_pipeline.engine.runner import BatchError, ItemRequest
 
         t_start = time.perf_counter()
@@ -181,10 +182,11 @@ class EditorActor:
             fetched.append((item, image, notes, time.perf_counter() - t0))
         requests = [ItemRequest(image, item.source_prompt, [(e.edit_id, e.prompt) for e in item.edits])
                     for item, image, _, _ in fetched]
-        results = self.engine.edit_items(requests, preset, progress=self._deadline(time.perf_counter(), len(requests))) if requests else []
+        results = strength.run_items(self.engine, requests, preset,
+                                     progress=self._deadline(time.perf_counter(), len(requests))) if requests else []
         for (item, image, notes, fetch_s), request, result in zip(fetched, requests, results):
             if isinstance(result, BatchError):
-                result = self.engine.edit_items([request], preset, progress=self._deadline(time.perf_counter()))[0]
+                result = strength.run_items(self.engine, [request], preset, progress=self._deadline(time.perf_counter()))[0]
             if isinstance(result, BaseException):
                 rows.extend(self.error_rows(item, preset, result, t_start))
                 continue
@@ -264,6 +266,7 @@ class EditorActor:
             "time_invert_s": t["invert_s"],
             "time_denoise_s": t["denoise_s"] + t["decode_s"],
             "time_write_s": write_s,
+            "time_judge_s": t.get("judge_s"),
             "time_total_s": time.perf_counter() - t_start,
         }
         base = base_row(item, preset, self.spec, self.digest, self.run_id, self.manifest_uri)

@@ -22,7 +22,10 @@ METHODS = ("ddim", "renoise", "ddpm_ef", "rf_inversion")
 # Fields added after the first release: left out of the hash while at their defaults, so the hashes (and
 # output folders) of presets that don't use them stay what they were.
 _LATER_DEFAULTS = {"gamma": 0.0, "eta": 0.0, "eta_start": 0.0, "eta_stop": 0.25, "fixed_point_iterations": 0,
-                   "inversion_prompt": "source", "distilled_guidance": 3.5, "negative_source": False}
+                   "inversion_prompt": "source", "distilled_guidance": 3.5, "negative_source": False,
+                   "auto_scales": (), "auto_min_landed": 0.6, "auto_min_kept_db": 26.0}
+# ``name@auto``: the candidate adapter scales tried, strongest first (see engine/strength.py).
+DEFAULT_AUTO_SCALES = (1.0, 0.4, 0.0)
 
 
 class PresetError(ValueError):
@@ -58,6 +61,11 @@ class Preset:
             inversion and reconstruction.
         distilled_guidance: FLUX-dev's guidance embedding for edits (ignored by models without one; inversion
             and reconstruction use 1.0).
+        auto_scales: automatic strength (``engine/strength.py``) when not empty: the candidate adapter scales
+            (inversion and edit alike); each item's edits are tried strongest first and each keeps the strongest
+            scale whose edit *landed* (the judge finds the edit prompt in it at least ``auto_min_landed`` as
+            clearly as it finds the source prompt in the photo) and stayed *faithful* (its least-changed half is
+            at least ``auto_min_kept_db`` dB PSNR from the photo). ``inversion_scale`` / ``edit_scale`` are then unused.
         description: one line for people choosing a preset.
     """
 
@@ -79,10 +87,19 @@ class Preset:
     inversion_prompt: str = "source"
     distilled_guidance: float = 3.5
     negative_source: bool = False
+    auto_scales: tuple[float, ...] = ()
+    auto_min_landed: float = 0.6
+    auto_min_kept_db: float = 26.0
     description: str = ""
 
     def __post_init__(self) -> None:
         problems = []
+        if isinstance(self.auto_scales, (list, tuple)) and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in self.auto_scales):
+            # YAML gives a list: keep a hashable tuple, strongest first
+            object.__setattr__(self, "auto_scales", tuple(sorted({float(v) for v in self.auto_scales}, reverse=True)))
+        else:
+            problems.append(f"auto_scales {self.auto_scales!r} must be a list of numbers")
         if self.method not in METHODS:
             problems.append(f"method {self.method!r} is not one of {METHODS}")
         if not isinstance(self.steps, int) or not 1 <= self.steps <= 1000:
@@ -115,8 +132,19 @@ class Preset:
             problems.append(f"inversion_prompt {self.inversion_prompt!r} must be 'source' or 'empty'")
         if not isinstance(self.distilled_guidance, (int, float)) or not 0.0 <= self.distilled_guidance <= 30.0:
             problems.append(f"distilled_guidance {self.distilled_guidance!r} must be a number in 0..30")
+        if isinstance(self.auto_scales, tuple) and (any(not 0.0 <= v <= 2.0 for v in self.auto_scales)
+                                                    or len(self.auto_scales) > 8):
+            problems.append(f"auto_scales {list(self.auto_scales)} must be at most 8 numbers in 0..2")
+        for key in ("auto_min_landed", "auto_min_kept_db"):
+            if not isinstance(getattr(self, key), (int, float)):
+                problems.append(f"{key} {getattr(self, key)!r} must be a number")
         if problems:
             raise PresetError(f"preset {self.name!r}: " + "; ".join(problems))
+
+    @property
+    def auto(self) -> bool:
+        """Automatic strength: the scale is chosen per item and edit among ``auto_scales``."""
+        return bool(self.auto_scales)
 
     def settings(self) -> dict[str, Any]:
         """Every field that changes results (what the hash covers)."""
@@ -131,6 +159,11 @@ class Preset:
                 data.pop(key)
             elif isinstance(default, float):
                 data[key] = float(data[key])
+            elif isinstance(default, tuple):
+                data[key] = list(data[key])
+        if self.auto:  # the fixed scales are not used: leave them out so they cannot split equal presets
+            data.pop("inversion_scale")
+            data.pop("edit_scale")
         return data
 
     @functools.cached_property
@@ -147,7 +180,16 @@ class Preset:
 
     def with_scale(self, scale: float) -> "Preset":
         """The same preset at another adapter scale (inversion and editing), named ``name@scale``."""
-        return dataclasses.replace(self, name=f"{self.name}@{scale:g}", inversion_scale=scale, edit_scale=scale)
+        return dataclasses.replace(self, name=f"{self.name}@{scale:g}", inversion_scale=scale, edit_scale=scale,
+                                   auto_scales=())
+
+    def with_auto(self, scales: tuple[float, ...] = DEFAULT_AUTO_SCALES) -> "Preset":
+        """The same preset with automatic strength over ``scales``, named ``name@auto``."""
+        return dataclasses.replace(self, name=f"{self.name.split('@')[0]}@auto", auto_scales=tuple(scales))
+
+    def at_candidate(self, scale: float) -> "Preset":
+        """One fixed-scale try of an automatic preset (same name and settings, scale fixed)."""
+        return dataclasses.replace(self, inversion_scale=scale, edit_scale=scale, auto_scales=())
 
 
 def load_presets(path: str | Path | None = None) -> dict[str, Preset]:
@@ -166,11 +208,13 @@ def load_presets(path: str | Path | None = None) -> dict[str, Preset]:
 
 
 def load_preset(name: str, path: str | Path | None = None) -> Preset:
-    """The preset ``name``; ``name@0.3`` is that preset at adapter scale 0.3."""
+    """The preset ``name``; ``name@0.3`` is that preset at adapter scale 0.3, ``name@auto`` with automatic strength."""
     presets = load_presets(path)
     base, _, scale = name.partition("@")
     if base not in presets:
         raise PresetError(f"unknown preset {name!r}; choose one of: {', '.join(presets)}")
+    if scale == "auto":
+        return presets[base] if presets[base].auto else presets[base].with_auto()
     if scale:
         try:
             return presets[base].with_scale(float(scale))

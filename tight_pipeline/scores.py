@@ -35,6 +35,11 @@ SCORE_COLUMNS = [
     "edit_change", "edit_psnr_vs_input", "clip_score", "lpips_vs_input",
 ]
 TIME_COLUMNS = ["time_fetch_s", "time_encode_s", "time_invert_s", "time_denoise_s", "time_write_s", "time_total_s"]
+# Automatic strength (engine/strength.py): the scale each edit got (a fixed preset's edit_scale otherwise), the
+# checks' scores at that scale, why it was chosen, the judge (clip | diffusion) and every tried scale (JSON).
+AUTO_COLUMNS = [("adapter_scale", pa.float64()), ("auto_landed", pa.float64()), ("auto_kept_db", pa.float64()),
+                ("auto_reason", pa.string()), ("auto_judge", pa.string()), ("auto_candidates", pa.string()),
+                ("time_judge_s", pa.float64())]
 SCHEMA = pa.schema(
     [
         ("run_id", pa.string()), ("manifest_uri", pa.string()), ("row", pa.int64()),
@@ -47,6 +52,7 @@ SCHEMA = pa.schema(
         *[(c, pa.float64()) for c in TIME_COLUMNS],
         ("input_uri", pa.string()), ("reconstruction_uri", pa.string()), ("edit_uri", pa.string()),
         ("metadata", pa.string()), ("worker", pa.string()), ("finished_at", pa.string()),
+        *AUTO_COLUMNS,
     ]
 )
 

@@ -87,7 +87,7 @@ def fail_run(mlflow_run_id: str, message: str) -> None:
 
 
 WORST_COLUMNS = ["item_id", "edit_id", "preset", "status", "psnr_vs_input", "ssim_vs_input", "psnr_vs_vae",
-                 "edit_change", "error", "source_prompt", "preset_hash", "input_uri", "reconstruction_uri", "edit_uri"]
+                 "edit_change", "adapter_scale", "auto_reason", "error", "source_prompt", "preset_hash", "input_uri", "reconstruction_uri", "edit_uri"]
 
 
 def worst_rows(rows: pd.DataFrame, n: int = 20) -> pd.DataFrame:
@@ -154,6 +154,12 @@ def aggregate_metrics(rows: pd.DataFrame, wall_s: float, processed_items: int,
     }
     ok = rows[rows["status"] == "ok"]
     per_item = ok.drop_duplicates(["preset_hash", "item_id"])
+    if "auto_reason" in ok:  # automatic strength: how many edits got each scale, and how many were flagged
+        auto = ok[ok["auto_reason"].notna()]
+        for scale, n in pd.to_numeric(auto["adapter_scale"], errors="coerce").value_counts().items():
+            metrics[f"auto_scale_{scale:g}_edits"] = float(n)
+        if len(auto):
+            metrics["auto_flagged_edits"] = float((auto["auto_reason"] != "landed").sum())
     for col, frame in (("psnr_vs_input", per_item), ("ssim_vs_input", per_item), ("psnr_vs_vae", per_item),
                        ("ssim_vs_vae", per_item), ("edit_change", ok)):
         values = pd.to_numeric(frame[col], errors="coerce").dropna().to_numpy()
@@ -179,9 +185,17 @@ def build_contact_sheet(rows: pd.DataFrame, max_items: int = 8, order: list[str]
         for label, uri in [("input", first["input_uri"]), (f"recon {first['psnr_vs_vae']:.1f} dB vs VAE", first["reconstruction_uri"])]:
             tiles.append((label, _load(uri)))
         for _, r in group.iterrows():
-            tiles.append((str(r["edit_id"]), _load(r["edit_uri"])))
+            tiles.append((edit_label(r), _load(r["edit_uri"])))
         entries.append((f"{item_id}  [{first['preset']}]  \"{first['source_prompt']}\"", tiles))
     return sheets.contact_sheet(entries)
+
+
+def edit_label(row) -> str:
+    """An edit's tile label: its id, and under automatic strength the scale it got (``!`` when flagged)."""
+    reason = row.get("auto_reason") if hasattr(row, "get") else None
+    if isinstance(reason, str) and reason:
+        return f"{row['edit_id']}  s={float(row['adapter_scale']):g}{'' if reason == 'landed' else ' !'}"
+    return str(row["edit_id"])
 
 
 def _load(uri: str) -> Image.Image:
@@ -224,7 +238,7 @@ def log_run(result: JobResult, sheet: Image.Image | None = None, flow_name: str 
         mlflow.log_params({k: storage.redact(str(v))[:500] for k, v in params.items()})
         _log_input(mlflow, result)
         # Scores of this run's rows only, read with the columns the aggregates need (catalog-size runs).
-        scored = result.run_rows(["status", "preset_hash", "item_id", *AGGREGATED])
+        scored = result.run_rows(["status", "preset_hash", "item_id", *AGGREGATED, "adapter_scale", "auto_reason"])
         mlflow.log_metrics({k: for_people(v) for k, v in
                             aggregate_metrics(scored, result.wall_s, result.processed_items, result.counts).items()})
         mlflow.log_text(default.to_yaml(), "preset.yaml")
@@ -304,6 +318,26 @@ def log_demo_evaluation(report: dict, report_dir: Path) -> str:
                                 ("scale", "psnr_vs_input", "psnr_vs_vae", "edit_success", "iou", "background_psnr",
                                  "gain_vs_scale0_db", "gain_vs_vae_db", "headroom_db")}, step=step)
         for name in ("evaluation.json", "evaluation.md", "tradeoff.png", "examples.png"):
+            mlflow.log_artifact(str(Path(report_dir) / name))
+        return run.info.run_id
+
+
+def log_auto_evaluation(report: dict, report_dir: Path) -> str:
+    """One run in the trade-off experiment for ``tight-pipeline evaluate-auto-strength``: the auto row's and the
+    judge's figures as metrics, the chosen scales' distribution, and the report files."""
+    mlflow = connect()
+    exp_id = experiment_id(mlflow, TRADEOFF_EXPERIMENT)
+    auto = report["table"][-1]
+    with mlflow.start_run(experiment_id=exp_id, run_name="auto-strength-evaluation") as run:
+        mlflow.set_tags({"kind": "auto-strength-evaluation", "model": report["model"], "judge": report["judge"]})
+        mlflow.log_params({f"eval.{k}": str(v)[:500] for k, v in report["config"].items()})
+        mlflow.log_metrics({f"auto.{k}": for_people(float(auto[k])) for k in
+                            ("edit_success", "iou", "background_psnr", "s_per_item", "mean_tries")})
+        mlflow.log_metrics({"auto.cost_vs_fixed": for_people(report["cost_vs_fixed"]),
+                            "judge.agreement": for_people(report["agreement"]["agreement"])})
+        for scale, count in auto["chosen_scales"].items():
+            mlflow.log_metric("auto.chosen_edits", count, step=int(round(float(scale) * 100)))
+        for name in ("auto.json", "auto.md", "auto.png"):
             mlflow.log_artifact(str(Path(report_dir) / name))
         return run.info.run_id
 

@@ -31,6 +31,9 @@ from tight_pipeline.engine import rf_inversion
 from tight_pipeline.engine.runner import InputError, ItemResult, TightInversion
 from tight_pipeline.presets import Preset
 
+# The zero-shot judge's noise levels (sigma) for ``FluxTightInversion.prompt_errors``.
+JUDGE_SIGMAS = (0.3, 0.5, 0.7)
+
 
 @dataclass(frozen=True)
 class FluxText:
@@ -157,6 +160,36 @@ class FluxTightInversion(TightInversion):
             return torch.cat(outs)
 
         return velocity
+
+    @torch.no_grad()
+    def prompt_errors(self, images: list[Image.Image], prompts: list[str], sigmas: tuple[float, ...] = JUDGE_SIGMAS,
+                      seeds: tuple[int, ...] = (0, 1)) -> list[float]:
+        """``TightInversion.prompt_errors`` for a flow model: the velocity error
+        ``||(eps - y_0) - v_theta((1 - s) y_0 + s eps, c)||^2`` on shared noises and levels."""
+        out = [0.0] * len(images)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, image in enumerate(images):
+            groups.setdefault(image.size, []).append(i)
+        pipe = self.pipe
+        for _, index in groups.items():
+            n = len(index)
+            z0 = self.encode(self.pixels([images[i] for i in index]))
+            y0 = self.pack(z0)
+            image_ids = pipe._prepare_latent_image_ids(1, z0.shape[-2] // 2, z0.shape[-1] // 2, self.device, self.dtype)
+            text = embed_text(pipe, [prompts[i] for i in index])
+            embeds = embed_image(pipe, images[index[0]])  # at scale 0 any embeds of the right shape do
+            image_rows = None if embeds is None else embeds[1].expand(n, *embeds[1].shape[1:])
+            self._set_scale(0.0)
+            velocity = self.velocity_fn(text, image_rows, image_ids, [s * 1000 for s in sigmas],
+                                        self.guidance_rows([1.0] * n))
+            err = torch.zeros(n, device=y0.device)
+            for seed in seeds:
+                noise = torch.randn((1, *y0.shape[1:]), generator=torch.Generator().manual_seed(seed)).to(y0)
+                for level, s in enumerate(sigmas):
+                    err += (velocity((1 - s) * y0 + s * noise, level) - (noise - y0)).pow(2).flatten(1).mean(1)
+            for j, i in enumerate(index):
+                out[i] = float(err[j]) / (len(seeds) * len(sigmas))
+        return out
 
     def guidance_rows(self, values: list[float]):
         if not self.pipe.transformer.config.guidance_embeds:
