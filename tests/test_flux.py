@@ -9,6 +9,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from tight_pipeline.demo_model.products import ProductSpec, render_product
 from tight_pipeline.engine import flux, rf_inversion
@@ -188,3 +189,19 @@ def test_batched_flux_items_equal_one_item_runs(flux_engine, flux_dir):
         for x, y in [(a.reconstruction, b.reconstruction)] + [(a.edits[k], b.edits[k]) for k in a.edits]:
             assert np.abs(np.asarray(x, dtype=int) - np.asarray(y, dtype=int)).max() <= 1
     assert batched[0].timings["batch_items"] == 3
+
+
+def test_the_zero_shot_judge_of_automatic_strength_on_flux(flux_engine, shot):
+    from tight_pipeline.engine import strength
+    from tight_pipeline.engine.runner import ItemRequest
+    from tight_pipeline.presets import load_preset
+
+    image, caption = shot.image, shot.caption
+    flipped = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    both = flux_engine.prompt_errors([image, flipped, image], [caption, "a blue mug", "a red car"])
+    assert all(e > 0 for e in both) and both[0] != both[2]
+    assert flux_engine.prompt_errors([flipped], ["a blue mug"])[0] == pytest.approx(both[1], rel=1e-4)  # batch-free
+    result = strength.edit_items_auto(flux_engine, [ItemRequest(image, caption, [("b", "a blue mug")])],
+                                      load_preset("flux-draft@auto"))[0]
+    scores = result.edit_scores["b"]
+    assert scores["auto_judge"] == "diffusion" and scores["adapter_scale"] in (1.0, 0.4, 0.0)
