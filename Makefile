@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast bench install clean-state
+.PHONY: demo test test-fast drills bench install clean-state
 
 install: $(STAMP)
 
@@ -21,12 +21,18 @@ $(STAMP): pyproject.toml requirements.lock
 demo: $(STAMP)
 	$(VENV)/bin/tight-pipeline demo
 
+# Everything but the fault drills (about 10 minutes on 2 cores); CI runs this, then `make drills`.
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -m "not drill" --durations=15
+
+# Fault drills and the browser check: a killed driver, a killed actor, an S3 restart mid-run, a separately started
+# Ray cluster, the Prefect/MLflow UIs in Chromium (minutes each; CI runs them after `make test`).
+drills: $(STAMP)
+	$(PY) -m pytest -q -m drill --durations=10
 
 # Units without services or end-to-end runs (tests marked slow are left out): minutes, for the edit loop.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow and not gpu" --durations=10
+	$(PY) -m pytest -q -m "not slow and not gpu and not drill" --durations=10
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_engine.py

@@ -126,7 +126,7 @@ def write_corpus(folder: str | Path) -> tuple[Path, dict[str, tuple[str, str]]]:
     add("row-28", rec("empty-edit", "good.png", edits=[{"edit_id": "e", "prompt": ""}]), ("invalid", "prompt is empty"))
     add("row-29", rec("http-url", "http://127.0.0.1:9/a.png"), ("invalid", "scheme 'http'"))
     # not bad input: an item of its own preset with automatic strength (its rows carry the chosen scale)
-    add("auto-strength", rec("auto-strength", "good.png", preset="draft@auto"), ("ok", "auto"))
+    add("auto-strength", rec("auto-strength", "good.png", preset="smoke@auto"), ("ok", "auto"))
     manifest = folder / "manifest.jsonl"
     manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return manifest, expect

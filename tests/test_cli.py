@@ -31,14 +31,14 @@ def test_edit_writes_images_sheet_and_scores(tmp_path, tiny_model_dir, photo):
     photo.save(tmp_path / "coffee.jpg")
     out = tmp_path / "out"
     proc = subprocess.run(CLI + ["edit", str(tmp_path / "coffee.jpg"), "--source-prompt", "a cup of coffee",
-                                 "--edit", "a cup of green tea", "--edit", "a red cup of coffee", "--preset", "draft",
+                                 "--edit", "a cup of green tea", "--edit", "a red cup of coffee", "--preset", "smoke",
                                  "--model", str(tiny_model_dir), "--out", str(out)],
                           capture_output=True, text=True, env=_env(tmp_path), timeout=300)
     assert proc.returncode == 0, proc.stderr
     names = sorted(p.name for p in out.iterdir())
     assert names == ["edit_01.png", "edit_02.png", "reconstruction.png", "scores.json", "sheet.png"]
     report = json.loads((out / "scores.json").read_text())
-    assert report["preset"]["name"] == "draft" and report["scores"]["psnr_vs_vae"] > 5
+    assert report["preset"]["name"] == "smoke" and report["scores"]["psnr_vs_vae"] > 5
     assert report["scores"]["lpips_vs_input"] is None and "lpips" in report["lpips_note"]
     assert report["edits"]["edit_01"]["prompt"] == "a cup of green tea"
     sheet = Image.open(out / "sheet.png")
@@ -67,7 +67,7 @@ def test_edit_bad_input_exits_2_with_one_clear_line(tmp_path, tiny_model_dir, ca
     if case == "missing":
         image = tmp_path / "nope.jpg"
     args = ["edit", str(image), "--source-prompt", "   " if case == "empty-prompt" else "a mug", "--edit", "a blue mug",
-            "--preset", "ultra" if case == "unknown-preset" else "draft",
+            "--preset", "ultra" if case == "unknown-preset" else "smoke",
             "--model", "nope" if case == "unknown-model" else str(tiny_model_dir), "--out", str(tmp_path / "o")]
     proc = subprocess.run(CLI + args, capture_output=True, text=True, env=_env(tmp_path), timeout=120)
     assert proc.returncode == 2
@@ -80,7 +80,7 @@ def test_bad_input_corpus_through_run(tmp_path, tiny_model_dir):
     manifest, expect = write_corpus(tmp_path / "corpus")
     out = tmp_path / "out"
     before = {p for p in tmp_path.rglob("*")}
-    proc = subprocess.run(CLI + ["run", "--manifest", str(manifest), "--output", str(out), "--preset", "draft",
+    proc = subprocess.run(CLI + ["run", "--manifest", str(manifest), "--output", str(out), "--preset", "smoke",
                                  "--model", str(tiny_model_dir), "--max-failure-rate", "0.2"],
                           capture_output=True, text=True, env=_env(tmp_path), timeout=600)
     # More than 20% of the corpus fails by design: exit non-zero, yet every row is written.
@@ -106,7 +106,7 @@ def test_bad_input_corpus_through_run(tmp_path, tiny_model_dir):
             assert fitted.height > fitted.width and "EXIF" in row["warnings"]
         elif needle == "auto":  # `preset: auto`: the scale chosen for the edit, and every scale tried
             tried = json.loads(row["auto_candidates"])
-            assert row["preset"] == "draft@auto" and row["auto_judge"] == "diffusion"
+            assert row["preset"] == "smoke@auto" and row["auto_judge"] == "diffusion"
             assert [c["scale"] for c in tried] == [1.0, 0.4, 0.0][: len(tried)]  # strongest first
             good = [c["scale"] for c in tried if c["landed"] >= 0.6 and c["kept_db"] >= 26.0]
             landed = [c["scale"] for c in tried if c["landed"] >= 0.6]
@@ -114,7 +114,7 @@ def test_bad_input_corpus_through_run(tmp_path, tiny_model_dir):
             expected = {"landed": good[:1], "landed-not-faithful": landed[:1], "none-landed": [0.0]}[row["auto_reason"]]
             assert [row["adapter_scale"]] == expected and (good == tried[-1:] or len(tried) == 3)
         else:
-            assert row["adapter_scale"] == 0.4 and pd.isna(row["auto_reason"])  # the run's fixed preset, draft
+            assert row["adapter_scale"] == 0.4 and pd.isna(row["auto_reason"])  # the run's fixed preset, smoke
     # Nothing was written outside the output prefix (Ray's and the CLI's own state aside).
     written = {p for p in tmp_path.rglob("*") if p.is_file()} - before
     outside = [p for p in written if not p.is_relative_to(out)]
@@ -131,7 +131,7 @@ def test_prefect_that_does_not_start_ends_in_one_line_from_a_fresh_home(tmp_path
     (tmp_path / "m.jsonl").write_text(json.dumps({"item_id": "a", "image_uri": "a.png", "source_prompt": "a mug",
                                                   "edits": [{"edit_id": "b", "prompt": "a blue mug"}]}) + "\n")
     proc = subprocess.run(CLI + ["run", "--manifest", str(tmp_path / "m.jsonl"), "--output", str(tmp_path / "out"),
-                                 "--model", str(tiny_model_dir), "--preset", "draft"],
+                                 "--model", str(tiny_model_dir), "--preset", "smoke"],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [line for line in proc.stderr.strip().splitlines() if line.startswith("error:")]

@@ -13,11 +13,14 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from infra.local.services import RayHead, stop_pids
 from tests.corpus import image_files
 from tight_pipeline import scores
 from tight_pipeline.job import JobConfig, run_job
+
+pytestmark = pytest.mark.drill  # minutes each: `make drills` (CI runs them after `make test`)
 
 IMAGES = ["good.png", "cmyk.jpg", "gray.png", "palette.png", "rgba.png", "good.jpg"]
 

@@ -43,7 +43,7 @@ def test_catalog_localization_on_s3_tracks_everything_and_leaks_nothing(s3, ray_
 
     fs = s3.filesystem()
     manifest = _upload_manifest(fs, "catalog")
-    summary = catalog_localization(manifest=manifest, output="s3://catalog/out", preset="draft", model=str(tiny_model_dir))
+    summary = catalog_localization(manifest=manifest, output="s3://catalog/out", preset="smoke", model=str(tiny_model_dir))
     assert summary["status_ok"] == 6 and summary["status_error"] == 1 and summary["rows"] == 7
     assert summary["items_processed"] == 4
 
@@ -61,7 +61,7 @@ def test_catalog_localization_on_s3_tracks_everything_and_leaks_nothing(s3, ray_
     # MLflow: params, metrics, artifacts, and the preset tracked on its own.
     mlflow.set_tracking_uri(tracking.tracking_uri())
     run = mlflow.get_run(summary["mlflow_run_id"])
-    assert run.data.params["preset.name"] == "draft" and run.data.params["preset.hash"] == ok["preset_hash"].iloc[0]
+    assert run.data.params["preset.name"] == "smoke" and run.data.params["preset.hash"] == ok["preset_hash"].iloc[0]
     assert run.data.params["manifest_uri"] == manifest
     assert run.data.metrics["rows_ok"] == 6 and run.data.metrics["rows_error"] == 1
     assert run.data.metrics["psnr_vs_vae_mean"] > 0 and run.data.metrics["items_per_s"] > 0
@@ -106,7 +106,7 @@ def test_catalog_localization_on_s3_tracks_everything_and_leaks_nothing(s3, ray_
     assert worst_table[0]["item_id"] == "sku-bad" and worst_table[1]["psnr_vs_input"]
 
     # Second run: nothing new to do but the broken row.
-    again = catalog_localization(manifest=manifest, output="s3://catalog/out", preset="draft", model=str(tiny_model_dir))
+    again = catalog_localization(manifest=manifest, output="s3://catalog/out", preset="smoke", model=str(tiny_model_dir))
     assert again["items_processed"] == 1 and again["items_skipped_done_before"] == 3 and again["rows"] == 7
 
     # No credential anywhere: MLflow DB and artifacts, Parquet, outputs, Prefect DB.
@@ -134,7 +134,7 @@ def test_variant_generation_and_tradeoff_benchmark(tmp_path, ray_session, prefec
     manifest.write_text("\n".join(json.dumps({"item_id": i, "image_uri": f"img/{i}.png", "source_prompt": "a mug",
                                                "edits": [{"edit_id": "blue", "prompt": "a blue mug"}]}) for i in "ab") + "\n")
     out = str(tmp_path / "out")
-    summary = variant_generation(manifest=str(manifest), output=out, n=2, preset="draft", model=str(tiny_model_dir))
+    summary = variant_generation(manifest=str(manifest), output=out, n=2, preset="smoke", model=str(tiny_model_dir))
     assert summary["status_ok"] == 4 and summary["items_processed"] == 2  # 2 items x 2 variants
     from tight_pipeline import scores as scores_dataset
     from tight_pipeline.variants import VariantRequest, load_style_set
@@ -150,9 +150,9 @@ def test_variant_generation_and_tradeoff_benchmark(tmp_path, ray_session, prefec
         sheet = tmp_path / "out" / rows["preset_hash"].iloc[0] / item / "variants.png"
         assert sheet.stat().st_size > 1000  # input + 2 variants, labelled
 
-    again = variant_generation(manifest=str(manifest), output=out, n=2, preset="draft", model=str(tiny_model_dir))
+    again = variant_generation(manifest=str(manifest), output=out, n=2, preset="smoke", model=str(tiny_model_dir))
     assert again["items_processed"] == 0 and again["status_ok"] == 4  # resumed: nothing redone
-    more = variant_generation(manifest=str(manifest), output=out, n=3, preset="draft", model=str(tiny_model_dir))
+    more = variant_generation(manifest=str(manifest), output=out, n=3, preset="smoke", model=str(tiny_model_dir))
     assert more["status_ok"] == 6 and more["items_processed"] == 2
     rows = scores_dataset.read(out).to_pandas()
     assert (rows["run_id"] == first["run_id"].iloc[0]).sum() == 4  # the first two variants were not redone
@@ -161,11 +161,11 @@ def test_variant_generation_and_tradeoff_benchmark(tmp_path, ray_session, prefec
     assert not set(zip(new["item_id"], new["edit_id"])) & set(zip(first["item_id"], first["edit_id"]))
 
     result = tradeoff_benchmark(manifest=str(manifest), output=str(tmp_path / "sweep"), scales=[0.0, 1.0], sample=2,
-                                base_preset="draft", model=str(tiny_model_dir))
+                                base_preset="smoke", model=str(tiny_model_dir))
     table = pd.DataFrame(result["table"])
     assert table["scale"].tolist() == [0.0, 1.0] and (table["items"] == 2).all()
     assert table["psnr_vs_vae"].iloc[0] != table["psnr_vs_vae"].iloc[1]  # the scale changes the outcome
-    assert (tmp_path / "sweep" / "tradeoff" / "draft.png").stat().st_size > 1000
+    assert (tmp_path / "sweep" / "tradeoff" / "smoke.png").stat().st_size > 1000
     mlflow.set_tracking_uri(tracking.tracking_uri())
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(result["mlflow_run_id"])}
     assert {"tradeoff.csv", "tradeoff.png"} <= artifacts

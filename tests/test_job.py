@@ -12,6 +12,7 @@ from pathlib import Path
 import shutil
 
 import psutil
+import pytest
 
 from tests.corpus import image_files
 from tight_pipeline.engine import models
@@ -19,7 +20,7 @@ from tight_pipeline.engine.models import model_digest, resolve_model_spec, weigh
 from tight_pipeline import scores
 from tight_pipeline.job import JobConfig, run_job
 
-PRESET = "draft@0.4"
+PRESET = "smoke@0.4"
 
 
 def _manifest(folder: Path, n_good: int = 4) -> Path:
@@ -31,7 +32,7 @@ def _manifest(folder: Path, n_good: int = 4) -> Path:
         (folder / "img" / name).write_bytes(files[name])
         lines.append({"item_id": f"item-{i}", "image_uri": f"img/{name}", "source_prompt": "a product photo",
                       "locales": {"de-DE": "ein Produktfoto", "fr-FR": "une photo de produit"},
-                      **({"preset": "draft@0.70"} if i == 1 else {})})
+                      **({"preset": "smoke@0.70"} if i == 1 else {})})
     lines.append({"item_id": "broken", "image_uri": "img/missing.png", "source_prompt": "x",
                   "edits": [{"edit_id": "a", "prompt": "y"}]})
     lines.append({"item_id": "item-0", "image_uri": "img/good.png", "source_prompt": "dup", "edits": [{"edit_id": "a", "prompt": "b"}]})
@@ -65,7 +66,7 @@ def test_rows_exactly_once_then_resume_then_redo_deleted(tmp_path, tiny_model_di
     assert inv["row"] == 6 and "duplicate item_id" in inv["error"] and inv["edit_id"] == "*row6"
     ok = rows[rows["status"] == "ok"]
     per_item = rows[rows["item_id"] == "item-1"]  # its own preset, resolved and hashed like any other
-    assert set(per_item["preset"]) == {"draft@0.7"} and set(per_item["preset_hash"]).isdisjoint(set(rows.loc[rows["item_id"] == "item-0", "preset_hash"]))
+    assert set(per_item["preset"]) == {"smoke@0.7"} and set(per_item["preset_hash"]).isdisjoint(set(rows.loc[rows["item_id"] == "item-0", "preset_hash"]))
     assert ok["psnr_vs_vae"].notna().all() and (ok["time_total_s"] > 0).all()
     for uri in ok["edit_uri"].tolist() + ok["reconstruction_uri"].tolist():
         assert Path(uri).is_file() and Path(uri).resolve().is_relative_to(out.resolve())
@@ -132,6 +133,7 @@ def test_model_digest_follows_the_weights_not_only_the_spec(tmp_path, tiny_model
     assert len(weights_digest(missing)) == 12 and weights_digest(missing) != weights_digest(spec)
 
 
+@pytest.mark.drill
 def test_killed_actor_is_restarted_and_no_row_is_lost(tmp_path, tiny_model_dir, ray_session):
     manifest = _manifest(tmp_path / "in", n_good=6)
     out = tmp_path / "out"
