@@ -40,7 +40,7 @@ def main() -> None:
     from PIL import Image
     from skimage import data
 
-    from tight_pipeline.engine.models import resolve_model_spec
+    from tight_pipeline.engine.specs import resolve_model_spec
     from tight_pipeline.engine.factory import load_engine
     from tight_pipeline.presets import load_preset
 

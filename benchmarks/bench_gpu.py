@@ -170,7 +170,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.device == "cpu":
         torch.set_num_threads(int(os.environ.get("TORCH_THREADS", os.cpu_count() or 1)))
-    from tight_pipeline.engine.models import resolve_model_spec
+    from tight_pipeline.engine.specs import resolve_model_spec
     from tight_pipeline.engine.factory import load_engine
     from tight_pipeline.tiny_models import make_tiny_model
 

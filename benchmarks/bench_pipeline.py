@@ -78,7 +78,7 @@ def main() -> None:
 
     apply_local_defaults()  # the same environment `tight-pipeline run` sets up
     fresh = not (state_dir() / "prefect").exists() or not (state_dir() / "mlflow.db").exists()
-    from tight_pipeline.engine.models import resolve_model_spec
+    from tight_pipeline.engine.specs import resolve_model_spec
 
     spec = resolve_model_spec(args.model)
     if args.model is None and not os.path.exists(spec.base):

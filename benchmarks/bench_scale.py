@@ -83,7 +83,8 @@ def mark_half_done(manifest: str, output: str, home: str) -> None:
 import json, os, sys
 os.environ.setdefault("TIGHT_PIPELINE_HOME", sys.argv[3])
 from tight_pipeline import scores
-from tight_pipeline.engine.models import model_digest, resolve_model_spec
+from tight_pipeline.engine.specs import resolve_model_spec
+from tight_pipeline.engine.fingerprints import model_digest
 from tight_pipeline.presets import load_preset
 digest, preset = model_digest(resolve_model_spec("passthrough")), load_preset("draft")
 rows = []

@@ -21,7 +21,7 @@ torch.set_num_threads(int(os.environ.get("TORCH_THREADS", os.cpu_count() or 1)))
 
 from tight_pipeline.demo_model.products import ProductSpec, render_product  # noqa: E402
 from tight_pipeline.engine import conditioning, editing, inversion, metrics  # noqa: E402
-from tight_pipeline.engine.models import resolve_model_spec  # noqa: E402
+from tight_pipeline.engine.specs import resolve_model_spec  # noqa: E402
 from tight_pipeline.engine.factory import load_engine
 from tight_pipeline.tiny_models import make_tiny_model  # noqa: E402
 from tight_pipeline.presets import Preset  # noqa: E402

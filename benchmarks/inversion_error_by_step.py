@@ -28,7 +28,7 @@ def main() -> None:
 
     from tight_pipeline.demo_model.evaluate import EvalConfig, heldout_shots
     from tight_pipeline.engine import conditioning, editing, inversion
-    from tight_pipeline.engine.models import resolve_model_spec
+    from tight_pipeline.engine.specs import resolve_model_spec
     from tight_pipeline.engine.factory import load_engine
 
     torch.set_grad_enabled(False)

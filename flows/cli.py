@@ -64,7 +64,7 @@ def _run_flow(flow, **kwargs) -> dict:
 
 
 def _user_errors():
-    from tight_pipeline.engine.models import ModelError
+    from tight_pipeline.engine.specs import ModelError
     from tight_pipeline.engine.runner import InputError
     from tight_pipeline.manifest import ManifestError
     from tight_pipeline.presets import PresetError
@@ -125,7 +125,8 @@ def evaluate_demo_model_cmd(
 ):
     """Reconstruction vs editability of the demo model by adapter scale and schedule; calibrates its presets."""
     _prepare_env()
-    from tight_pipeline.demo_model.evaluate import EvalConfig, apply_presets as write_presets, evaluate_demo_model
+    from tight_pipeline.demo_model.calibration import apply_presets as write_presets
+    from tight_pipeline.demo_model.evaluate import EvalConfig, evaluate_demo_model
     from tight_pipeline.tracking import log_demo_evaluation
     from tight_pipeline.settings import configs_dir
 
@@ -198,7 +199,7 @@ def edit(
     from tqdm import tqdm
 
     from tight_pipeline import sheets, storage
-    from tight_pipeline.engine.models import resolve_model_spec
+    from tight_pipeline.engine.specs import resolve_model_spec
     from tight_pipeline.engine.factory import load_engine
     from tight_pipeline.presets import load_preset
 
@@ -343,7 +344,7 @@ def run(
 ):
     """Run the catalog-localization flow over a manifest (a file, or a prefix ending in / of many files)."""
     _prepare_env()
-    from tight_pipeline.engine.models import resolve_model_spec
+    from tight_pipeline.engine.specs import resolve_model_spec
 
     try:
         spec = resolve_model_spec(model)
@@ -381,7 +382,7 @@ def variants(
     """N styled variants of every item (one inversion per item serves all its variants). Re-runs skip done
     variants; a larger --n adds only the new ones. Writes <item>/variants.png (input + variants) per item."""
     _prepare_env()
-    from tight_pipeline.engine.models import resolve_model_spec
+    from tight_pipeline.engine.specs import resolve_model_spec
     from tight_pipeline.variants import VariantRequest, load_style_set
 
     try:
@@ -417,7 +418,7 @@ def demo(
     """End to end on bundled inputs: Prefect + Ray + Parquet + MLflow, contact sheet at the end."""
     _prepare_env()
     from tight_pipeline.demo import write_catalog_demo_inputs, write_demo_inputs
-    from tight_pipeline.engine.models import resolve_model_spec
+    from tight_pipeline.engine.specs import resolve_model_spec
     from tight_pipeline.presets import load_presets
     from tight_pipeline.settings import state_dir
 
@@ -452,7 +453,7 @@ def tradeoff(
     """Sweep the adapter scale on a sample; logs the reconstruction-vs-edit curve to MLflow."""
     _prepare_env()
     from flows.tradeoff_benchmark import tradeoff_benchmark
-    from tight_pipeline.engine.models import resolve_model_spec
+    from tight_pipeline.engine.specs import resolve_model_spec
 
     _ensure_default_model(model, resolve_model_spec(model))
     result = _run_flow(tradeoff_benchmark, manifest=manifest, output=output,

@@ -65,11 +65,32 @@ def write_contact_sheet(result: JobResult) -> tuple[str, object]:
     return uri, sheet
 
 
+def run_facts(result: JobResult) -> tracking.RunFacts:
+    """The job's result as the plain values MLflow records (the library's tracking never sees job types)."""
+    cfg, plan = result.config, result.plan
+    params: dict = {"actors": cfg.actors, "batch_size": cfg.batch_size}
+    request = cfg.variant_request()
+    if request is not None:  # a variant job: the run's default count and style set (items may override)
+        params.update({"variants.n": request.n, "variants.style_set": request.style_set.name,
+                       "variants.style_set_hash": request.style_set.hash,
+                       "variants.styles": " | ".join(request.style_set.styles)})
+    return tracking.RunFacts(
+        run_id=cfg.run_id, output=cfg.output, manifest=cfg.manifest, manifest_digest=plan.manifest_digest,
+        default_preset=result.preset, presets=tuple(result.presets.values()), model_name=result.model.name,
+        model_params=result.model.to_dict(), model_digest=result.model_digest, model_spec_digest=result.model.digest,
+        wall_s=result.wall_s, processed_items=result.processed_items, counts=dict(result.counts),
+        scores_uri=result.scores_uri, params=params, manifest_filter=result.manifest_filter(),
+        plan={"items": plan.items, "invalid_rows": plan.invalid_rows, "to_do": plan.todo_items,
+              "done_before": plan.candidate_items},
+    )
+
+
 @task(name="track-in-mlflow", **IO_RETRIES)
 def track_run(result: JobResult, sheet, sheet_uri: str, flow_name: str, extra_tags: dict | None = None,
               mlflow_run_id: str | None = None) -> dict:
-    worst = tracking.worst_rows_of(result)
-    links = tracking.log_run(result, sheet=sheet, flow_name=flow_name, extra_tags=extra_tags, contact_sheet_uri=sheet_uri,
+    facts = run_facts(result)
+    worst = tracking.worst_rows_of(facts)
+    links = tracking.log_run(facts, sheet=sheet, flow_name=flow_name, extra_tags=extra_tags, contact_sheet_uri=sheet_uri,
                              mlflow_run_id=mlflow_run_id, worst=worst)
     return {**links, "worst": worst}
 

@@ -53,7 +53,7 @@ def tiny_model_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_spec(tiny_model_dir):
-    from tight_pipeline.engine.models import resolve_model_spec
+    from tight_pipeline.engine.specs import resolve_model_spec
 
     return resolve_model_spec(str(tiny_model_dir), device="cpu")
 

@@ -71,3 +71,9 @@ def test_no_import_cycles_between_library_modules():
     for start in sorted(modules):
         visit(start, [start], {start})
     assert not cycles, f"import cycles: {cycles[:5]}"
+
+
+def test_tracking_takes_plain_values_not_job_types():
+    graph = imports()
+    wrong = _hits(graph["tight_pipeline.tracking"], ["tight_pipeline.job", "tight_pipeline.actor", *SERVICES[:2]])
+    assert not wrong, f"tracking.py reaches into the job or the services: {wrong}"

@@ -11,7 +11,7 @@ from PIL import Image
 
 from tight_pipeline.demo_model.products import ProductSpec, render_product
 from tight_pipeline.engine import metrics
-from tight_pipeline.engine.models import resolve_model_spec
+from tight_pipeline.engine.specs import resolve_model_spec
 from tight_pipeline.engine.runner import BatchError, InputError, ItemRequest, TightInversion
 from tight_pipeline.engine.factory import load_engine
 from tight_pipeline.presets import Preset
@@ -142,7 +142,7 @@ def test_channels_last_changes_nothing_but_the_layout(tiny_spec, engine, photo):
 
 
 def test_speed_settings_do_not_change_the_model_digest(tiny_spec):
-    from tight_pipeline.engine.models import ModelError
+    from tight_pipeline.engine.specs import ModelError
 
     same = dataclasses.replace(tiny_spec, max_batch=16, vae_batch=1, tf32=True, channels_last=True, compile="default")
     assert same.digest == tiny_spec.digest

@@ -8,7 +8,8 @@ import pytest
 from diffusers import DDIMInverseScheduler
 
 from tight_pipeline.engine import conditioning, editing, inversion
-from tight_pipeline.engine.models import ModelError, load_pipeline, resolve_model_spec
+from tight_pipeline.engine.specs import ModelError, resolve_model_spec
+from tight_pipeline.engine.models import load_pipeline
 from tight_pipeline.engine.runner import InputError, TightInversion, fit_size
 from tight_pipeline.presets import load_preset
 

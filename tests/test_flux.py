@@ -27,7 +27,7 @@ def flux_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def flux_engine(flux_dir):
-    from tight_pipeline.engine.models import resolve_model_spec
+    from tight_pipeline.engine.specs import resolve_model_spec
     from tight_pipeline.engine.factory import load_engine
 
     return load_engine(resolve_model_spec(str(flux_dir), device="cpu"))
@@ -172,7 +172,7 @@ def test_run_with_a_flux_spec_end_to_end(tmp_path, flux_dir):
 
 def test_batched_flux_items_equal_one_item_runs(flux_engine, flux_dir):
     """RF-Inversion of three same-size items (2, 0 and 1 edits) in one batch, transformer calls of 2 rows."""
-    from tight_pipeline.engine.models import resolve_model_spec
+    from tight_pipeline.engine.specs import resolve_model_spec
     from tight_pipeline.engine.runner import ItemRequest
     from tight_pipeline.engine.factory import load_engine
 

@@ -19,7 +19,7 @@ def test_half_precision_renoise_on_cuda_reconstructs_the_trained_model(dtype):
     import numpy as np
 
     from tight_pipeline.demo_model.products import ProductSpec, render_product
-    from tight_pipeline.engine.models import resolve_model_spec
+    from tight_pipeline.engine.specs import resolve_model_spec
     from tight_pipeline.engine.factory import load_engine
 
     gpu = load_engine(resolve_model_spec("catalog-demo", device="cuda", dtype=dtype))
@@ -87,7 +87,7 @@ def test_cuda_ddim_inversion_equals_inverse_scheduler(tiny_spec, photo):
 def test_tiny_flux_rf_inversion_on_cuda_bf16(tmp_path, photo):
     import numpy as np
 
-    from tight_pipeline.engine.models import resolve_model_spec
+    from tight_pipeline.engine.specs import resolve_model_spec
     from tight_pipeline.engine.factory import load_engine
     from tight_pipeline.tiny_models import make_tiny_flux_model
 

@@ -15,8 +15,9 @@ import psutil
 import pytest
 
 from tests.corpus import image_files
-from tight_pipeline.engine import models
-from tight_pipeline.engine.models import model_digest, resolve_model_spec, weights_digest
+from tight_pipeline.engine import fingerprints
+from tight_pipeline.engine.specs import resolve_model_spec
+from tight_pipeline.engine.fingerprints import model_digest, weights_digest
 from tight_pipeline import scores
 from tight_pipeline.job import JobConfig, run_job
 
@@ -118,9 +119,9 @@ def test_model_digest_follows_the_weights_not_only_the_spec(tmp_path, tiny_model
     assert spec.digest == spec_before and model_digest(spec) != before
 
     # Large files are sampled (head, tail, evenly spaced windows): a rewrite is still seen.
-    monkeypatch.setattr(models, "_FULL_HASH_BYTES", 1024)
-    monkeypatch.setattr(models, "_SAMPLE_BYTES", 256)
-    monkeypatch.setattr(models, "_fingerprints", {})  # the per-process cache holds whole-file hashes
+    monkeypatch.setattr(fingerprints, "_FULL_HASH_BYTES", 1024)
+    monkeypatch.setattr(fingerprints, "_SAMPLE_BYTES", 256)
+    monkeypatch.setattr(fingerprints, "_fingerprints", {})  # the per-process cache holds whole-file hashes
     sampled = weights_digest(spec)
     encoder = model_dir / "ip_adapter" / "models" / "image_encoder" / "model.safetensors"
     data = bytearray(encoder.read_bytes())

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from tight_pipeline import scores, sheets, storage
-from tight_pipeline.engine.models import ModelSpec
+from tight_pipeline.engine.specs import ModelSpec
 from tight_pipeline.manifest import Item
 from tight_pipeline.presets import Preset
 

@@ -42,7 +42,8 @@ import pyarrow.parquet as pq
 
 from tight_pipeline import scores, storage
 from tight_pipeline.actor import SUMMARY_COLUMNS, AttemptLedger, DoneFilter, EditorActor, now
-from tight_pipeline.engine.models import ModelSpec, model_digest, resolve_model_spec
+from tight_pipeline.engine.specs import ModelSpec, resolve_model_spec
+from tight_pipeline.engine.fingerprints import model_digest
 from tight_pipeline.manifest import InvalidRow, iter_manifest
 from tight_pipeline.presets import Preset, load_preset, load_presets
 from tight_pipeline.variants import VariantRequest, load_style_set
@@ -201,7 +202,7 @@ def connect_ray(num_cpus: int | None = None):
         if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or os.path.exists(token_file)):
             os.environ["RAY_AUTH_MODE"] = "token"  # clusters started with a token refuse drivers without it
     else:
-        # Loopback only: without this Ray listens on every interface (see ../shared/STACK.md).
+        # Loopback only: without this Ray listens on every interface (its dashboard, GCS and object manager).
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     import ray
 

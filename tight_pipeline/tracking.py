@@ -21,14 +21,45 @@ import pandas as pd
 import pyarrow.compute as pc
 from PIL import Image
 
+from dataclasses import dataclass, field
+from typing import Any
+
 from tight_pipeline import scores, sheets, storage
-from tight_pipeline.job import JobResult
 from tight_pipeline.presets import Preset
 from tight_pipeline.settings import state_dir
 
 PRESETS_EXPERIMENT = "tight-pipeline-presets"
 TRADEOFF_EXPERIMENT = "tight-pipeline-tradeoff"  # trade-off sweeps and demo-model evaluations
 MAX_INLINE_ROWS = 20_000  # this run's rows attached to the MLflow run up to this many; a link above
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What MLflow records of one finished job, as plain values (``flows/tasks.run_facts`` builds it from the
+    job's result, so this module knows nothing of the job's types). The rows themselves are read back from
+    the scores dataset under ``output``: this run's by ``run_id``, the manifest's by ``manifest_filter``."""
+
+    run_id: str
+    output: str
+    manifest: str
+    manifest_digest: str
+    default_preset: Preset
+    presets: tuple[Preset, ...]
+    model_name: str
+    model_params: dict[str, Any]
+    model_digest: str  # the spec's settings + its weights (Parquet ``model_digest``)
+    model_spec_digest: str
+    wall_s: float
+    processed_items: int
+    counts: dict[str, int]
+    scores_uri: str
+    plan: dict[str, int] = field(default_factory=dict)  # items, invalid_rows, to_do, done_before
+    params: dict[str, Any] = field(default_factory=dict)  # run settings worth a param (actors, batch size, variants)
+    manifest_filter: Any = None  # pyarrow expression: this manifest's rows under this run's presets
+
+    def run_rows(self, columns: list[str] | None = None) -> pd.DataFrame:
+        """The rows this run wrote (current ones), only ``columns``."""
+        return scores.read_latest(self.output, columns, filter=pc.field("run_id") == self.run_id)
 
 
 def tracking_uri() -> str:
@@ -100,15 +131,15 @@ def worst_rows(rows: pd.DataFrame, n: int = 20) -> pd.DataFrame:
     return pd.concat([bad.sort_values(["item_id", "edit_id"]), ok]).head(n).reset_index(drop=True)
 
 
-def worst_rows_of(result: JobResult, n: int = 20) -> pd.DataFrame:
+def worst_rows_of(facts: RunFacts, n: int = 20) -> pd.DataFrame:
     """``worst_rows`` over the manifest's current rows, reading two score columns for all of them and every
     column only for the ``n`` picked (catalog-size runs)."""
-    light = scores.read_latest(result.config.output, ["status", "psnr_vs_input"], filter=result.manifest_filter())
+    light = scores.read_latest(facts.output, ["status", "psnr_vs_input"], filter=facts.manifest_filter)
     picked = worst_rows(light, n)[scores.KEY] if len(light) else light.reindex(columns=scores.KEY)
     if picked.empty:
         return worst_rows(light, 0)
-    full = scores.read_latest(result.config.output, filter=result.manifest_filter()
-                              & pc.field("item_id").isin(sorted(set(picked["item_id"]))))
+    keep = pc.field("item_id").isin(sorted(set(picked["item_id"])))
+    full = scores.read_latest(facts.output, filter=keep if facts.manifest_filter is None else facts.manifest_filter & keep)
     return picked.merge(full, on=scores.KEY, how="left").reindex(columns=WORST_COLUMNS)
 
 
@@ -202,7 +233,7 @@ def _load(uri: str) -> Image.Image:
     return Image.open(io.BytesIO(storage.read_bytes(uri))).convert("RGB")
 
 
-def log_run(result: JobResult, sheet: Image.Image | None = None, flow_name: str = "tight-pipeline",
+def log_run(facts: RunFacts, sheet: Image.Image, flow_name: str = "tight-pipeline",
             extra_tags: dict | None = None, experiment: str = "tight-pipeline",
             contact_sheet_uri: str | None = None, extra_artifacts: dict[str, bytes] | None = None,
             mlflow_run_id: str | None = None, worst: pd.DataFrame | None = None) -> dict[str, str]:
@@ -211,46 +242,40 @@ def log_run(result: JobResult, sheet: Image.Image | None = None, flow_name: str 
     Returns ids and links (run id, UI link, artifact URLs when the tracking server serves them)."""
     mlflow = connect()
     exp_id = experiment_id(mlflow, experiment)
-    preset_runs = {p.hash: track_preset(p) for p in result.presets.values()}
-    cfg = result.config
-    default = result.preset
-    start = dict(run_id=mlflow_run_id) if mlflow_run_id else dict(experiment_id=exp_id, run_name=f"{flow_name}-{cfg.run_id}")
+    preset_runs = {p.hash: track_preset(p) for p in facts.presets}
+    default = facts.default_preset
+    start = dict(run_id=mlflow_run_id) if mlflow_run_id else dict(experiment_id=exp_id, run_name=f"{flow_name}-{facts.run_id}")
     with mlflow.start_run(**start) as run:
         mlflow.set_tags({
-            "flow": flow_name, "run_id": cfg.run_id, "preset": default.name, "preset_hash": default.hash,
-            "preset_run_id": preset_runs[default.hash], "model": result.model.name,
-            "output": storage.redact(cfg.output), **(extra_tags or {}),
+            "flow": flow_name, "run_id": facts.run_id, "preset": default.name, "preset_hash": default.hash,
+            "preset_run_id": preset_runs[default.hash], "model": facts.model_name,
+            "output": storage.redact(facts.output), **(extra_tags or {}),
         })
         params = {f"preset.{k}": v for k, v in default.to_dict().items()}
-        params.update({f"model.{k}": v for k, v in result.model.to_dict().items()})
-        params["model.digest"] = result.model_digest  # settings + weights
-        params["model.spec_digest"] = result.model.digest
+        params.update({f"model.{k}": v for k, v in facts.model_params.items()})
+        params["model.digest"] = facts.model_digest  # settings + weights
+        params["model.spec_digest"] = facts.model_spec_digest
         params.update({
-            "manifest_uri": storage.redact(cfg.manifest), "manifest_digest": result.plan.manifest_digest,
-            "output": storage.redact(cfg.output), "actors": cfg.actors, "batch_size": cfg.batch_size,
-            "presets_used": ",".join(sorted(f"{p.name}:{p.hash}" for p in result.presets.values())),
+            "manifest_uri": storage.redact(facts.manifest), "manifest_digest": facts.manifest_digest,
+            "output": storage.redact(facts.output),
+            "presets_used": ",".join(sorted(f"{p.name}:{p.hash}" for p in facts.presets)), **facts.params,
         })
-        request = cfg.variant_request()
-        if request is not None:  # a variant job: the run's default count and style set (items may override)
-            params.update({"variants.n": request.n, "variants.style_set": request.style_set.name,
-                           "variants.style_set_hash": request.style_set.hash,
-                           "variants.styles": " | ".join(request.style_set.styles)})
         mlflow.log_params({k: storage.redact(str(v))[:500] for k, v in params.items()})
-        _log_input(mlflow, result)
+        _log_input(mlflow, facts)
         # Scores of this run's rows only, read with the columns the aggregates need (catalog-size runs).
-        scored = result.run_rows(["status", "preset_hash", "item_id", *AGGREGATED, "adapter_scale", "auto_reason"])
+        scored = facts.run_rows(["status", "preset_hash", "item_id", *AGGREGATED, "adapter_scale", "auto_reason"])
         mlflow.log_metrics({k: for_people(v) for k, v in
-                            aggregate_metrics(scored, result.wall_s, result.processed_items, result.counts).items()})
+                            aggregate_metrics(scored, facts.wall_s, facts.processed_items, facts.counts).items()})
         mlflow.log_text(default.to_yaml(), "preset.yaml")
         with tempfile.TemporaryDirectory() as tmp:
             if len(scored) <= MAX_INLINE_ROWS:
                 parquet = Path(tmp) / "scores.parquet"
-                result.run_rows().to_parquet(parquet, index=False)
+                facts.run_rows().to_parquet(parquet, index=False)
                 mlflow.log_artifact(str(parquet))
             else:
-                mlflow.log_text(storage.redact(result.scores_uri), "scores_link.txt")
+                mlflow.log_text(storage.redact(facts.scores_uri), "scores_link.txt")
             sheet_path = Path(tmp) / "contact_sheet.png"
-            (sheet if sheet is not None else build_contact_sheet(result.sample_rows())).save(sheet_path)
+            sheet.save(sheet_path)
             mlflow.log_artifact(str(sheet_path))
             if worst is not None and len(worst):
                 # A table MLflow previews (Artifacts tab, and the experiment's evaluation view), and the worst
@@ -273,12 +298,10 @@ def log_run(result: JobResult, sheet: Image.Image | None = None, flow_name: str 
             "worst_items_url": artifact_url(run_id, "worst_items.png") if worst is not None and (worst["status"] == "ok").any() else None}
 
 
-def _log_input(mlflow, result: JobResult) -> None:
-    plan = result.plan
-    frame = pd.DataFrame([{"items": plan.items, "invalid_rows": plan.invalid_rows, "to_do": plan.todo_items,
-                           "done_before": plan.candidate_items}])
-    dataset = mlflow.data.from_pandas(frame, source=storage.redact(result.config.manifest), name="manifest",
-                                      digest=plan.manifest_digest[:16])
+def _log_input(mlflow, facts: RunFacts) -> None:
+    frame = pd.DataFrame([facts.plan or {"items": 0}])
+    dataset = mlflow.data.from_pandas(frame, source=storage.redact(facts.manifest), name="manifest",
+                                      digest=facts.manifest_digest[:16])
     mlflow.log_input(dataset, context="manifest")
 
 

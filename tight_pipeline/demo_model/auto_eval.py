@@ -54,7 +54,7 @@ def evaluate_auto_strength(model: str, report_dir: str | Path, config: AutoEvalC
 
     from tight_pipeline.engine import strength
     from tight_pipeline.engine.factory import load_engine
-    from tight_pipeline.engine.models import resolve_model_spec
+    from tight_pipeline.engine.specs import resolve_model_spec
     from tight_pipeline.engine.runner import ItemRequest
     from tight_pipeline.presets import Preset
 

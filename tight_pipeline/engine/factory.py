@@ -10,7 +10,7 @@ imports both, and everything above the engine loads models through it.
 
 from __future__ import annotations
 
-from tight_pipeline.engine.models import ModelSpec
+from tight_pipeline.engine.specs import ModelSpec
 from tight_pipeline.engine.runner import TightInversion
 
 

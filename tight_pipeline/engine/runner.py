@@ -31,7 +31,8 @@ import torch
 from PIL import Image
 
 from tight_pipeline.engine import conditioning, editing, inversion, metrics
-from tight_pipeline.engine.models import ModelSpec, load_pipeline
+from tight_pipeline.engine.specs import ModelSpec
+from tight_pipeline.engine.models import load_pipeline
 from tight_pipeline.presets import Preset
 
 
