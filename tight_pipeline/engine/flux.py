@@ -173,7 +173,7 @@ class FluxTightInversion(TightInversion):
         pipe = self.pipe
         for _, index in groups.items():
             n = len(index)
-            z0 = self.encode(self.pixels([images[i] for i in index]))
+            z0 = self._encode_once([images[i] for i in index])
             y0 = self.pack(z0)
             image_ids = pipe._prepare_latent_image_ids(1, z0.shape[-2] // 2, z0.shape[-1] // 2, self.device, self.dtype)
             text = embed_text(pipe, [prompts[i] for i in index])

@@ -203,7 +203,7 @@ class TightInversion:
         pipe = self.pipe
         prediction_type = pipe.scheduler.config.prediction_type
         for (w, h), index in groups.items():
-            z0 = self.encode(self.pixels([images[i] for i in index]))
+            z0 = self._encode_once([images[i] for i in index])
             text = conditioning.embed_text(pipe, [prompts[i] for i in index], h, w)
             # At scale 0 the adapter's output is multiplied by 0: any embeds of the right shape do, so the image
             # encoder runs once per size, not once per image.
@@ -223,6 +223,14 @@ class TightInversion:
             for j, i in enumerate(index):
                 out[i] = float(err[j]) / (len(seeds) * len(timesteps))
         return out
+
+    def _encode_once(self, images: list[Image.Image]) -> torch.Tensor:
+        """Latents of same-size ``images``, one row each, encoding an image that appears several times once
+        (the judge asks two prompts about every edited image)."""
+        first = {id(im): k for k, im in reversed(list(enumerate(images)))}
+        order = list(dict.fromkeys(id(im) for im in images))
+        z = self.encode(self.pixels([images[first[key]] for key in order]))
+        return z[[order.index(id(im)) for im in images]]
 
     def check_inputs(self, preset: Preset, source_prompt: str, edits: list[tuple[str, str]]) -> list[str]:
         """Raise ``InputError`` for a method of another family or an empty prompt; warnings for long ones."""
