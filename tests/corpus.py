@@ -112,7 +112,8 @@ def write_corpus(folder: str | Path) -> tuple[Path, dict[str, tuple[str, str]]]:
     add("bomb", rec("bomb", "bomb.png"), ("error", "refused before decoding"))
     add("missing-object", rec("missing-object", "does-not-exist.png"), ("error", "does not exist"))
     add("row-17", rec("bad-scheme", "ftp://example.com/a.png"), ("invalid", "scheme 'ftp'"))
-    add("row-18", rec("empty-prompt", "good.png", prompt="   "), ("invalid", "source_prompt is empty"))
+    # empty prompts are prompts (the model's empty one), as the method accepts them
+    add("empty-prompt", rec("empty-prompt", "good.png", prompt="   "), ("ok", ""))
     add("long-prompt", rec("long-prompt", "good.png", prompt="a mug " * 120), ("ok", "tokens"))
     add("non-latin", rec("non-latin", "good.png", prompt="赤いマグカップ, кружка",
                          edits=[{"edit_id": "ja", "prompt": "青いマグカップ"}]), ("ok", ""))
@@ -123,7 +124,7 @@ def write_corpus(folder: str | Path) -> tuple[Path, dict[str, tuple[str, str]]]:
     add("row-25", rec("%2e%2e", "good.png"), ("invalid", "not a safe id"))
     add("row-26", rec("unknown-preset", "good.png", preset="ultra"), ("invalid", "unknown preset"))
     add("row-27", '{"item_id": "broken", "image_uri": ', ("invalid", "malformed JSON"))
-    add("row-28", rec("empty-edit", "good.png", edits=[{"edit_id": "e", "prompt": ""}]), ("invalid", "prompt is empty"))
+    add("empty-edit", rec("empty-edit", "good.png", edits=[{"edit_id": "e", "prompt": ""}]), ("ok", "negative"))
     add("row-29", rec("http-url", "http://127.0.0.1:9/a.png"), ("invalid", "scheme 'http'"))
     # not bad input: an item of its own preset with automatic strength (its rows carry the chosen scale)
     add("auto-strength", rec("auto-strength", "good.png", preset="smoke@auto"), ("ok", "auto"))

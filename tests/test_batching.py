@@ -43,7 +43,9 @@ def chunked_engine(tiny_spec):
 
 @pytest.mark.parametrize("method,extra", [
     ("ddim", {}),
-    ("renoise", {"renoise_iterations": 3, "renoise_average_last": 2}),
+    # ReNoise with the authors' early schedule and noise regularisation: per-item noise and random shifts
+    ("renoise", {"renoise_iterations": 3, "renoise_average_last": 2, "renoise_early_t": 500, "renoise_early_average": 2,
+                 "renoise_reg_kl": 0.065, "renoise_reg_ac": 20.0, "renoise_reg_steps": 2, "renoise_reg_rolls": 2}),
     ("ddpm_ef", {}),
     ("ddim", {"edit_scale": 0.8}),  # edits at another scale than the inversion: separate denoising calls
 ])

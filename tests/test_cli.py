@@ -52,7 +52,6 @@ def test_edit_writes_images_sheet_and_scores(tmp_path, tiny_model_dir, photo):
         ("missing", "does not exist"),
         ("html", "cannot identify image (HTML)"),
         ("truncated", "truncated"),
-        ("empty-prompt", "--source-prompt is empty"),
         ("unknown-preset", "unknown preset 'ultra'"),
         ("unknown-model", "unknown model 'nope'"),
     ],
@@ -66,7 +65,7 @@ def test_edit_bad_input_exits_2_with_one_clear_line(tmp_path, tiny_model_dir, ca
         image.write_bytes(files[case][1])
     if case == "missing":
         image = tmp_path / "nope.jpg"
-    args = ["edit", str(image), "--source-prompt", "   " if case == "empty-prompt" else "a mug", "--edit", "a blue mug",
+    args = ["edit", str(image), "--source-prompt", "a mug", "--edit", "a blue mug",
             "--preset", "ultra" if case == "unknown-preset" else "smoke",
             "--model", "nope" if case == "unknown-model" else str(tiny_model_dir), "--out", str(tmp_path / "o")]
     proc = subprocess.run(CLI + args, capture_output=True, text=True, env=_env(tmp_path), timeout=120)
@@ -101,6 +100,8 @@ def test_bad_input_corpus_through_run(tmp_path, tiny_model_dir):
             assert who in row["error"], (key, row["error"])
         elif needle == "tokens":
             assert "tokens" in row["warnings"]
+        elif needle == "negative":  # an empty edit against the empty negative prompt: accepted, and said
+            assert "same as its negative prompt" in row["warnings"]
         elif needle == "upright":
             fitted = Image.open(row["input_uri"])
             assert fitted.height > fitted.width and "EXIF" in row["warnings"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import torch
 from diffusers import DDIMInverseScheduler
 
 from tight_pipeline.engine import conditioning, editing, inversion
@@ -133,8 +134,22 @@ def test_different_inversion_and_edit_scales_run_as_two_batches(engine, photo):
 
 def test_bad_prompts_and_shapes_are_input_errors(engine, photo):
     preset = dataclasses.replace(load_preset("draft"), steps=2)
-    with pytest.raises(InputError, match="source prompt is empty"):
-        engine.edit_item(photo, "  ", [("a", "x")], preset)
+    with pytest.raises(InputError, match="source prompt must be text"):
+        engine.edit_item(photo, None, [("a", "x")], preset)
+    # empty prompts are the model's empty prompt (zero text embeds on SDXL), as the authors' pipelines take them
+    blank = engine.edit_item(photo, "  ", [("a", "a red cup"), ("e", "")], preset)
+    assert set(blank.edits) == {"a", "e"} and blank.scores["psnr_vs_vae"] > 5
+    assert [w for w in blank.warnings if "same as its negative prompt" in w and "'e'" in w]
+    text = conditioning.embed_text(engine.pipe, ["", " ", "a cup"], 64, 64)
+    assert torch.equal(text.embeds[0], text.embeds[1]) and not torch.equal(text.embeds[0], text.embeds[2])
+    before = engine.pipe.config.get("force_zeros_for_empty_prompt", False)
+    engine.pipe.register_to_config(force_zeros_for_empty_prompt=True)  # what SDXL base ships with
+    try:
+        text = conditioning.embed_text(engine.pipe, ["", " ", "a cup"], 64, 64)
+    finally:
+        engine.pipe.register_to_config(force_zeros_for_empty_prompt=before)
+    assert float(text.embeds[:2].abs().max()) == 0.0 and float(text.pooled[:2].abs().max()) == 0.0
+    assert float(text.embeds[2].abs().max()) > 0.0
     with pytest.raises(InputError, match="aspect ratio"):
         fit_size(4000, 100, 64, 4)
     long = engine.edit_item(photo, "cup " * 200, [("a", "a cup")], preset)

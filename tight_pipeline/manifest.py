@@ -178,8 +178,12 @@ def _maybe_json(value: Any, what: str) -> Any:
 
 
 def _check_prompt(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{what} is empty")
+    """The prompt, or "" for an empty (or all-blank) one: the model's empty prompt, which the method accepts
+    (zero text embeddings on SDXL) - an unconditioned inversion, or an edit guided by the image alone."""
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be text, got {type(value).__name__}")
+    if not value.strip():
+        return ""
     if len(value) > MAX_PROMPT_CHARS:
         raise ValueError(f"{what} is {len(value)} characters, over the {MAX_PROMPT_CHARS}-character limit")
     if "\x00" in value:
@@ -251,7 +255,8 @@ class _Validator:
         return items, invalid
 
     def item(self, row: int, rec: dict, source_uri: str) -> Item:
-        missing = [c for c in REQUIRED if rec.get(c) in (None, "")]
+        # an empty source prompt is a prompt (the model's empty one); an absent one is a missing field
+        missing = [c for c in REQUIRED if rec.get(c) is None or (c != "source_prompt" and rec.get(c) == "")]
         if missing:
             raise ValueError(f"missing required field(s) {missing}")
         item_id = storage.check_id(rec.get("item_id"), "item_id")

@@ -23,7 +23,9 @@ METHODS = ("ddim", "renoise", "ddpm_ef", "rf_inversion")
 # output folders) of presets that don't use them stay what they were.
 _LATER_DEFAULTS = {"gamma": 0.0, "eta": 0.0, "eta_start": 0.0, "eta_stop": 0.25, "fixed_point_iterations": 0,
                    "inversion_prompt": "source", "distilled_guidance": 3.5, "negative_source": False,
-                   "auto_scales": (), "auto_min_landed": 0.6, "auto_min_kept_db": 26.0}
+                   "auto_scales": (), "auto_min_landed": 0.6, "auto_min_kept_db": 26.0,
+                   "renoise_early_t": 0, "renoise_early_average": 5, "renoise_reg_kl": 0.0, "renoise_reg_ac": 0.0,
+                   "renoise_reg_steps": 0, "renoise_reg_rolls": 5}
 # ``name@auto``: the candidate adapter scales tried, strongest first (see engine/strength.py).
 DEFAULT_AUTO_SCALES = (1.0, 0.4, 0.0)
 
@@ -45,9 +47,15 @@ class Preset:
         inversion_scale: adapter scale during inversion and reconstruction (0 = plain, text-only).
         edit_scale: adapter scale during editing (the authors use the same value as inversion).
         guidance: classifier-free guidance for edits; inversion and reconstruction run at 1.0.
-        seed: random seed of the ``ddpm_ef`` noise (the DDIM paths are deterministic).
+        seed: random seed of the ``ddpm_ef`` noise and of ReNoise's regularisation (the other DDIM paths are deterministic).
         renoise_iterations: fixed-point iterations per inversion step (``renoise`` only).
         renoise_average_last: how many of the last iterations' predictions are averaged.
+        renoise_early_t: the ReNoise authors' schedule near the clean end: at timesteps below this (0 = off;
+            theirs: 250) each inversion step averages its first ``renoise_early_average`` predictions (the DDIM
+            guess's included; theirs: 5) instead of iterating ``renoise_iterations`` times.
+        renoise_reg_kl, renoise_reg_ac, renoise_reg_steps, renoise_reg_rolls: ReNoise's noise regularisation
+            (``engine/regularization.py``): weights of the patch-KL and autocorrelation terms, gradient rounds
+            (0 = off) and autocorrelation steps per round (theirs: 0.065, 20, 4, 5).
         negative_prompt: text of the unconditional branch for edits ("" = the model's empty prompt).
         negative_source: use each item's source prompt as its edits' negative prompt (the authors' demo
             switch "use source as negative"; overrides ``negative_prompt``): guidance then pushes away from
@@ -90,6 +98,12 @@ class Preset:
     auto_scales: tuple[float, ...] = ()
     auto_min_landed: float = 0.6
     auto_min_kept_db: float = 26.0
+    renoise_early_t: int = 0
+    renoise_early_average: int = 5
+    renoise_reg_kl: float = 0.0
+    renoise_reg_ac: float = 0.0
+    renoise_reg_steps: int = 0
+    renoise_reg_rolls: int = 5
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -118,6 +132,15 @@ class Preset:
                 "renoise needs renoise_iterations >= 1 and 1 <= renoise_average_last <= renoise_iterations "
                 f"(got {self.renoise_iterations}, {self.renoise_average_last})"
             )
+        for key, low, high in (("renoise_early_t", 0, 1000), ("renoise_early_average", 1, 50),
+                               ("renoise_reg_steps", 0, 20), ("renoise_reg_rolls", 1, 50)):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                problems.append(f"{key} {value!r} must be an integer in {low}..{high}")
+        for key in ("renoise_reg_kl", "renoise_reg_ac"):
+            value = getattr(self, key)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1000.0:
+                problems.append(f"{key} {value!r} must be a number in 0..1000")
         for key in ("gamma", "eta", "eta_start", "eta_stop"):
             value = getattr(self, key)
             if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:

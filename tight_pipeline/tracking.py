@@ -365,6 +365,23 @@ def log_auto_evaluation(report: dict, report_dir: Path) -> str:
         return run.info.run_id
 
 
+def log_renoise_evaluation(report: dict, report_dir: Path) -> str:
+    """One run in the trade-off experiment for ``tight-pipeline evaluate-renoise-parity``: every variant's
+    reconstruction, edit success and cost as metrics (``<variant>.<figure>``), and the report files."""
+    mlflow = connect()
+    exp_id = experiment_id(mlflow, TRADEOFF_EXPERIMENT)
+    with mlflow.start_run(experiment_id=exp_id, run_name="renoise-parity-evaluation") as run:
+        mlflow.set_tags({"kind": "renoise-parity-evaluation", "model": report["model"]})
+        mlflow.log_params({f"eval.{k}": str(v)[:500] for k, v in report["config"].items()})
+        for row in report["table"]:
+            key = "".join(ch if ch.isalnum() else "_" for ch in row["row"]).strip("_")
+            mlflow.log_metrics({f"{key}.{k}": for_people(float(row[k])) for k in
+                                ("reconstruction_psnr_vs_vae", "edit_success", "iou", "background_psnr", "s_per_item")})
+        for name in ("renoise.json", "renoise.md"):
+            mlflow.log_artifact(str(Path(report_dir) / name))
+        return run.info.run_id
+
+
 def _markdown(table: pd.DataFrame) -> str:
     try:
         return table.to_markdown(index=False)

@@ -112,7 +112,7 @@ def evaluate_demo_model(model: str, report_dir: str | Path, config: EvalConfig =
         roundtrip = engine.decode(z0)
         text_src = conditioning.embed_text(pipe, sources, size, size)
         text_edit = conditioning.embed_text(pipe, edits, size, size)
-        text_neg = conditioning.embed_text(pipe, [""], size, size)
+        text_neg = conditioning.embed_text(pipe, [""], size, size, zero_empty=False)  # as the committed grid was measured
         embeds = [conditioning.embed_image(pipe, s.image) for s in shots]
     pos = torch.cat([e.positive for e in embeds])
     neg = torch.cat([e.negative for e in embeds])

@@ -66,19 +66,29 @@ def has_adapter(pipe) -> bool:
 
 
 @torch.no_grad()
-def embed_text(pipe, prompts: list[str], height: int, width: int) -> TextCondition:
-    """Encode ``prompts`` with the pipeline's text encoder(s); no CFG duplication here."""
+def embed_text(pipe, prompts: list[str], height: int, width: int, zero_empty: bool = True) -> TextCondition:
+    """Encode ``prompts`` with the pipeline's text encoder(s); no CFG duplication here.
+
+    An empty (or all-blank) prompt is the model's empty prompt: zero embeddings where the model says so
+    (``force_zeros_for_empty_prompt``, SDXL: what its pipeline does for an empty negative prompt), else the
+    encoded empty string. ``zero_empty=False`` always encodes (the demo model's evaluation grid was measured so).
+    """
     device = pipe.unet.device
     if hasattr(pipe, "text_encoder_2"):  # SDXL: two encoders, pooled embeds and size/crop time ids
         embeds, _, pooled, _ = pipe.encode_prompt(
-            prompt=prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False
+            prompt=[p if p.strip() else "" for p in prompts], device=device, num_images_per_prompt=1,
+            do_classifier_free_guidance=False,
         )
         proj_dim = pipe.text_encoder_2.config.projection_dim if pipe.text_encoder_2 is not None else pooled.shape[-1]
         time_ids = pipe._get_add_time_ids(
             (height, width), (0, 0), (height, width), dtype=embeds.dtype, text_encoder_projection_dim=proj_dim
         )
+        if zero_empty and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
+            blank = torch.tensor([not p.strip() for p in prompts], device=embeds.device)
+            embeds = torch.where(blank[:, None, None], torch.zeros_like(embeds), embeds)
+            pooled = torch.where(blank[:, None], torch.zeros_like(pooled), pooled)
         return TextCondition(embeds, pooled, time_ids.to(device).repeat(len(prompts), 1))
-    embeds, _ = pipe.encode_prompt(prompts, device, 1, False)
+    embeds, _ = pipe.encode_prompt([p if p.strip() else "" for p in prompts], device, 1, False)
     return TextCondition(embeds, None, None)
 
 

@@ -9,6 +9,8 @@ going from noise level ``t - Δ`` to ``t``, the model is evaluated at timestep `
 the denoising step from ``z_t`` uses ε(z_t, t), so an exact inverse needs z_t = step(z_{t-Δ}, ε(z_t, t)).
 Starting from the DDIM guess, it re-evaluates the model at the current guess ``iterations`` times and uses
 the mean of the last ``average_last`` predictions. ``average_last = 1`` is the pure fixed-point iteration.
+Optionally as the ReNoise authors run it: near the clean end (t < ``early_t``) fewer iterations averaged from
+the first, and every used prediction regularised towards Gaussian-noise statistics (``regularization.py``).
 
 ``invert_ddpm_ef`` is edit-friendly DDPM inversion (Huberman-Spiegelglas et al. 2024, the inversion behind
 LEDITS++): independent noisy versions x_t of the latent at every level, then per step the noise map
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from tight_pipeline.engine.conditioning import TextCondition, predict_noise
+from tight_pipeline.engine.regularization import NoiseRegularization, regularize
 
 
 @dataclass(frozen=True)
@@ -107,32 +110,66 @@ def invert_renoise(
     average_last: int = 1,
     callback=None,
     max_batch: int = 0,
+    early_t: int = 0,
+    early_average: int = 5,
+    reg: NoiseRegularization = NoiseRegularization(),
+    seed: int = 0,
 ):
     """ReNoise / fixed-point inversion: every step iterated towards z_t = move(z_{t-Δ}, ε(z_t, t)).
 
-    Same arguments as ``invert_ddim``. Per step: the DDIM guess, then ``iterations`` times
-    ε_k = ε(guess, t); ε̄ = mean of the last ``average_last`` ε_k; guess ← move(z_{t-Δ}, ε̄) — the affine DDIM
-    step solved for the z_t whose denoising step lands on z_{t-Δ} (Garibi et al. 2024, ReNoise, Alg. 1).
-    All of it in float32; only the UNet runs in the model's dtype.
+    Same arguments as ``invert_ddim``, plus the authors' schedule and regularisation (Garibi et al. 2024, ReNoise,
+    Alg. 1 and Sec. 3.3). Per step from z = z_{t-Δ}, predictions ε_0 … ε_n of the noise at timestep t:
+    ε_0 = ε(z, t) (the DDIM guess's), then ε_k = ε(g_k, t) at the guesses g_k = move(z, ε_{k-1}) — the affine DDIM
+    step solved for the z_t whose denoising step lands on z_{t-Δ}. The step's result is move(z, mean of a window
+    of the ε_k):
+
+    - ``t >= early_t`` (every step when ``early_t`` is 0): n = ``iterations``, the mean of the last
+      ``average_last`` (the authors: 9 iterations, the last 2);
+    - ``t < early_t``: the mean of the first ``early_average`` predictions, ε_0 included (the authors: below
+      t = 250, 5 from the first) — near the clean image the first guesses are already good.
+
+    With ``reg`` on, every prediction inside the window (and the window's mean) is regularised
+    (``regularization.regularize``) towards ε_fwd = ε(√ᾱ_t z_0 + √(1-ᾱ_t) n, t), n a Gaussian drawn once per item
+    from ``seed``; that costs one more model call per step. All of it in float32; only the UNet runs in the
+    model's dtype. Predictions are averaged as noise (ε), so a v-prediction model averages what an ε model does.
     """
     if iterations < 1 or not 1 <= average_last <= iterations:
         raise ValueError(f"renoise needs iterations >= 1 and 1 <= average_last <= iterations, got {iterations}, {average_last}")
-    z = latents.float()
+    if early_t and early_average < 1:
+        raise ValueError(f"renoise needs early_average >= 1, got {early_average}")
+    z0 = latents.float()
+    z = z0
+    noise = gens = None
+    if reg.on:  # per item, so that an item's noise and random shifts are its own in any batch
+        noise = torch.cat([torch.randn((1, *z0.shape[1:]), generator=torch.Generator().manual_seed(seed))
+                           for _ in range(z0.shape[0])]).to(z0.device)
+        gens = [torch.Generator().manual_seed(seed + 1) for _ in range(z0.shape[0])]
+    pt = schedule.prediction_type
     for i, t in enumerate(reversed(schedule.timesteps)):
         a_from, a_to = schedule.alpha(t - schedule.step_ratio), schedule.alpha(t)
-        out = predict_noise(pipe, z, t, text, image_embeds, max_batch)
-        guess = ddim_move(z, out, a_from, a_to, schedule.prediction_type)
+        if t < early_t:
+            n, lo, hi = early_average - 1, 0, early_average
+        else:
+            n, lo, hi = iterations, iterations + 1 - average_last, iterations + 1
+        target = None
+        if reg.on:
+            forward = a_to**0.5 * z0 + (1 - a_to) ** 0.5 * noise
+            target = split_prediction(predict_noise(pipe, forward, t, text, image_embeds, max_batch), forward, a_to, pt)[1]
         kept = []
-        for k in range(iterations):
+        sample, level = z, a_from
+        for k in range(n + 1):
             # The prediction at the guess for z_t is the one the denoising step from z_t will use.
-            out_k = predict_noise(pipe, guess, t, text, image_embeds, max_batch)
-            if k >= iterations - average_last:
-                kept.append(out_k)
-            used = torch.stack(kept).mean(0) if kept else out_k
-            _, eps = split_prediction(used, guess, a_to, schedule.prediction_type)
-            # With the noise fixed, the DDIM step is affine: solve it for the z_t that lands on z_{t-Δ}.
-            guess = ddim_move(z, eps, a_from, a_to, "epsilon")
-        z = guess
+            _, eps = split_prediction(predict_noise(pipe, sample, t, text, image_embeds, max_batch), sample, level, pt)
+            if lo <= k < hi:
+                kept.append(eps)
+                if reg.on:
+                    eps = regularize(eps, target, reg, gens)
+            if k < n:  # with the noise fixed, the DDIM step is affine: solve it for the z_t that lands on z
+                sample, level = ddim_move(z, eps, a_from, a_to, "epsilon"), a_to
+        mean = torch.stack(kept).mean(0)
+        if reg.on:
+            mean = regularize(mean, target, reg, gens)
+        z = ddim_move(z, mean, a_from, a_to, "epsilon")
         if callback:
             callback(i)
     return z

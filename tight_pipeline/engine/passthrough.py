@@ -45,8 +45,8 @@ class PassthroughEngine:
                 os._exit(70)  # the fault drill: the worker dies mid-batch
             try:
                 for what, prompt in [("source prompt", req.source_prompt)] + [(f"edit {e!r} prompt", p) for e, p in req.edits]:
-                    if not isinstance(prompt, str) or not prompt.strip():
-                        raise InputError(f"{what} is empty")
+                    if not isinstance(prompt, str):
+                        raise InputError(f"{what} must be text")
                 w, h = fit_size(req.image.width, req.image.height, self.spec.resolution, self.multiple)
                 fitted = req.image.convert("RGB").resize((w, h), Image.Resampling.BILINEAR)
             except Exception as exc:  # noqa: BLE001 - the item's own result

@@ -33,6 +33,7 @@ from PIL import Image
 from tight_pipeline.engine import conditioning, editing, inversion, metrics
 from tight_pipeline.engine.specs import ModelSpec
 from tight_pipeline.engine.models import load_pipeline
+from tight_pipeline.engine.regularization import NoiseRegularization
 from tight_pipeline.presets import Preset
 
 
@@ -233,11 +234,16 @@ class TightInversion:
         return z[[order.index(id(im)) for im in images]]
 
     def check_inputs(self, preset: Preset, source_prompt: str, edits: list[tuple[str, str]]) -> list[str]:
-        """Raise ``InputError`` for a method of another family or an empty prompt; warnings for long ones."""
+        """Raise ``InputError`` for a method of another family or a prompt that is not text; warnings for long
+        prompts and for edits whose guidance has nothing to push (edit prompt = negative prompt)."""
         self.check_method(preset)
         warnings = self.check_prompt(source_prompt, "source prompt")
         for edit_id, prompt in edits:
             warnings += self.check_prompt(prompt, f"edit {edit_id!r} prompt")
+            negative = source_prompt if preset.negative_source else preset.negative_prompt
+            if prompt.strip() == negative.strip():
+                warnings.append(f"edit {edit_id!r} prompt is the same as its negative prompt ({negative.strip()!r}): "
+                                "guidance has nothing to push towards, the edit is a reconstruction at the edit scale")
         return warnings
 
     def check_method(self, preset: Preset) -> None:
@@ -251,8 +257,9 @@ class TightInversion:
         return len(self.pipe.tokenizer(prompt).input_ids), self.pipe.tokenizer.model_max_length
 
     def check_prompt(self, prompt: str, what: str) -> list[str]:
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise InputError(f"{what} is empty")
+        # An empty prompt is accepted (the model's empty prompt, as the authors' pipelines accept it).
+        if not isinstance(prompt, str):
+            raise InputError(f"{what} must be text, got {type(prompt).__name__}")
         n, limit = self.prompt_tokens(prompt)
         return [f"{what} has {n} tokens; the model reads the first {limit}, the rest is ignored"] if n > limit else []
 
@@ -264,9 +271,12 @@ class TightInversion:
         if preset.method == "ddpm_ef":
             return inversion.invert_ddpm_ef(self.pipe, z0, schedule, text, image_rows, seed=preset.seed,
                                             callback=callback, max_batch=mb)
+        reg = NoiseRegularization(kl=preset.renoise_reg_kl, ac=preset.renoise_reg_ac, steps=preset.renoise_reg_steps,
+                                  rolls=preset.renoise_reg_rolls)
         return inversion.invert_renoise(
             self.pipe, z0, schedule, text, image_rows, iterations=preset.renoise_iterations,
             average_last=preset.renoise_average_last, callback=callback, max_batch=mb,
+            early_t=preset.renoise_early_t, early_average=preset.renoise_early_average, reg=reg, seed=preset.seed,
         ), None
 
     def edit_item(
@@ -335,12 +345,6 @@ class TightInversion:
         prompts = [r.source_prompt for r in requests] + [p for r in requests for _, p in r.edits] + [preset.negative_prompt]
         text_all = conditioning.embed_text(pipe, prompts, h, w)
         negative = text_all.rows([len(prompts) - 1])
-        if not preset.negative_prompt and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
-            negative = conditioning.TextCondition(
-                torch.zeros_like(negative.embeds),
-                None if negative.pooled is None else torch.zeros_like(negative.pooled),
-                negative.time_ids,
-            )
         images = [conditioning.embed_image(pipe, f) for f in fitted]
         timings["embed_s"] = time.perf_counter() - t0
 
