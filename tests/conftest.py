@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny model written once per session, isolated state dirs, one embedded Ray."""
+"""Shared fixtures, one of each per test run: a tiny model, isolated state dirs, one S3 server, one embedded Ray,
+one Prefect server (in-process flows use it; CLI subprocesses reach it through ``prefect_env``)."""
 
 from __future__ import annotations
 
@@ -98,3 +99,20 @@ def ray_session(s3):
     ray = connect_ray(num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One Prefect server for the whole run (a start costs ~25 s on 2 cores); yields its API URL."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield PREFECT_API_URL.value()
+
+
+@pytest.fixture
+def prefect_env(prefect_harness):
+    """Environment for a CLI subprocess that reports to the session's Prefect server instead of starting its own
+    temporary one (what a deployment with ``PREFECT_API_URL`` set does)."""
+    return {"PREFECT_API_URL": prefect_harness}

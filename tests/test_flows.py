@@ -11,14 +11,6 @@ from tests.corpus import image_files
 from tight_pipeline.settings import state_dir
 
 
-@pytest.fixture(scope="module")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness():
-        yield
-
-
 def _upload_manifest(fs, bucket: str, n: int = 3) -> str:
     if not fs.exists(bucket):
         fs.mkdir(bucket)

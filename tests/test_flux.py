@@ -137,7 +137,7 @@ def test_flux_presets_load_and_old_hashes_are_stable():
     assert dataclasses.replace(sdxl, eta=0.5).hash != sdxl.hash
 
 
-def test_run_with_a_flux_spec_end_to_end(tmp_path, flux_dir):
+def test_run_with_a_flux_spec_end_to_end(tmp_path, flux_dir, prefect_env):
     """`tight-pipeline run` over the demo manifest with a FLUX spec: Parquet rows and MLflow metrics like SDXL."""
     import json
     import os
@@ -152,7 +152,7 @@ def test_run_with_a_flux_spec_end_to_end(tmp_path, flux_dir):
     manifest = write_demo_inputs(str(tmp_path / "in"))
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = dict(os.environ, RAY_TMPDIR=tempfile.mkdtemp(prefix="tpr", dir="/tmp"),
-               TIGHT_PIPELINE_HOME=str(tmp_path / "home"), MLFLOW_TRACKING_URI=tracking_uri)
+               TIGHT_PIPELINE_HOME=str(tmp_path / "home"), MLFLOW_TRACKING_URI=tracking_uri, **prefect_env)
     env.pop("AWS_ENDPOINT_URL", None)
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--manifest", manifest, "--output",
