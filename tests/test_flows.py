@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pandas as pd
-import pytest
 
 from tests.corpus import image_files
 from tight_pipeline.settings import state_dir
