@@ -50,6 +50,7 @@ def chunked_engine(tiny_spec):
     ("ddim", {"edit_scale": 0.8}),  # edits at another scale than the inversion: separate denoising calls
 ])
 def test_batched_items_equal_one_item_runs(engine, chunked_engine, method, extra):
+    # 6 steps: timesteps 831 ... 1 (ReNoise's early window, below 500, covers the last four)
     preset = Preset(**{**dict(name="t", method=method, steps=6, inversion_scale=0.4, edit_scale=0.4, guidance=5.0), **extra})
     requests = _requests()
     batched = chunked_engine.edit_items(requests, preset)

@@ -74,16 +74,16 @@ def test_rows_exactly_once_then_resume_then_redo_deleted(tmp_path, tiny_model_di
     assert not (out / "scores" / "_plan").exists() or not any((out / "scores" / "_plan").iterdir())  # plan removed
     assert len(list((out / "scores" / first.config.run_id).glob("part-*.parquet"))) >= 2  # written by the workers
 
-    second = run_job(config)
-    assert second.processed_items == 1 and second.skipped_items == 4  # only the failed item is retried
-    _assert_exactly_once(second.rows, 4)
-
     victim = ok.iloc[0]
     os.remove(victim["edit_uri"])
     third = run_job(config)
-    assert third.processed_items == 2  # the item whose PNG vanished + the still-failing one
+    # resume: the three items whose PNGs are all there are skipped; the item whose PNG vanished is redone, and
+    # the failed item is retried
+    assert third.processed_items == 2 and third.skipped_items == 3
     _assert_exactly_once(third.rows, 4)
     assert Path(victim["edit_uri"]).is_file()
+    redone = third.rows[(third.rows["run_id"] == third.config.run_id) & (third.rows["status"] != "invalid")]
+    assert set(redone["item_id"]) == {victim["item_id"], "broken"}
     stored = scores.read_latest(str(out))
     assert len(stored) == len(third.rows)  # one current row per key in the dataset too
     assert set(stored["model_digest"]) == {third.model_digest}

@@ -121,9 +121,14 @@ def evaluate_auto_strength(model: str, report_dir: str | Path, config: AutoEvalC
 
 
 def _judge_settings(engine) -> dict:
+    """The zero-shot judge's settings for this engine's family (noise levels differ: timesteps vs sigmas)."""
+    if engine.spec.family == "flux":
+        from tight_pipeline.engine import flux
+
+        return {"family": "flux", "sigmas": list(flux.JUDGE_SIGMAS), "seeds": list(flux.JUDGE_SEEDS)}
     from tight_pipeline.engine import runner
 
-    return {"timesteps": list(runner.JUDGE_TIMESTEPS), "seeds": list(runner.JUDGE_SEEDS)}
+    return {"family": engine.spec.family, "timesteps": list(runner.JUDGE_TIMESTEPS), "seeds": list(runner.JUDGE_SEEDS)}
 
 
 def _summary(label, scale, scored, per_item, judge_s=None, chosen=None, reasons=None, tries=None) -> dict:

@@ -74,16 +74,64 @@ def render_dataset(seed: int, count: int, offset: int = TRAIN_SEED_OFFSET):
     return images, [s.caption for s in shots], [s.spec for s in shots]
 
 
-def _save_atomic(obj, path: Path) -> None:
-    import torch
-
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 class Paused(RuntimeError):
     """``max_steps`` reached: the checkpoint is saved; run again to continue."""
+
+
+class _Run:
+    """The work folder of one training run: its record, its one checkpoint writer and the step budget.
+
+    A checkpoint is ``{"phase", "step", <name>: state_dict, ...}``; ``phase`` / ``step`` say where a resumed run
+    starts (step = steps already done in that phase).
+    """
+
+    def __init__(self, work: Path, config: TrainConfig, max_steps: int | None):
+        work.mkdir(parents=True, exist_ok=True)
+        self.ckpt_path, self.record_path = work / "checkpoint.pt", work / "record.json"
+        self.record = (json.loads(self.record_path.read_text()) if self.record_path.exists()
+                       else {"config": asdict(config), "loss": {}, "wall_s": {}})
+        stored = self.record["config"]  # settings added later are compatible while at their defaults
+        added = {k: v for k, v in asdict(config).items() if k not in stored}
+        if {k: asdict(config).get(k) for k in stored} != stored or added != {k: asdict(TrainConfig())[k] for k in added}:
+            raise ValueError(f"{work} holds a run with a different config; use another --work folder or the same settings")
+        self.max_steps, self.left = max_steps, max_steps if max_steps is not None else -1
+        self.clock = time.perf_counter()
+
+    def load(self) -> dict:
+        import torch
+
+        return torch.load(self.ckpt_path, weights_only=False) if self.ckpt_path.exists() else {"phase": "vae", "step": 0}
+
+    def save(self, phase: str, step: int, timed: str | None = None, **modules) -> None:
+        """The checkpoint (atomically) and the record; ``timed`` adds the time since the last save to that phase."""
+        import torch
+
+        if timed:
+            self.record["wall_s"][timed] = self.record["wall_s"].get(timed, 0) + time.perf_counter() - self.clock
+        tmp = self.ckpt_path.with_suffix(".tmp")
+        torch.save({"phase": phase, "step": step, **{k: m.state_dict() for k, m in modules.items()}}, tmp)
+        os.replace(tmp, self.ckpt_path)
+        self.write_record()
+        self.clock = time.perf_counter()
+
+    def write_record(self) -> None:
+        self.record_path.write_text(json.dumps(self.record))
+
+    def loss(self, phase: str, value: float) -> None:
+        self.record["loss"].setdefault(phase, []).append(round(value, 5))
+
+    def step_done(self, step: int, total: int, every: int, phase: str, **modules) -> None:
+        """After optimisation step ``step`` (0-based): checkpoint every ``every`` steps and at the end of the
+        phase, and stop with ``Paused`` (checkpoint saved) when this invocation's ``max_steps`` is used up."""
+        due = (step + 1) % every == 0 or step + 1 == total
+        pause = False
+        if self.left >= 0:  # a budget was given (-1: none)
+            self.left -= 1
+            pause = self.left == 0
+        if due or pause:
+            self.save(phase, step + 1, timed=phase, **modules)
+        if pause:
+            raise Paused(f"paused after {self.max_steps} steps; checkpoint in {self.ckpt_path}")
 
 
 def train_demo_model(out_dir: str | Path, work_dir: str | Path, config: TrainConfig = TrainConfig(),
@@ -93,127 +141,128 @@ def train_demo_model(out_dir: str | Path, work_dir: str | Path, config: TrainCon
     ``max_steps`` stops this invocation after that many optimisation steps (all phases together) with a
     checkpoint, raising ``Paused``: training in chunks gives exactly the weights of one uninterrupted run.
     """
-    budget = {"left": max_steps if max_steps is not None else -1}
-
-    def tick(save) -> None:
-        if budget["left"] < 0:
-            return
-        budget["left"] -= 1
-        if budget["left"] == 0:
-            save()
-            raise Paused(f"paused after {max_steps} steps; checkpoint in {ckpt_path}")
-    import copy
-
     import torch
     from diffusers import StableDiffusionXLPipeline
-    from tqdm import tqdm
+    from transformers import CLIPImageProcessor
 
-    from tight_pipeline.demo_model.architecture import build_components, build_tokenizer, init_adapter, save_demo_model
+    from tight_pipeline.demo_model.architecture import build_components, build_tokenizer, init_adapter
 
     t_start = time.perf_counter()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)
-    work = Path(work_dir)
-    work.mkdir(parents=True, exist_ok=True)
-    ckpt_path = work / "checkpoint.pt"
-    record_path = work / "record.json"
-    record = json.loads(record_path.read_text()) if record_path.exists() else {"config": asdict(config), "loss": {}, "wall_s": {}}
-    stored = record["config"]  # settings added later are compatible while at their defaults
-    added = {k: v for k, v in asdict(config).items() if k not in stored}
-    if {k: asdict(config).get(k) for k in stored} != stored or added != {k: asdict(TrainConfig())[k] for k in added}:
-        raise ValueError(f"{work} holds a run with a different config; use another --work folder or the same settings")
-
-    tokenizer = build_tokenizer(work / "tokenizer")
+    run = _Run(Path(work_dir), config, max_steps)
+    tokenizer = build_tokenizer(Path(work_dir) / "tokenizer")
     parts, image_encoder = build_components(config.seed, tokenizer)
     pipe = StableDiffusionXLPipeline(**parts, image_encoder=None, feature_extractor=None, force_zeros_for_empty_prompt=False)
     init_adapter(pipe.unet, image_encoder, config.seed + 1)
-    from transformers import CLIPImageProcessor
-
-    processor = CLIPImageProcessor(size=SIZE, crop_size=SIZE)
     pipe.to(device)
     image_encoder.to(device)
 
     log(f"rendering {config.train_images} training shots (seed {config.seed})")
     images, captions, _ = render_dataset(config.seed, config.train_images)
     pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    state = run.load()
+    if run.ckpt_path.exists():
+        log(f"resuming from {run.ckpt_path}: phase {state['phase']}, step {state['step']}")
 
-    state = torch.load(ckpt_path, weights_only=False) if ckpt_path.exists() else {"phase": "vae", "step": 0}
-    if ckpt_path.exists():
-        log(f"resuming from {ckpt_path}: phase {state['phase']}, step {state['step']}")
-
-    # -- phase 1: autoencoder -------------------------------------------------------------------------
     vae = pipe.vae
     if state["phase"] == "vae":
-        opt = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
-        if "vae" in state:
-            vae.load_state_dict(state["vae"])
-            opt.load_state_dict(state["opt"])
-        vae.train()
-        bar = tqdm(range(state["step"], config.vae_steps), desc="autoencoder", disable=not progress,
-                   initial=state["step"], total=config.vae_steps)
-        t0 = time.perf_counter()
-        for step in bar:
-            gen = torch.Generator().manual_seed(_step_seed(config.seed, 1, step))
-            idx = torch.randint(0, len(pixels), (config.vae_batch,), generator=gen)
-            x = pixels[idx].to(device)
-            for group in opt.param_groups:
-                group["lr"] = _lr(step, config.vae_steps, config.vae_lr, config.warmup)
-            posterior = vae.encode(x).latent_dist
-            z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(device)
-            rec = vae.decode(z).sample
-            loss = (rec - x).abs().mean() + (rec - x).pow(2).mean() + 1e-6 * posterior.kl().mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            record["loss"].setdefault("vae", []).append(round(loss.item(), 5))
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-
-            def save_vae(step=step):
-                _save_atomic({"phase": "vae", "step": step + 1, "vae": vae.state_dict(), "opt": opt.state_dict()}, ckpt_path)
-                record_path.write_text(json.dumps(record))
-
-            if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.vae_steps:
-                save_vae()
-            tick(save_vae)
-        record["wall_s"]["vae"] = record["wall_s"].get("vae", 0) + time.perf_counter() - t0
-        state = {"phase": "unet", "step": 0, "vae": vae.state_dict()}
-        _save_atomic(state, ckpt_path)
-        record_path.write_text(json.dumps(record))
+        _train_autoencoder(run, vae, pixels, config, state, device, progress)
+        run.save("unet", 0, vae=vae)
+        state = {"phase": "unet", "step": 0}
     else:
         vae.load_state_dict(state["vae"])
     vae.eval().requires_grad_(False)
+    lat, latents = _latents(run, vae, pixels, device, log)
 
-    # latents (deterministic: the posterior mean, as the engine encodes), scaled to unit variance
+    modules = torch.nn.ModuleDict(dict(unet=pipe.unet, text_encoder=pipe.text_encoder,
+                                       text_encoder_2=pipe.text_encoder_2, image_encoder=image_encoder))
+    conditions = _conditions(tokenizer, CLIPImageProcessor(size=SIZE, crop_size=SIZE), images, captions)
+    ema = _train_diffusion(run, pipe, modules, vae, latents, conditions, config, state, device, progress)
+    if state["phase"] != "done":
+        _refine_decoder(run, vae, modules, ema, pixels, lat, config, state, device, progress, log)
+    return _export(run, pipe, image_encoder, modules, ema, config, Path(out_dir), log, t_start)
+
+
+def _train_autoencoder(run: _Run, vae, pixels, config: TrainConfig, state: dict, device: str, progress: bool) -> None:
+    """Phase 1: the VAE on the shots (L1 + MSE + a tiny KL term), from ``state``'s step."""
+    import torch
+    from tqdm import tqdm
+
+    opt = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
+    if "vae" in state:
+        vae.load_state_dict(state["vae"])
+        opt.load_state_dict(state["opt"])
+    vae.train()
+    run.clock = time.perf_counter()
+    for step in tqdm(range(state["step"], config.vae_steps), desc="autoencoder", disable=not progress,
+                     initial=state["step"], total=config.vae_steps):
+        gen = torch.Generator().manual_seed(_step_seed(config.seed, 1, step))
+        idx = torch.randint(0, len(pixels), (config.vae_batch,), generator=gen)
+        x = pixels[idx].to(device)
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, config.vae_steps, config.vae_lr, config.warmup)
+        posterior = vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(device)
+        rec = vae.decode(z).sample
+        loss = (rec - x).abs().mean() + (rec - x).pow(2).mean() + 1e-6 * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        run.loss("vae", loss.item())
+        run.step_done(step, config.vae_steps, config.checkpoint_every, "vae", vae=vae, opt=opt)
+
+
+def _decoded_psnr(vae, lat, pixels, device: str) -> float:
+    import torch
+
+    with torch.no_grad():
+        rec = torch.cat([vae.decode(lat[i : i + 256].to(device)).sample.cpu() for i in range(0, min(512, len(lat)), 256)])
+    mse = float(((rec.clamp(-1, 1) - pixels[: len(rec)]) / 2).pow(2).mean())
+    return round(10 * math.log10(1 / mse), 2)
+
+
+def _latents(run: _Run, vae, pixels, device: str, log):
+    """Every shot encoded once (the posterior mean, as the engine encodes); the latent scale set for unit
+    variance. Returns (raw latents, scaled latents)."""
+    import torch
+
     with torch.no_grad():
         lat = torch.cat([vae.encode(pixels[i : i + 256].to(device)).latent_dist.mean.cpu() for i in range(0, len(pixels), 256)])
     scaling = float(1.0 / lat.std())
     vae.register_to_config(scaling_factor=scaling)
-    latents = lat * scaling
-    with torch.no_grad():
-        rec = torch.cat([vae.decode(lat[i : i + 256].to(device)).sample.cpu() for i in range(0, min(512, len(lat)), 256)])
-    mse = float(((rec.clamp(-1, 1) - pixels[: len(rec)]) / 2).pow(2).mean())
-    record["vae_psnr_train"] = round(10 * math.log10(1 / mse), 2)
-    log(f"autoencoder: PSNR {record['vae_psnr_train']} dB on training shots, latent scale {scaling:.4f}")
+    run.record["vae_psnr_train"] = _decoded_psnr(vae, lat, pixels, device)
+    log(f"autoencoder: PSNR {run.record['vae_psnr_train']} dB on training shots, latent scale {scaling:.4f}")
+    return lat, lat * scaling
 
-    # conditions, prepared once: token ids and the image encoder's input (the pipeline's own preprocessing)
+
+def _conditions(tokenizer, processor, images, captions) -> dict:
+    """Token ids of the captions and of the empty prompt, and the image encoder's input (the pipeline's own
+    preprocessing), prepared once."""
+    import torch
+    from PIL import Image
+
     def token_ids(texts):
         return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                          return_tensors="pt").input_ids
-
-    ids = token_ids(captions)
-    empty_ids = token_ids([""])[0]
-    from PIL import Image
 
     clip_pixels = torch.cat([
         processor(images=[Image.fromarray(a) for a in images[i : i + 512]], return_tensors="pt").pixel_values
         for i in range(0, len(images), 512)
     ])
-    time_ids = torch.tensor([[SIZE, SIZE, 0, 0, SIZE, SIZE]], dtype=torch.float32, device=device)
+    return {"ids": token_ids(captions), "empty_ids": token_ids([""])[0], "clip_pixels": clip_pixels}
 
-    # -- phase 2: diffusion model + encoders + adapter, jointly ---------------------------------------
-    modules = torch.nn.ModuleDict(dict(unet=pipe.unet, text_encoder=pipe.text_encoder,
-                                       text_encoder_2=pipe.text_encoder_2, image_encoder=image_encoder))
+
+def _train_diffusion(run: _Run, pipe, modules, vae, latents, conditions: dict, config: TrainConfig, state: dict,
+                     device: str, progress: bool):
+    """Phase 2: UNet + text encoders + image encoder + adapter jointly (epsilon prediction, condition dropout,
+    adapter scale drawn per step). Returns the EMA copy of ``modules``."""
+    import copy
+
+    import torch
+    from tqdm import tqdm
+
     ema = copy.deepcopy(modules).requires_grad_(False)
     opt = torch.optim.AdamW(modules.parameters(), lr=config.unet_lr, weight_decay=0.01)
     if "modules" in state:
@@ -221,14 +270,14 @@ def train_demo_model(out_dir: str | Path, work_dir: str | Path, config: TrainCon
         ema.load_state_dict(state["ema"])
         if "opt" in state:
             opt.load_state_dict(state["opt"])
-    scheduler = pipe.scheduler
-    alphas = scheduler.alphas_cumprod.to(device)
+    alphas = pipe.scheduler.alphas_cumprod.to(device)
+    time_ids = torch.tensor([[SIZE, SIZE, 0, 0, SIZE, SIZE]], dtype=torch.float32, device=device)
+    ids, empty_ids, clip_pixels = conditions["ids"], conditions["empty_ids"], conditions["clip_pixels"]
     modules.train()
     start = state["step"] if state["phase"] == "unet" else config.unet_steps
-    bar = tqdm(range(start, config.unet_steps), desc="diffusion", disable=not progress, initial=start,
-               total=config.unet_steps)
-    t0 = time.perf_counter()
-    for step in bar:
+    run.clock = time.perf_counter()
+    for step in tqdm(range(start, config.unet_steps), desc="diffusion", disable=not progress, initial=start,
+                     total=config.unet_steps):
         gen = torch.Generator().manual_seed(_step_seed(config.seed, 2, step))
         b = config.unet_batch
         idx = torch.randint(0, len(latents), (b,), generator=gen)
@@ -239,7 +288,7 @@ def train_demo_model(out_dir: str | Path, work_dir: str | Path, config: TrainCon
         pix[torch.rand(b, generator=gen) < config.image_dropout] = 0.0
         u = float(torch.rand(1, generator=gen))
         scale = 0.0 if u < config.scale_zero else 1.0 if u < config.scale_zero + config.scale_one else float(torch.rand(1, generator=gen))
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=gen).to(device)
+        t = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (b,), generator=gen).to(device)
         noise = torch.randn(z0.shape, generator=gen).to(device)
         a = alphas[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * z0 + (1 - a).sqrt() * noise
@@ -266,84 +315,69 @@ def train_demo_model(out_dir: str | Path, work_dir: str | Path, config: TrainCon
             decay = min(config.ema_decay, (1 + step) / (10 + step))
             for e, p in zip(ema.parameters(), modules.parameters()):
                 e.lerp_(p, 1 - decay)
-        record["loss"].setdefault("unet", []).append(round(loss.item(), 5))
-        bar.set_postfix(loss=f"{loss.item():.4f}", scale=f"{scale:.2f}")
+        run.loss("unet", loss.item())
+        run.step_done(step, config.unet_steps, config.checkpoint_every, "unet", vae=vae, modules=modules, ema=ema, opt=opt)
+    return ema
 
-        def save_unet(step=step):
-            nonlocal t0
-            record["wall_s"]["unet"] = record["wall_s"].get("unet", 0) + time.perf_counter() - t0
-            t0 = time.perf_counter()
-            _save_atomic({"phase": "unet", "step": step + 1, "vae": vae.state_dict(), "modules": modules.state_dict(),
-                          "ema": ema.state_dict(), "opt": opt.state_dict()}, ckpt_path)
-            record_path.write_text(json.dumps(record))
 
-        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.unet_steps:
-            save_unet()
-        tick(save_unet)
+def _refine_decoder(run: _Run, vae, modules, ema, pixels, lat, config: TrainConfig, state: dict, device: str,
+                    progress: bool, log) -> None:
+    """Phase 3: the VAE decoder alone, on the fixed latents the engine decodes (the UNet's latent space stays)."""
+    import torch
+    from tqdm import tqdm
 
-    # -- phase 3: decoder refinement: the decoder alone, on the fixed latents the engine decodes --------
-    if state["phase"] != "done":
-        dec_params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
-        opt_dec = torch.optim.AdamW(dec_params, lr=config.decoder_lr, weight_decay=0.0)
-        dec_start = state["step"] if state["phase"] == "decoder" else 0
-        if state["phase"] == "decoder":
-            opt_dec.load_state_dict(state["opt_dec"])
-        vae.decoder.requires_grad_(True)
-        vae.post_quant_conv.requires_grad_(True)
-        vae.decoder.train()
-        bar = tqdm(range(dec_start, config.decoder_steps), desc="decoder", disable=not progress, initial=dec_start,
-                   total=config.decoder_steps)
-        t0 = time.perf_counter()
-        for step in bar:
-            gen = torch.Generator().manual_seed(_step_seed(config.seed, 3, step))
-            idx = torch.randint(0, len(pixels), (config.vae_batch,), generator=gen)
-            x = pixels[idx].to(device)
-            for group in opt_dec.param_groups:
-                group["lr"] = _lr(step, config.decoder_steps, config.decoder_lr, config.warmup)
-            rec = vae.decode(lat[idx].to(device)).sample
-            loss = (rec - x).abs().mean() + (rec - x).pow(2).mean()
-            opt_dec.zero_grad(set_to_none=True)
-            loss.backward()
-            opt_dec.step()
-            record["loss"].setdefault("decoder", []).append(round(loss.item(), 5))
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+    opt_dec = torch.optim.AdamW(list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters()),
+                                lr=config.decoder_lr, weight_decay=0.0)
+    start = state["step"] if state["phase"] == "decoder" else 0
+    if state["phase"] == "decoder":
+        opt_dec.load_state_dict(state["opt_dec"])
+    vae.decoder.requires_grad_(True)
+    vae.post_quant_conv.requires_grad_(True)
+    vae.decoder.train()
+    run.clock = time.perf_counter()
+    for step in tqdm(range(start, config.decoder_steps), desc="decoder", disable=not progress, initial=start,
+                     total=config.decoder_steps):
+        gen = torch.Generator().manual_seed(_step_seed(config.seed, 3, step))
+        idx = torch.randint(0, len(pixels), (config.vae_batch,), generator=gen)
+        x = pixels[idx].to(device)
+        for group in opt_dec.param_groups:
+            group["lr"] = _lr(step, config.decoder_steps, config.decoder_lr, config.warmup)
+        rec = vae.decode(lat[idx].to(device)).sample
+        loss = (rec - x).abs().mean() + (rec - x).pow(2).mean()
+        opt_dec.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_dec.step()
+        run.loss("decoder", loss.item())
+        run.step_done(step, config.decoder_steps, config.checkpoint_every, "decoder", vae=vae, modules=modules, ema=ema,
+                      opt_dec=opt_dec)
+    vae.eval().requires_grad_(False)
+    run.save("done", 0, vae=vae, modules=modules, ema=ema)
+    run.record["vae_psnr_train_after_decoder"] = _decoded_psnr(vae, lat, pixels, device)
+    log(f"decoder refined: PSNR {run.record['vae_psnr_train_after_decoder']} dB on training shots")
 
-            def save_decoder(step=step):
-                nonlocal t0
-                record["wall_s"]["decoder"] = record["wall_s"].get("decoder", 0) + time.perf_counter() - t0
-                t0 = time.perf_counter()
-                _save_atomic({"phase": "decoder", "step": step + 1, "vae": vae.state_dict(), "modules": modules.state_dict(),
-                              "ema": ema.state_dict(), "opt_dec": opt_dec.state_dict()}, ckpt_path)
-                record_path.write_text(json.dumps(record))
 
-            if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.decoder_steps:
-                save_decoder()
-            tick(save_decoder)
-        vae.eval().requires_grad_(False)
-        _save_atomic({"phase": "done", "step": 0, "vae": vae.state_dict(), "modules": modules.state_dict(),
-                      "ema": ema.state_dict()}, ckpt_path)
-        with torch.no_grad():
-            rec = torch.cat([vae.decode(lat[i : i + 256].to(device)).sample.cpu() for i in range(0, min(512, len(lat)), 256)])
-        mse = float(((rec.clamp(-1, 1) - pixels[: len(rec)]) / 2).pow(2).mean())
-        record["vae_psnr_train_after_decoder"] = round(10 * math.log10(1 / mse), 2)
-        log(f"decoder refined: PSNR {record['vae_psnr_train_after_decoder']} dB on training shots")
+def _export(run: _Run, pipe, image_encoder, modules, ema, config: TrainConfig, out_dir: Path, log, t_start: float) -> dict:
+    """Phase 4: the EMA weights in the diffusers + h94 layout (float16 storage) and ``training.json``."""
+    import torch
 
-    # -- phase 4: export the EMA weights --------------------------------------------------------------
+    from tight_pipeline.demo_model.architecture import save_demo_model
+
     modules.load_state_dict(ema.state_dict())
     modules.eval()
     pipe.to("cpu")
     image_encoder.to("cpu")
+    record = run.record
     losses = record["loss"].get("unet", [])
     record["final_loss"] = round(float(np.mean(losses[-100:])), 5) if losses else None
     record["train_wall_s"] = round(sum(record["wall_s"].values()), 1)
     note = (f"seed {config.seed}, {config.train_images} shots, autoencoder {config.vae_steps} steps, "
             f"diffusion {config.unet_steps} steps x {config.unet_batch}, decoder refinement {config.decoder_steps} "
             f"steps; training loops {record['train_wall_s']} s in all")
-    save_demo_model(pipe, image_encoder, Path(out_dir), dtype=torch.float16, note=note)
+    save_demo_model(pipe, image_encoder, out_dir, dtype=torch.float16, note=note)
     record["config"] = asdict(config)
-    (Path(out_dir) / "training.json").write_text(json.dumps({k: v for k, v in record.items() if k != "loss"}
-                                                            | {"loss_every_50": {k: v[::50] for k, v in record["loss"].items()}},
-                                                            indent=1))
-    record_path.write_text(json.dumps(record))
+    (out_dir / "training.json").write_text(json.dumps({k: v for k, v in record.items() if k != "loss"}
+                                                      | {"loss_every_50": {k: v[::50] for k, v in record["loss"].items()}},
+                                                      indent=1))
+    run.write_record()
     log(f"model written to {out_dir} ({time.perf_counter() - t_start:.0f} s this invocation)")
     return record

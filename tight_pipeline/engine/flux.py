@@ -33,6 +33,7 @@ from tight_pipeline.presets import Preset
 
 # The zero-shot judge's noise levels (sigma) for ``FluxTightInversion.prompt_errors``.
 JUDGE_SIGMAS = (0.3, 0.5, 0.7)
+JUDGE_SEEDS = (0, 1)
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,7 @@ class FluxTightInversion(TightInversion):
 
     @torch.no_grad()
     def prompt_errors(self, images: list[Image.Image], prompts: list[str], sigmas: tuple[float, ...] = JUDGE_SIGMAS,
-                      seeds: tuple[int, ...] = (0, 1)) -> list[float]:
+                      seeds: tuple[int, ...] = JUDGE_SEEDS) -> list[float]:
         """``TightInversion.prompt_errors`` for a flow model: the velocity error
         ``||(eps - y_0) - v_theta((1 - s) y_0 + s eps, c)||^2`` on shared noises and levels."""
         out = [0.0] * len(images)
