@@ -30,7 +30,7 @@ test: $(STAMP)
 drills: $(STAMP)
 	$(PY) -m pytest -q -m drill --durations=10
 
-# Units without services or end-to-end runs (tests marked slow are left out): minutes, for the edit loop.
+# Units without services, end-to-end runs or long computations (tests marked slow are left out), for the edit loop.
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not gpu and not drill" --durations=10
 

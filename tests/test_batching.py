@@ -44,10 +44,12 @@ def chunked_engine(tiny_spec):
 @pytest.mark.parametrize("method,extra", [
     ("ddim", {}),
     # ReNoise with the authors' early schedule and noise regularisation: per-item noise and random shifts
-    ("renoise", {"renoise_iterations": 3, "renoise_average_last": 2, "renoise_early_t": 500, "renoise_early_average": 2,
-                 "renoise_reg_kl": 0.065, "renoise_reg_ac": 20.0, "renoise_reg_steps": 2, "renoise_reg_rolls": 2}),
-    ("ddpm_ef", {}),
-    ("ddim", {"edit_scale": 0.8}),  # edits at another scale than the inversion: separate denoising calls
+    pytest.param("renoise", {"renoise_iterations": 3, "renoise_average_last": 2, "renoise_early_t": 500,
+                             "renoise_early_average": 2, "renoise_reg_kl": 0.065, "renoise_reg_ac": 20.0,
+                             "renoise_reg_steps": 2, "renoise_reg_rolls": 2}, marks=pytest.mark.slow),
+    pytest.param("ddpm_ef", {}, marks=pytest.mark.slow),
+    # edits at another scale than the inversion: separate denoising calls
+    pytest.param("ddim", {"edit_scale": 0.8}, marks=pytest.mark.slow),
 ])
 def test_batched_items_equal_one_item_runs(engine, chunked_engine, method, extra):
     # 6 steps: timesteps 831 ... 1 (ReNoise's early window, below 500, covers the last four)
@@ -87,6 +89,7 @@ def test_bad_inputs_fail_alone_and_a_failing_batch_names_its_cause(engine):
     assert not isinstance(alone[0], BaseException) and isinstance(alone[1], RuntimeError)
 
 
+@pytest.mark.slow
 def test_bfloat16_renoise_reconstructs_the_trained_model_above_30_db():
     """Networks in bf16, latents and fixed-point arithmetic in float32 (the spec of the real SDXL presets).
 

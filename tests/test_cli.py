@@ -27,6 +27,7 @@ def _env(tmp_path: Path) -> dict:
     return env
 
 
+@pytest.mark.slow
 def test_edit_writes_images_sheet_and_scores(tmp_path, tiny_model_dir, photo):
     photo.save(tmp_path / "coffee.jpg")
     out = tmp_path / "out"
@@ -46,6 +47,7 @@ def test_edit_writes_images_sheet_and_scores(tmp_path, tiny_model_dir, photo):
     assert "step" in proc.stderr  # progress bar
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "case, expected",
     [
@@ -122,6 +124,7 @@ def test_bad_input_corpus_through_run(tmp_path, tiny_model_dir, prefect_env):
     assert outside == []
 
 
+@pytest.mark.slow
 def test_prefect_that_does_not_start_ends_in_one_line_from_a_fresh_home(tmp_path, tiny_model_dir):
     """A fresh HOME and state folder; Prefect's temporary server given 1 s (a first start needs ~20 s here)."""
     env = _env(tmp_path)

@@ -71,6 +71,7 @@ def test_saved_model_loads_through_load_pipeline_unchanged(tmp_path):
     assert torch.allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_training_is_resumable_to_the_same_weights(tmp_path):
     from safetensors.torch import load_file
 
@@ -128,6 +129,7 @@ def _heldout_batch(n):
     return heldout_shots(EvalConfig(images=n))
 
 
+@pytest.mark.slow
 def test_trained_model_inverts_near_its_vae_ceiling_and_the_adapter_is_live(demo_engine):
     """DDIM 20 steps on held-out shots: reconstruction within a few dB of the VAE round-trip (a random model
     gets ~13 dB), and the adapter scale changes the reconstruction (the image pathway is wired in)."""
@@ -166,6 +168,7 @@ def test_colour_edits_land_and_keep_the_shape_at_catalog_balanced(demo_engine):
     assert np.mean([s["iou"] for s in scores]) >= IOU_MIN
 
 
+@pytest.mark.slow
 def test_evaluation_writes_the_report_and_calibrated_presets(tmp_path, demo_engine):
     import json
     import shutil

@@ -54,6 +54,7 @@ def test_explicit_reconstruction_equals_pipeline_call(engine, photo):
     assert (ours - theirs).abs().max().item() < 1e-4
 
 
+@pytest.mark.slow
 def test_renoise_reconstructs_near_exactly_and_ddim_is_reported(engine, photo):
     preset = load_preset("faithful")
     fast = dataclasses.replace(preset, steps=20, renoise_iterations=8)

@@ -367,8 +367,8 @@ def _remove_prefix(url: str) -> None:
 
 def _run_ray(config: JobConfig, spec: ModelSpec, digest: str, plan: Plan, progress):
     """Yield the actor pool's summary batches (one row per item) as items finish."""
-    ray = connect_ray()
-    import ray.data
+    connect_ray()
+    import ray.data  # binds ``ray`` (connected above) with its data submodule loaded
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = sys.stderr.isatty()
