@@ -1,8 +1,10 @@
 """Trade-off benchmark: sweep the adapter scale on a sample of a manifest, to choose presets.
 
-For each scale s the sample is run with preset ``<base>@s`` (inversion and edit scale = s). Logged to one
-MLflow run: a table (CSV + Markdown) and a plot of reconstruction (PSNR vs the VAE round-trip) against
-edit strength (mean pixel change of the edits from the reconstruction), one point per scale.
+The sample is run once per scale s with preset ``<base>@s`` (inversion and edit scale = s) - all scales in
+**one** job: the sample manifest lists every item once per scale (item ``<id>.at<s>``, its own ``preset``), so
+the actors load the model once for the whole sweep instead of once per scale. Logged to one MLflow run: a
+table (CSV + Markdown) and a plot of reconstruction (PSNR vs the VAE round-trip) against edit strength (mean
+pixel change of the edits from the reconstruction), one point per scale.
 """
 
 from __future__ import annotations
@@ -19,28 +21,35 @@ from tight_pipeline.job import JobConfig, run_job
 from tight_pipeline.manifest import read_manifest
 
 
-@task(name="write-sample-manifest", **IO_RETRIES)
-def write_sample(manifest: str, output: str, sample: int) -> str:
+@task(name="write-sweep-manifest", **IO_RETRIES)
+def write_sample(manifest: str, output: str, sample: int, presets: list[str]) -> str:
+    """The first ``sample`` items, once per preset of the sweep (ids ``<item_id>.at<scale>``)."""
     parsed = read_manifest(manifest)
-    lines = [json.dumps({"item_id": i.item_id, "image_uri": i.image_uri, "source_prompt": i.source_prompt,
+    lines = [json.dumps({"item_id": f"{i.item_id}.at{p.split('@')[1]}", "image_uri": i.image_uri,
+                         "source_prompt": i.source_prompt, "preset": p,
                          "edits": [{"edit_id": e.edit_id, "prompt": e.prompt} for e in i.edits]})
-             for i in parsed.items[:sample]]
-    uri = storage.join(output, "_manifests", f"sample-{parsed.digest[:12]}-{sample}.jsonl")
+             for p in presets for i in parsed.items[:sample]]
+    uri = storage.join(output, "_manifests", f"sweep-{parsed.digest[:12]}-{sample}-{len(presets)}.jsonl")
     storage.write_bytes_atomic(uri, ("\n".join(lines) + "\n").encode())
     return uri
 
 
-@task(name="run-scale")
-def run_scale(manifest: str, output: str, preset: str, model: str | None) -> dict:
-    result = run_job(JobConfig(manifest=manifest, output=output, preset=preset, model=model))
-    ok = result.rows[result.rows["status"] == "ok"]
-    items = ok.drop_duplicates(["item_id"])
-    return {
-        "preset": preset, "scale": float(preset.split("@")[1]), "items": int(len(items)),
-        "psnr_vs_vae": float(items["psnr_vs_vae"].mean()), "ssim_vs_vae": float(items["ssim_vs_vae"].mean()),
-        "psnr_vs_input": float(items["psnr_vs_input"].mean()), "edit_change": float(ok["edit_change"].mean()),
-        "errors": int((result.rows["status"] != "ok").sum()),
-    }
+@task(name="run-sweep")
+def run_sweep(manifest: str, output: str, presets: list[str], model: str | None) -> list[dict]:
+    """One job over the sweep manifest; one point (means over its items) per preset."""
+    result = run_job(JobConfig(manifest=manifest, output=output, preset=presets[0], model=model))
+    points = []
+    for preset in presets:
+        rows = result.rows[result.rows["preset"] == preset]
+        ok = rows[rows["status"] == "ok"]
+        items = ok.drop_duplicates(["item_id"])
+        points.append({
+            "preset": preset, "scale": float(preset.split("@")[1]), "items": int(len(items)),
+            "psnr_vs_vae": float(items["psnr_vs_vae"].mean()), "ssim_vs_vae": float(items["ssim_vs_vae"].mean()),
+            "psnr_vs_input": float(items["psnr_vs_input"].mean()), "edit_change": float(ok["edit_change"].mean()),
+            "errors": int((rows["status"] != "ok").sum()),
+        })
+    return points
 
 
 @task(name="log-tradeoff", **IO_RETRIES)
@@ -52,9 +61,9 @@ def log_tradeoff(table: pd.DataFrame, plot: bytes, manifest: str, base_preset: s
 def tradeoff_benchmark(manifest: str, output: str, scales: list[float] | None = None, sample: int = 8,
                        base_preset: str = "balanced", model: str | None = None) -> dict:
     scales = scales or [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
-    sample_uri = write_sample(manifest, output, sample)
-    points = [run_scale(sample_uri, output, f"{base_preset}@{s:g}", model) for s in scales]
-    table = pd.DataFrame(points)
+    presets = [f"{base_preset}@{s:g}" for s in scales]
+    sweep_uri = write_sample(manifest, output, sample, presets)
+    table = pd.DataFrame(run_sweep(sweep_uri, output, presets, model))
     plot = plots.tradeoff_curve(table)
     storage.write_bytes_atomic(storage.join(output, "tradeoff", f"{base_preset}.png"), plot)
     run_id = log_tradeoff(table, plot, manifest, base_preset)

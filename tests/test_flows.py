@@ -156,6 +156,9 @@ def test_variant_generation_and_tradeoff_benchmark(tmp_path, ray_session, prefec
     table = pd.DataFrame(result["table"])
     assert table["scale"].tolist() == [0.0, 1.0] and (table["items"] == 2).all()
     assert table["psnr_vs_vae"].iloc[0] != table["psnr_vs_vae"].iloc[1]  # the scale changes the outcome
+    swept = scores_dataset.read_latest(str(tmp_path / "sweep"))
+    assert swept["run_id"].nunique() == 1  # every scale in one job: the model loaded once for the sweep
+    assert sorted(swept["item_id"].unique()) == ["a.at0", "a.at1", "b.at0", "b.at1"]
     assert (tmp_path / "sweep" / "tradeoff" / "smoke.png").stat().st_size > 1000
     mlflow.set_tracking_uri(tracking.tracking_uri())
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(result["mlflow_run_id"])}

@@ -391,6 +391,12 @@ def _run_ray(config: JobConfig, spec: ModelSpec, digest: str, plan: Plan, progre
         ds = ds.map_batches(_done_filter, fn_kwargs={"output": config.output,
                                                       "hashes": {n: p.hash for n, p in plan.presets.items()}},
                             batch_size=batch, num_cpus=0.1)
+        if plan.todo_items == 0:
+            # Only resume candidates: check their PNGs before any actor loads a model (a re-run of a finished job
+            # then loads nothing; a GPU actor's model load is the dearest part of a small job).
+            ds = ds.materialize()
+            if ds.count() == 0:
+                return
         ds = ds.map_batches(
             EditorActor,
             fn_constructor_kwargs=dict(

@@ -5,7 +5,8 @@ One record per product photo:
     {"item_id": "mug-001",                       # required; letters, digits, . _ - (used in output keys)
      "image_uri": "s3://bucket/photos/mug-001.jpg",  # required; any allowed fsspec URL, or a path relative
                                                  #   to the manifest's folder
-     "source_prompt": "a white ceramic mug",     # required; describes the photo as it is
+     "source_prompt": "a white ceramic mug",     # required; describes the photo as it is ("" = the model's
+                                                 #   empty prompt, as for an empty edit prompt)
      "edits": [{"edit_id": "blue", "prompt": "a blue ceramic mug"}],   # list form, and/or
      "locales": {"de-DE": "a white ceramic mug on a Christmas table"}, # locale -> prompt (edit_id = locale)
      "preset": "faithful",                       # optional; overrides the run's preset for this item
