@@ -137,35 +137,26 @@ def test_flux_presets_load_and_old_hashes_are_stable():
     assert dataclasses.replace(sdxl, eta=0.5).hash != sdxl.hash
 
 
-def test_run_with_a_flux_spec_end_to_end(tmp_path, flux_dir, prefect_env):
-    """`tight-pipeline run` over the demo manifest with a FLUX spec: Parquet rows and MLflow metrics like SDXL."""
+def test_run_with_a_flux_spec_end_to_end(tmp_path, flux_dir, ray_session, prefect_harness):
+    """The catalog flow over the demo manifest with a FLUX spec: Parquet rows and MLflow metrics like SDXL (the
+    command line around it is the same for every family: tests/test_cli.py runs it)."""
     import json
-    import os
-    import subprocess
-    import sys
-    import tempfile
 
     import mlflow
 
+    from flows.catalog_localization import catalog_localization
+    from tight_pipeline import tracking
     from tight_pipeline.demo import write_demo_inputs
 
     manifest = write_demo_inputs(str(tmp_path / "in"))
-    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = dict(os.environ, RAY_TMPDIR=tempfile.mkdtemp(prefix="tpr", dir="/tmp"),
-               TIGHT_PIPELINE_HOME=str(tmp_path / "home"), MLFLOW_TRACKING_URI=tracking_uri, **prefect_env)
-    env.pop("AWS_ENDPOINT_URL", None)
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--manifest", manifest, "--output",
-                           str(out), "--preset", "flux-draft", "--model", str(flux_dir)],
-                          capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = catalog_localization(manifest=manifest, output=str(out), preset="flux-draft", model=str(flux_dir))
     rows = scores.read_latest(str(out))
     n_edits = sum(len(json.loads(line)["locales"]) for line in (tmp_path / "in" / "manifest.jsonl").read_text().splitlines())
-    assert len(rows) == n_edits and set(rows["status"]) == {"ok"}
+    assert len(rows) == n_edits and set(rows["status"]) == {"ok"} and summary["status_ok"] == n_edits
     assert set(rows["preset"]) == {"flux-draft"} and rows["psnr_vs_vae"].notna().all()
-    run_id = next(line.split()[2] for line in proc.stdout.splitlines() if line.strip().startswith("mlflow run"))
-    mlflow.set_tracking_uri(tracking_uri)
-    run = mlflow.get_run(run_id)
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    run = mlflow.get_run(summary["mlflow_run_id"])
     assert run.data.metrics["rows_ok"] == n_edits and run.data.metrics["psnr_vs_vae_mean"] > 0
     assert run.data.params["model.family"] == "flux" and run.data.params["preset.method"] == "rf_inversion"
 
