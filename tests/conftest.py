@@ -116,3 +116,10 @@ def prefect_env(prefect_harness):
     """Environment for a CLI subprocess that reports to the session's Prefect server instead of starting its own
     temporary one (what a deployment with ``PREFECT_API_URL`` set does)."""
     return {"PREFECT_API_URL": prefect_harness}
+
+
+@pytest.fixture
+def ray_env(ray_session):
+    """Environment for a CLI subprocess that attaches to the session's Ray (what ``RAY_ADDRESS`` does on a cluster)
+    instead of starting its own."""
+    return {"RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}

@@ -77,13 +77,13 @@ def test_edit_bad_input_exits_2_with_one_clear_line(tmp_path, tiny_model_dir, ca
     assert "Traceback" not in proc.stderr
 
 
-def test_bad_input_corpus_through_run(tmp_path, tiny_model_dir, prefect_env):
+def test_bad_input_corpus_through_run(tmp_path, tiny_model_dir, prefect_env, ray_env):
     manifest, expect = write_corpus(tmp_path / "corpus")
     out = tmp_path / "out"
     before = {p for p in tmp_path.rglob("*")}
     proc = subprocess.run(CLI + ["run", "--manifest", str(manifest), "--output", str(out), "--preset", "smoke",
                                  "--model", str(tiny_model_dir), "--max-failure-rate", "0.2"],
-                          capture_output=True, text=True, env={**_env(tmp_path), **prefect_env}, timeout=600)
+                          capture_output=True, text=True, env={**_env(tmp_path), **prefect_env, **ray_env}, timeout=600)
     # More than 20% of the corpus fails by design: exit non-zero, yet every row is written.
     assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "exceeds --max-failure-rate" in proc.stderr
