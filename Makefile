@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml requirements.lock
 demo: $(STAMP)
 	$(VENV)/bin/tight-pipeline demo
 
-# Everything but the fault drills (about 20 minutes on 2 cores); CI runs this, then `make drills`.
+# Everything but the fault drills (about 11 minutes on 2 cores); CI runs this, then `make drills`.
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not drill" --durations=15
 
