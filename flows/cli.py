@@ -199,9 +199,11 @@ def presets():
     """List the presets with their settings and hashes."""
     from tight_pipeline.presets import load_presets
 
-    for p in load_presets().values():
+    presets = load_presets()
+    width = max(len(name) for name in presets)
+    for p in presets.values():
         scale = ("auto:" + ",".join(f"{s:g}" for s in p.auto_scales)) if p.auto else f"{p.inversion_scale:g}/{p.edit_scale:g}"
-        typer.echo(f"{p.name:10s} {p.hash}  {p.method:7s} steps={p.steps:<3d} scale={scale} "
+        typer.echo(f"{p.name:{width}s} {p.hash}  {p.method:12s} steps={p.steps:<3d} scale={scale} "
                    f"cfg={p.guidance:g}  {p.description}")
 
 
