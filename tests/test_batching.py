@@ -155,3 +155,28 @@ def test_speed_settings_do_not_change_the_model_digest(tiny_spec):
     assert dataclasses.replace(tiny_spec, dtype="bfloat16").digest != tiny_spec.digest
     with pytest.raises(ModelError, match="compile mode"):
         dataclasses.replace(tiny_spec, compile="fastest")
+
+
+def test_a_reconstruction_brought_by_the_request_is_kept_and_not_made_again(engine, monkeypatch):
+    """Automatic strength's later tries bring the first try's reconstruction: the engine keeps it, scores the
+    edits against it, and denoises only the edit rows (and the reconstructions nobody brought)."""
+    from tight_pipeline.engine import editing
+
+    preset = Preset(name="t", method="ddim", steps=4, inversion_scale=0.4, edit_scale=0.4, guidance=5.0)
+    requests = _requests()[:3]  # same size: 2, 0 and 1 edits
+    full = engine.edit_items(requests, preset)
+    rows: list[int] = []
+    counted = editing.predict_noise
+
+    def counting(pipe, latents, *args, **kwargs):
+        rows.append(latents.shape[0])
+        return counted(pipe, latents, *args, **kwargs)
+
+    monkeypatch.setattr(editing, "predict_noise", counting)
+    given = [full[0].reconstruction, None, full[2].reconstruction]
+    again = engine.edit_items([ItemRequest(r.image, r.source_prompt, r.edits, g) for r, g in zip(requests, given)], preset)
+    assert rows == [1 + 2 * 3] * 4  # per step: item 1's reconstruction, 3 edits x (unconditional, conditional)
+    for f, a in zip(full, again):
+        assert _latent_gap(f, a) <= 1
+    assert again[0].reconstruction.tobytes() == full[0].reconstruction.tobytes()  # the very image it was given
+    assert again[2].edit_scores["red"]["edit_change"] == pytest.approx(full[2].edit_scores["red"]["edit_change"], abs=1e-3)

@@ -196,3 +196,15 @@ def test_the_zero_shot_judge_of_automatic_strength_on_flux(flux_engine, shot):
                                       load_preset("flux-draft@auto"))[0]
     scores = result.edit_scores["b"]
     assert scores["auto_judge"] == "diffusion" and scores["adapter_scale"] in (1.0, 0.4, 0.0)
+
+
+def test_a_flux_reconstruction_brought_by_the_request_is_kept(flux_engine, shot):
+    from tight_pipeline.engine.runner import ItemRequest
+
+    preset = _preset(steps=4)
+    request = ItemRequest(shot.image, shot.caption, [("b", "a blue mug")])
+    full = flux_engine.edit_items([request], preset)[0]
+    again = flux_engine.edit_items([ItemRequest(request.image, request.source_prompt, request.edits,
+                                                full.reconstruction)], preset)[0]
+    assert again.reconstruction.tobytes() == full.reconstruction.tobytes()
+    assert np.abs(np.asarray(again.edits["b"], dtype=int) - np.asarray(full.edits["b"], dtype=int)).max() <= 1

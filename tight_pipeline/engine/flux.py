@@ -252,7 +252,14 @@ class FluxTightInversion(TightInversion):
         timings["invert_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        outs = [rf_inversion.denoise_rf(plain, x1, sigmas, callback=step("denoise"))]
+        redo = [k for k in items if requests[k].reconstruction is None]  # reconstructions to make
+        outs = []
+        if redo == items:
+            outs.append(rf_inversion.denoise_rf(plain, x1, sigmas, callback=step("denoise")))
+        elif redo:
+            again = self.velocity_fn(text_all.rows(redo), image_rows((redo, False)), image_ids, timesteps,
+                                     self.guidance_rows([1.0] * len(redo)))
+            outs.append(rf_inversion.denoise_rf(again, x1[redo], sigmas, callback=step("denoise")))
         if e:
             self._set_scale(preset.edit_scale)
             negative_rows = ([b + e + 1 + k for k in edit_owner] if preset.negative_source else [b + e] * e)
@@ -269,13 +276,13 @@ class FluxTightInversion(TightInversion):
                 guided, x1[edit_owner], sigmas, y0=y0[edit_owner], eta=preset.eta,
                 eta_start=preset.eta_start, eta_stop=preset.eta_stop, callback=step("denoise"),
             ))
-        z = torch.cat(outs)
         timings["denoise_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        decoded = self.decode_packed(z, h, w)
+        decoded = (self.decode_packed(torch.cat(outs), h, w) if outs
+                   else torch.zeros((0, h, w, 3), dtype=torch.uint8, device=self.device))
         timings["decode_s"] = time.perf_counter() - t0
-        return self.results(requests, fitted, pixels, roundtrip, decoded, edit_owner, timings, warnings)
+        return self.results(requests, fitted, pixels, roundtrip, decoded, edit_owner, timings, warnings, redo)
 
     def _set_scale(self, scale: float) -> None:
         if has_adapter(self.pipe):

@@ -57,6 +57,9 @@ class ItemRequest:
     image: Image.Image
     source_prompt: str
     edits: list[tuple[str, str]]
+    # A reconstruction of this item made before (automatic strength's later tries, at another scale): kept as the
+    # item's reconstruction and its edits are scored against it; its denoising rows are not run again.
+    reconstruction: Image.Image | None = None
 
 
 class BatchError(RuntimeError):
@@ -356,6 +359,7 @@ class TightInversion:
 
         schedule = inversion.make_schedule(pipe.scheduler, preset.steps)
         items = list(range(b))
+        redo = [k for k in items if requests[k].reconstruction is None]  # reconstructions to make
         source = text_all.rows(items)
         t0 = time.perf_counter()
         conditioning.set_adapter_scale(pipe, preset.inversion_scale)
@@ -368,15 +372,19 @@ class TightInversion:
         uncond = text_all.rows(edit_owner) if preset.negative_source else _repeat(negative, e)
         guided_text = conditioning.TextCondition.cat([uncond, text_all.rows(list(range(b, b + e)))])
         # Every denoising row starts at its item's z_T and (DDPM) follows its item's noise maps.
-        if preset.edit_scale == preset.inversion_scale or e == 0:
-            rows = items + edit_owner
-            text = conditioning.TextCondition.cat([source, guided_text]) if e else source
-            img = image_rows((items, False), (edit_owner, True), (edit_owner, False))
-            z = editing.denoise(pipe, z_T[rows], schedule, text, img, b, e, preset.guidance, step("denoise"),
+        if not redo and e == 0:
+            z = z_T[:0]
+        elif preset.edit_scale == preset.inversion_scale or e == 0:
+            rows = redo + edit_owner
+            text = conditioning.TextCondition.cat([text_all.rows(redo), guided_text]) if e else text_all.rows(redo)
+            img = image_rows((redo, False), (edit_owner, True), (edit_owner, False))
+            z = editing.denoise(pipe, z_T[rows], schedule, text, img, len(redo), e, preset.guidance, step("denoise"),
                                 _pick(noises, rows), max_batch=mb)
         else:
-            z_rec = editing.denoise(pipe, z_T, schedule, source, image_rows((items, False)), b, 0, 1.0,
-                                    step("denoise"), noises, max_batch=mb)
+            z_rec = z_T[:0]
+            if redo:
+                z_rec = editing.denoise(pipe, z_T[redo], schedule, text_all.rows(redo), image_rows((redo, False)),
+                                        len(redo), 0, 1.0, step("denoise"), _pick(noises, redo), max_batch=mb)
             conditioning.set_adapter_scale(pipe, preset.edit_scale)
             z_edit = editing.denoise(pipe, z_T[edit_owner], schedule, guided_text,
                                      image_rows((edit_owner, True), (edit_owner, False)), 0, e, preset.guidance,
@@ -385,13 +393,20 @@ class TightInversion:
         timings["denoise_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        decoded = self.decode_tensor(z)
+        decoded = self.decode_tensor(z) if len(z) else torch.zeros((0, h, w, 3), dtype=torch.uint8, device=z.device)
         timings["decode_s"] = time.perf_counter() - t0
-        return self.results(requests, fitted, pixels, roundtrip, decoded, edit_owner, timings, warnings)
+        return self.results(requests, fitted, pixels, roundtrip, decoded, edit_owner, timings, warnings, redo)
 
-    def results(self, requests, fitted, pixels, roundtrip, decoded, edit_owner, timings, warnings) -> list[ItemResult]:
-        """Split a group's decoded rows ``[reconstruction x B, edits...]`` per item and score each item."""
+    def results(self, requests, fitted, pixels, roundtrip, decoded, edit_owner, timings, warnings,
+                redo: list[int] | None = None) -> list[ItemResult]:
+        """Split a group's decoded rows ``[reconstruction x len(redo), edits...]`` per item and score each item;
+        items not in ``redo`` (all are, by default) bring their reconstruction in their request."""
         b = len(requests)
+        if redo is not None and len(redo) < b:
+            made = dict(zip(redo, decoded[: len(redo)]))
+            given = [made[k] if k in made else torch.from_numpy(np.array(requests[k].reconstruction.convert("RGB"))
+                                                                 ).to(decoded.device) for k in range(b)]
+            decoded = torch.cat([torch.stack(given), decoded[len(redo) :]])
         shared = {k: v / b for k, v in timings.items() if k != "batch_items"}
         out = []
         for k, req in enumerate(requests):

@@ -30,7 +30,8 @@ first makes the search stop at the answer: an edit that lands at the first scale
 preset does. The tries are the edits themselves, made with the preset's full settings (no separate cheap probe
 to redo), and the edits still open after a try run again as one batch at the next scale, so on a GPU the
 items of a batch keep sharing every network call. The item's reconstruction (and its scores) is the one made at
-the strongest scale.
+the strongest scale; later tries do not make it again (``ItemRequest.reconstruction``) and score their edits
+against it, so an edit's ``edit_change`` compares the two images its row shows, whichever scale it kept.
 """
 
 from __future__ import annotations
@@ -145,7 +146,9 @@ def edit_items_auto(engine, requests: list[ItemRequest], preset: Preset, progres
         open_items = [k for k in range(n) if results[k] is None and (pending[k] or k not in first)]
         if not open_items:
             break
-        outs = engine.edit_items([ItemRequest(requests[k].image, requests[k].source_prompt, pending[k])
+        # Later tries reuse the first try's reconstruction: only the open edits are denoised again.
+        outs = engine.edit_items([ItemRequest(requests[k].image, requests[k].source_prompt, pending[k],
+                                              first[k].reconstruction if k in first else None)
                                   for k in open_items], preset.at_candidate(s), progress)
         t0 = time.perf_counter()
         judged: list[tuple[int, str, str]] = []
