@@ -77,15 +77,24 @@ def test_edit_bad_input_exits_2_with_one_clear_line(tmp_path, tiny_model_dir, ca
     assert "Traceback" not in proc.stderr
 
 
-def test_bad_input_corpus_through_run(tmp_path, tiny_model_dir, prefect_env, ray_env):
+def test_bad_input_corpus_through_run(tmp_path, tiny_model_dir, prefect_env, ray_env, monkeypatch):
+    """``tight-pipeline run`` over the corpus, in this process (the subprocess CLI runs in the tests above and in
+    test_prefect_that_does_not_start...: here the run's rows are what is checked, without a second interpreter's
+    start-up), reporting to the session's Prefect server and Ray as a deployment would."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
     manifest, expect = write_corpus(tmp_path / "corpus")
     out = tmp_path / "out"
     before = {p for p in tmp_path.rglob("*")}
-    proc = subprocess.run(CLI + ["run", "--manifest", str(manifest), "--output", str(out), "--preset", "smoke",
-                                 "--model", str(tiny_model_dir), "--max-failure-rate", "0.2"],
-                          capture_output=True, text=True, env={**_env(tmp_path), **prefect_env, **ray_env}, timeout=600)
+    for key, value in {**prefect_env, **ray_env}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    proc = CliRunner().invoke(app, ["run", "--manifest", str(manifest), "--output", str(out), "--preset", "smoke",
+                                    "--model", str(tiny_model_dir), "--max-failure-rate", "0.2"])
     # More than 20% of the corpus fails by design: exit non-zero, yet every row is written.
-    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.exit_code == 2, proc.output[-3000:] + repr(proc.exception)
     assert "exceeds --max-failure-rate" in proc.stderr
     rows = scores.read_latest(str(out))
     assert rows["row"].is_unique  # every corpus item has one edit: one row per manifest row
