@@ -108,6 +108,11 @@ def prefect_harness():
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=180):
+        # Prefect's console log handler holds the stream it was made with: make it now, on the session's stderr,
+        # not inside a test that swaps the stream (CliRunner closes its own when the command ends).
+        from prefect.logging.configuration import setup_logging
+
+        setup_logging()
         yield PREFECT_API_URL.value()
 
 
