@@ -47,13 +47,15 @@ def chunked_engine(tiny_spec):
     pytest.param("renoise", {"renoise_iterations": 2, "renoise_average_last": 2, "renoise_early_t": 500,
                              "renoise_early_average": 2, "renoise_reg_kl": 0.065, "renoise_reg_ac": 20.0,
                              "renoise_reg_steps": 1, "renoise_reg_rolls": 2}, marks=pytest.mark.slow),
-    pytest.param("ddpm_ef", {}, marks=pytest.mark.slow),
+    # edit-friendly DDPM reconstructs at ~80 dB, where one 8-bit level moves the PSNR by more than the tolerance
+    # below at 4 steps: 6
+    pytest.param("ddpm_ef", {"steps": 6}, marks=pytest.mark.slow),
     # edits at another scale than the inversion: separate denoising calls
     pytest.param("ddim", {"edit_scale": 0.8}, marks=pytest.mark.slow),
 ])
 def test_batched_items_equal_one_item_runs(engine, chunked_engine, method, extra):
-    # 6 steps: timesteps 831 ... 1 (ReNoise's early window, below 500, covers the last four)
-    preset = Preset(**{**dict(name="t", method=method, steps=6, inversion_scale=0.4, edit_scale=0.4, guidance=5.0), **extra})
+    # 4 steps: timesteps 751, 501, 251, 1 (ReNoise's early window, below 500, covers the last two)
+    preset = Preset(**{**dict(name="t", method=method, steps=4, inversion_scale=0.4, edit_scale=0.4, guidance=5.0), **extra})
     requests = _requests()
     batched = chunked_engine.edit_items(requests, preset)
     alone = [engine.edit_item(r.image, r.source_prompt, r.edits, preset) for r in requests]
