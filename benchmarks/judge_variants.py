@@ -25,7 +25,7 @@ import torch
 
 torch.set_num_threads(int(os.environ.get("TORCH_THREADS", os.cpu_count() or 1)))
 
-from tight_pipeline.demo_model.auto_eval import AutoEvalConfig, _shots  # noqa: E402
+from tight_pipeline.demo_model.auto_eval import AutoEvalConfig, _shots, ranking_auc as auc  # noqa: E402
 from tight_pipeline.demo_model.evaluate import score_edit, target_colour  # noqa: E402
 from tight_pipeline.engine import conditioning, inversion, strength  # noqa: E402
 from tight_pipeline.engine.factory import load_engine  # noqa: E402
@@ -98,11 +98,6 @@ def scores(data: dict, timesteps, seeds, weight: str, form: str) -> np.ndarray:
         photo = np.log(mean(m[0, 0]) / mean(m[0, 1]))
         out.append(edit / np.maximum(-photo, 1e-3) if form == "ratio" else edit)
     return np.stack(out)
-
-
-def auc(score: np.ndarray, y: np.ndarray) -> float:
-    pos, neg = score[y], score[~y]
-    return float((pos[:, None] > neg[None]).mean() + 0.5 * (pos[:, None] == neg[None]).mean())
 
 
 def best_threshold(score: np.ndarray, y: np.ndarray) -> tuple[float, float]:

@@ -144,6 +144,12 @@ def _summary(label, scale, scored, per_item, judge_s=None, chosen=None, reasons=
     return row
 
 
+def ranking_auc(score: np.ndarray, success: np.ndarray) -> float:
+    """How often a successful edit scores above a failed one (ties count half): the judge's ranking quality."""
+    pos, neg = score[success], score[~success]
+    return float((pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean())
+
+
 def _agreement(judged: list[dict], min_landed: float) -> dict:
     """How often the landed check (at the preset's threshold) says what the colour classifier says, the
     confusion counts, the ranking quality (AUC) and the same at other thresholds."""
@@ -158,7 +164,7 @@ def _agreement(judged: list[dict], min_landed: float) -> dict:
 
     landed = score >= min_landed
     pos, neg = score[success], score[~success]
-    auc = float(((pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean())) if len(pos) and len(neg) else None
+    auc = ranking_auc(score, success) if len(pos) and len(neg) else None
     return {"edits": int(len(judged)), **at(min_landed), "auc": None if auc is None else round(auc, 4),
             "landed_and_success": int((landed & success).sum()), "landed_not_success": int((landed & ~success).sum()),
             "not_landed_success": int((~landed & success).sum()), "neither": int((~landed & ~success).sum()),
