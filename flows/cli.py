@@ -1,4 +1,4 @@
-"""Command line: ``tight-pipeline edit | run [--dry-run] | variants | demo | tradeoff | deploy | presets | make-tiny-model | train-demo-model | evaluate-demo-model | evaluate-auto-strength |
+"""Command line: ``tight-pipeline edit | run [--dry-run] | variants | demo | tradeoff | deploy | presets | make-tiny-model | train-demo-model | train-demo-clip | evaluate-demo-model | evaluate-auto-strength |
 evaluate-renoise-parity``.
 
 Thin: parses, calls the library or a flow, prints where things are. Bad input exits with status 2 and
@@ -114,6 +114,22 @@ def train_demo_model_cmd(
     except ValueError as exc:
         _fail(str(exc))
     typer.echo(f"training wall time {record['train_wall_s']} s; final loss {record['final_loss']}")
+
+
+@app.command("train-demo-clip")
+def train_demo_clip_cmd(
+    out: Path = typer.Option(Path("tight_pipeline/demo_model/clip_weights"), help="CLIP folder to write"),
+    tokenizer: Path = typer.Option(Path("tight_pipeline/demo_model/weights/tokenizer"), help="the demo model's tokenizer"),
+    steps: int = typer.Option(1200, help="contrastive steps (batch 256; ~0.6 s each on 2 cores)"),
+    images: int = typer.Option(8192, help="training shots (the demo model's: seed 0)"),
+):
+    """Train the demo model's small CLIP (the `catalog-demo-clip` model's edit scorer and auto-strength judge)."""
+    _prepare_env()
+    from tight_pipeline.demo_model.clip import ClipTrainConfig, train_demo_clip
+
+    record = train_demo_clip(out, tokenizer, ClipTrainConfig(steps=steps, images=images), log=typer.echo)
+    typer.echo(f"final loss {record['final_loss']} in {record['seconds']} s; use it with --model catalog-demo-clip "
+               f"or TIGHT_PIPELINE_CLIP_MODEL={out}")
 
 
 @app.command("evaluate-demo-model")

@@ -268,3 +268,61 @@ def test_token_probe_sees_the_product_position_in_the_encoder_states(demo_engine
     # The finding the probe exists for: the adapter's tokens keep much less of the position than the encoder
     # states they are projected from (committed evaluation: 0.013 vs 0.96 for dx).
     assert dx["adapter_tokens_r2"] < dx["encoder_states_r2"] - 0.2
+
+
+def test_the_demo_clip_reads_colours_and_judges_edits_as_the_spec_configures_it():
+    """``catalog-demo-clip`` = the demo model + its shipped CLIP (``ModelSpec.clip``): the CLIP tells the product's
+    colour from the six others on held-out shots (measured: 32/32), and automatic strength's judge becomes CLIP:
+    a perfect recolour (the same shot rendered in the target colour) lands, the unedited photo does not."""
+    from tight_pipeline.demo_model.evaluate import target_colour
+    from tight_pipeline.engine import strength
+    from tight_pipeline.engine.factory import load_engine
+    from tight_pipeline.engine.fingerprints import model_digest
+    from tight_pipeline.engine.specs import resolve_model_spec
+
+    spec = resolve_model_spec("catalog-demo-clip")
+    assert Path(spec.clip).is_dir() and spec.digest != resolve_model_spec("catalog-demo").digest
+    assert model_digest(spec) != model_digest(resolve_model_spec("catalog-demo"))
+    engine = load_engine(spec)
+    assert engine.clip is not None and load_engine(resolve_model_spec("catalog-demo")).clip is None
+    shots = [render_product(ProductSpec.sample(products.HELDOUT_SEED_OFFSET, i)) for i in range(16)]
+    right = 0
+    for s in shots:
+        captions = [s.caption.replace(s.spec.colour, c, 1) for c in products.COLOURS]
+        scores = engine.clip.score([s.image] * len(captions), captions)
+        right += int(int(np.argmax(scores)) == list(products.COLOURS).index(s.spec.colour))
+    assert right >= 15
+    sources = [s.caption for s in shots]
+    edits = [s.caption.replace(s.spec.colour, target_colour(s.spec.colour), 1) for s in shots]
+    recoloured = [render_product(s.spec.with_colour(target_colour(s.spec.colour))).image for s in shots]
+    photo, judge = strength.contrasts(engine, [s.image for s in shots], sources, edits)
+    assert judge == "clip" and all(c < 0 for c in photo)  # each photo fits its own caption better
+    found, _ = strength.contrasts(engine, recoloured, sources, edits)
+    landed = [strength.landed_score(f, p) for f, p in zip(found, photo)]
+    assert sum(score >= 0.6 for score in landed) >= 14  # the preset's threshold (auto_min_landed)
+
+
+def test_a_spec_clip_path_is_relative_to_its_folder_and_a_missing_one_is_named(tmp_path):
+    from tight_pipeline.engine import metrics
+    from tight_pipeline.engine.specs import ModelSpec, resolve_model_spec
+
+    # a spec without a CLIP keeps the digest it had before the field existed (value from the previous version)
+    assert ModelSpec(name="pinned", base="/models/sdxl", adapter="/models/ip").digest == "7c3f4b92ec47"
+    (tmp_path / "m" / "my-clip").mkdir(parents=True)
+    (tmp_path / "m" / "model.yaml").write_text("name: m\nbase: /models/sdxl\nclip: my-clip\n")
+    assert resolve_model_spec(str(tmp_path / "m")).clip == str((tmp_path / "m" / "my-clip").resolve())
+    with pytest.raises(FileNotFoundError, match="CLIP model folder .*nowhere.* not found"):
+        metrics.ClipScorer(tmp_path / "nowhere")
+
+
+def test_train_demo_clip_writes_a_clip_folder_the_scorer_loads(tmp_path):
+    from tight_pipeline.demo_model.clip import ClipTrainConfig, train_demo_clip
+    from tight_pipeline.engine import metrics
+
+    tokenizer = Path(products.__file__).parent / "weights" / "tokenizer"
+    record = train_demo_clip(tmp_path / "clip", tokenizer, ClipTrainConfig(steps=6, images=96, batch=32), log=lambda *_: None)
+    assert record["config"]["steps"] == 6 and np.isfinite(record["final_loss"])
+    scorer = metrics.ClipScorer(tmp_path / "clip")
+    shot = render_product(ProductSpec.sample(3, 0))
+    scores = scorer.score([shot.image, shot.image], [shot.caption, "a box"])
+    assert len(scores) == 2 and all(-1.0 <= v <= 1.0 for v in scores)

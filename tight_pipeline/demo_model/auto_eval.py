@@ -121,7 +121,10 @@ def evaluate_auto_strength(model: str, report_dir: str | Path, config: AutoEvalC
 
 
 def _judge_settings(engine) -> dict:
-    """The zero-shot judge's settings for this engine's family (noise levels differ: timesteps vs sigmas)."""
+    """The judge's settings: the CLIP folder when the engine has one, else the zero-shot diffusion judge's for
+    this engine's family (noise levels differ: timesteps vs sigmas)."""
+    if getattr(engine, "clip", None) is not None:
+        return {"clip": Path(engine.clip.path).name}
     if engine.spec.family == "flux":
         from tight_pipeline.engine import flux
 

@@ -15,7 +15,11 @@ from tight_pipeline.engine.runner import TightInversion
 
 
 def load_engine(spec: ModelSpec, clip_model: str | None = None) -> TightInversion:
-    """Load ``spec``'s weights into the engine of its family (``clip_model``: local CLIP folder for edit scores)."""
+    """Load ``spec``'s weights into the engine of its family.
+
+    ``clip_model``: a local CLIP folder for edit scores and the automatic-strength judge; without it the spec's
+    own ``clip`` (if any) is used."""
+    clip_model = clip_model or spec.clip
     if spec.family == "flux":
         from tight_pipeline.engine.flux import FluxTightInversion
 

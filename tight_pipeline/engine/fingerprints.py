@@ -61,7 +61,7 @@ def _tree_fingerprint(h, label: str, root: Path | None) -> None:
 
 
 def weights_digest(spec: ModelSpec) -> str:
-    """Short hash of the weight files ``spec`` loads (base folder, adapter weight, image encoder).
+    """Short hash of the weight files ``spec`` loads (base folder, adapter weight, image encoder, CLIP).
 
     Together with :attr:`ModelSpec.digest` it identifies the model a row was made with: retraining or swapping
     weights in place changes it, so a re-run redoes rows instead of keeping images of the old model.
@@ -83,6 +83,8 @@ def weights_digest(spec: ModelSpec) -> str:
         if encoder is None:
             encoder = _local_root(spec.image_encoder)
         _tree_fingerprint(h, "image_encoder", encoder)
+    if spec.clip is not None:  # the auto-strength judge: another CLIP changes which scale an edit keeps
+        _tree_fingerprint(h, "clip", _local_root(spec.clip))
     return h.hexdigest()[:12]
 
 

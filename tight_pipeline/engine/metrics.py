@@ -79,7 +79,11 @@ class ClipScorer:
         import torch
         from transformers import CLIPModel, CLIPProcessor
 
+        if not Path(path).expanduser().is_dir():
+            raise FileNotFoundError(f"CLIP model folder {path} not found: give a local CLIPModel folder with its "
+                                    "processor files (CLIP weights are never downloaded)")
         self.torch = torch
+        self.path = str(path)
         self.model = CLIPModel.from_pretrained(str(path), local_files_only=True).to(device).eval()
         self.processor = CLIPProcessor.from_pretrained(str(path), local_files_only=True)
         self.device = device

@@ -55,6 +55,9 @@ class ModelSpec:
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
         allow_pickle: allow pickle ``.bin`` weights; refused by default (they can run code on load).
         variant: diffusers weight variant (``fp16``) or ``None``.
+        clip: a local ``CLIPModel`` folder (with its processor) shipped with the model, relative to the spec's
+            folder or absolute: edits get a ``clip_score`` and automatic strength judges with CLIP instead of the
+            diffusion model. ``TIGHT_PIPELINE_CLIP_MODEL`` / ``JobConfig.clip_model`` override it. Never downloaded.
 
     How to run it (not part of ``digest``: they change speed, not what the model computes beyond float
     tolerance, so changing them never makes a resumed run redo rows):
@@ -81,6 +84,7 @@ class ModelSpec:
     device: str = "auto"
     allow_pickle: bool = False
     variant: str | None = None
+    clip: str | None = None
     max_batch: int = 8
     vae_batch: int = 4
     tf32: bool = False
@@ -114,6 +118,8 @@ class ModelSpec:
     def digest(self) -> str:
         """Short stable hash of the spec's settings (paths, dtype, ...); :func:`model_digest` adds the weights."""
         settings = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+        if settings["clip"] is None:
+            del settings["clip"]  # specs without a CLIP keep the digests they had before the field existed
         blob = json.dumps(settings, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
@@ -126,7 +132,7 @@ def _spec_from_mapping(data: dict[str, Any], relative_to: Path | None, origin: s
     data = dict(data)
     if relative_to is not None:
         # Paths inside a model.yaml are relative to its folder, so a model folder can be moved as a whole.
-        for key in ("base", "adapter"):
+        for key in ("base", "adapter", "clip"):
             value = data.get(key)
             if value and not os.path.isabs(value) and (relative_to / value).exists():
                 data[key] = str((relative_to / value).resolve())
@@ -175,7 +181,7 @@ def load_named_models() -> dict[str, ModelSpec]:
     out = {}
     for name, data in (raw.get("models") or {}).items():
         data = dict(data)
-        for key in ("base", "adapter"):
+        for key in ("base", "adapter", "clip"):
             if isinstance(data.get(key), str):
                 data[key] = data[key].replace("${TIGHT_PIPELINE_HOME}", str(state_dir())).replace("${TIGHT_PIPELINE_PACKAGE}", package)
         data.setdefault("name", name)

@@ -11,7 +11,7 @@ has (the photo, the source prompt, the edit prompt) — never from masks, labels
 
 - *landed*: the edited image shows the edit prompt rather than the source prompt. A judge gives each image a
   *contrast*, how much better the edit prompt explains it than the source prompt: with a local CLIP
-  (``--clip-model``) ``cos(image, edit) - cos(image, source)``; without one the diffusion model itself is the
+  (``ModelSpec.clip`` or ``TIGHT_PIPELINE_CLIP_MODEL``) ``cos(image, edit) - cos(image, source)``; without one the diffusion model itself is the
   judge (Li et al. 2023, "Your diffusion model is secretly a zero-shot classifier"),
   ``log(err(source) / err(edit))`` with ``err`` the text-only model's denoising error on the image at fixed
   timesteps and noises. The photo's own contrast (negative: its source prompt fits it) sets the scale: the edit
