@@ -210,3 +210,20 @@ def test_source_as_negative_equals_the_source_prompt_as_negative_prompt(engine, 
     assert np.abs(a - c).mean() > 0.5
     assert dataclasses.replace(base, negative_source=True).hash != base.hash
     assert "negative_source" not in load_preset("balanced").settings()  # off: left out of the hash, hashes unchanged
+
+
+def test_cfg_sharpening_reaches_the_edits_and_leaves_the_reconstruction(engine, photo):
+    """The authors' CFG sharpening as a preset field: it changes the guided edits, never the reconstruction
+    (guidance 1, no difference to sharpen); the formula itself is checked by hand in tests/test_parity.py."""
+    import dataclasses
+
+    import numpy as np
+
+    from tight_pipeline.presets import load_preset
+
+    base = dataclasses.replace(load_preset("balanced"), steps=4)
+    edits = [("tea", "a cup of green tea")]
+    plain = engine.edit_item(photo, "a cup of coffee", edits, base)
+    sharp = engine.edit_item(photo, "a cup of coffee", edits, dataclasses.replace(base, cfg_sharpening=0.5))
+    assert np.array_equal(np.asarray(plain.reconstruction), np.asarray(sharp.reconstruction))
+    assert np.abs(np.asarray(plain.edits["tea"], dtype=int) - np.asarray(sharp.edits["tea"], dtype=int)).mean() > 0.5

@@ -1,5 +1,6 @@
-"""Parity with the ReNoise authors' inversion: their iteration schedule and noise regularisation, each checked
-against a small case computed by hand (no model: a stub network whose outputs are known)."""
+"""Parity with the authors' reference pipelines: the ReNoise authors' iteration schedule and noise regularisation,
+and the Tight Inversion demo's CFG sharpening, each checked against a small case computed by hand (no model: a
+stub network whose outputs are known)."""
 
 from __future__ import annotations
 
@@ -138,3 +139,34 @@ def test_parity_fields_keep_existing_hashes_and_are_validated():
     with pytest.raises(ValueError, match="renoise_reg_ac"):
         Preset(name="x", method="renoise", renoise_iterations=2, renoise_reg_ac="a lot")
     assert load_preset("renoise-reference@0.6").renoise_reg_kl == 0.065
+
+
+def test_cfg_sharpening_matches_the_hand_computed_case_row_by_row():
+    from tight_pipeline.engine.editing import guide
+
+    uncond = torch.tensor([[1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]]).view(2, 1, 2, 2)
+    diff = torch.tensor([[-2.0, 1.0, 0.5, 0.0], [0.0, 0.0, 0.0, 0.0]]).view(2, 1, 2, 2)
+    cond = uncond + diff
+    # factor 2, largest magnitude 2: sign(d) * 2 * (|d| / 2) ** 2 = [-2, 0.5, 0.125, 0]; guidance 3 on top of uncond 1
+    out = guide(uncond, cond, 3.0, 2.0)
+    assert torch.allclose(out[0].flatten(), torch.tensor([1 - 6.0, 1 + 1.5, 1 + 0.375, 1.0]))
+    assert torch.equal(out[1], torch.zeros(1, 2, 2))  # a row with no difference stays put (no 0/0)
+    # factor 0.5 lifts the small differences towards the largest: 2 * sqrt(0.25) = 1 for the 0.5 entry
+    assert torch.allclose(guide(uncond, cond, 1.0, 0.5)[0].flatten(), torch.tensor([-1.0, 1 + 2 * 0.5 ** 0.5, 2.0, 1.0]))
+    # per row: a row's result does not depend on its batch neighbours (theirs normalises over the batch of one)
+    big = cond.clone()
+    big[1] = 100.0
+    assert torch.equal(guide(uncond, big, 3.0, 2.0)[0], out[0])
+    # 1.0 is plain CFG, bit for bit
+    assert torch.equal(guide(uncond, cond, 7.5, 1.0), uncond + 7.5 * (cond - uncond))
+
+
+def test_cfg_sharpening_is_a_validated_preset_field_outside_existing_hashes():
+    presets = load_presets()
+    assert all("cfg_sharpening" not in p.settings() for p in presets.values())  # default 1.0 stays out of the hash
+    assert Preset(name="s", cfg_sharpening=0.5).hash != Preset(name="s").hash
+    assert Preset(name="s", cfg_sharpening=1).hash == Preset(name="s").hash
+    with pytest.raises(ValueError, match="cfg_sharpening 0 must be a number in 0.05..10"):
+        Preset(name="x", cfg_sharpening=0)
+    with pytest.raises(ValueError, match="cfg_sharpening"):
+        Preset(name="x", cfg_sharpening="sharp")

@@ -25,7 +25,7 @@ _LATER_DEFAULTS = {"gamma": 0.0, "eta": 0.0, "eta_start": 0.0, "eta_stop": 0.25,
                    "inversion_prompt": "source", "distilled_guidance": 3.5, "negative_source": False,
                    "auto_scales": (), "auto_min_landed": 0.6, "auto_min_kept_db": 26.0,
                    "renoise_early_t": 0, "renoise_early_average": 5, "renoise_reg_kl": 0.0, "renoise_reg_ac": 0.0,
-                   "renoise_reg_steps": 0, "renoise_reg_rolls": 5}
+                   "renoise_reg_steps": 0, "renoise_reg_rolls": 5, "cfg_sharpening": 1.0}
 # ``name@auto``: the candidate adapter scales tried, strongest first (see engine/strength.py).
 DEFAULT_AUTO_SCALES = (1.0, 0.4, 0.0)
 
@@ -60,6 +60,9 @@ class Preset:
         negative_source: use each item's source prompt as its edits' negative prompt (the authors' demo
             switch "use source as negative"; overrides ``negative_prompt``): guidance then pushes away from
             what the photo shows towards what the edit asks.
+        cfg_sharpening: the authors' demo "sharpening factor" of classifier-free guidance for edits
+            (``engine/editing.py::guide``): each edit's guidance difference is normalised to its largest magnitude,
+            raised to this power (sign kept) and scaled back. 1.0 = plain CFG (the default); in 0.05..10.
         gamma: RF-Inversion forward control: 0 = plain flow-ODE inversion, 1 = straight to the target noise.
         eta: RF-Inversion reverse control: pull of edits back towards the input's latent (0 = none).
         eta_start, eta_stop: the part of the denoising steps (fractions, from the noisy end) where ``eta`` acts.
@@ -104,6 +107,7 @@ class Preset:
     renoise_reg_ac: float = 0.0
     renoise_reg_steps: int = 0
     renoise_reg_rolls: int = 5
+    cfg_sharpening: float = 1.0
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -149,6 +153,10 @@ class Preset:
             problems.append(f"eta_start {self.eta_start} is after eta_stop {self.eta_stop}")
         if not isinstance(self.fixed_point_iterations, int) or not 0 <= self.fixed_point_iterations <= 50:
             problems.append(f"fixed_point_iterations {self.fixed_point_iterations!r} must be an integer in 0..50")
+        if (not isinstance(self.cfg_sharpening, (int, float)) or isinstance(self.cfg_sharpening, bool)
+                or not 0.05 <= self.cfg_sharpening <= 10.0):
+            problems.append(f"cfg_sharpening {self.cfg_sharpening!r} must be a number in 0.05..10 (1.0 = plain "
+                            "classifier-free guidance; the authors' demo writes 0 for 'off', which is 1.0 here)")
         if not isinstance(self.negative_source, bool):
             problems.append(f"negative_source {self.negative_source!r} must be true or false")
         if self.inversion_prompt not in ("source", "empty"):

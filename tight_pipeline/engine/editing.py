@@ -17,6 +17,24 @@ from tight_pipeline.engine.conditioning import TextCondition, predict_noise
 from tight_pipeline.engine.inversion import Schedule, ddim_move, ddpm_move
 
 
+def guide(uncond: torch.Tensor, cond: torch.Tensor, guidance: float, sharpening: float = 1.0) -> torch.Tensor:
+    """Classifier-free guidance ``ε_u + guidance · d`` with ``d = ε_c - ε_u``, row by row.
+
+    ``sharpening`` is the Tight Inversion authors' demo knob (their "sharpening factor"): each row's ``d`` is
+    divided by its largest magnitude ``m``, raised to the power ``sharpening`` with its sign kept, and scaled back,
+    ``d ← sign(d) · m · (|d| / m) ** sharpening``. 1.0 is plain CFG (and is computed as plain CFG); below 1 the
+    small differences are lifted towards the largest, above 1 only the largest keep their weight. Their pipeline
+    takes ``m`` over the whole batch and runs one edit per batch; here it is per row, so an edit's result does
+    not depend on which items share its batch (the same as theirs at one edit per batch)."""
+    d = cond - uncond
+    if sharpening != 1.0:
+        d = d.float()
+        m = d.abs().flatten(1).amax(1).view(-1, *([1] * (d.dim() - 1)))
+        m = torch.where(m > 0, m, torch.ones_like(m))  # an all-zero row stays zero
+        d = (torch.sign(d) * (d.abs() / m) ** sharpening * m).to(cond.dtype)
+    return uncond + guidance * d
+
+
 @torch.no_grad()
 def denoise(
     pipe,
@@ -30,6 +48,7 @@ def denoise(
     callback=None,
     noises: list[torch.Tensor] | None = None,
     max_batch: int = 0,
+    sharpening: float = 1.0,
 ) -> torch.Tensor:
     """DDIM denoising of ``n_plain + n_guided`` latents that all start at ``z_T``.
 
@@ -41,7 +60,8 @@ def denoise(
     without, the deterministic DDIM step. Latents and updates are float32; at most ``max_batch`` rows per
     UNet call (0 = all).
 
-    Per step from t down to t - Δ: ε̂ = ε_u + guidance (ε_c - ε_u) for guided rows, ε for plain rows, then
+    Per step from t down to t - Δ: ε̂ = ε_u + guidance (ε_c - ε_u) for guided rows (``guide``: with the
+    authors' ``sharpening`` of the difference when it is not 1), ε for plain rows, then
     z ← sqrt(a_prev) x0 + sqrt(1 - a_prev) ε̂ (DDIM, eq. 12 with η = 0) or the DDPM step with the stored map.
     """
     p, g = n_plain, n_guided
@@ -52,7 +72,7 @@ def denoise(
         model_in = torch.cat([z[:p], z[p:], z[p:]]) if g else z
         out = predict_noise(pipe, model_in, t, text, image_embeds, max_batch)
         uncond, cond = out[p : p + g], out[p + g :]
-        combined = torch.cat([out[:p], uncond + guidance * (cond - uncond)])
+        combined = torch.cat([out[:p], guide(uncond, cond, guidance, sharpening)])
         if noises is None:
             z = ddim_move(z, combined, a_t, a_prev, schedule.prediction_type)
         else:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tight_pipeline.engine import rf_inversion
+from tight_pipeline.engine import editing, rf_inversion
 from tight_pipeline.engine.runner import InputError, ItemResult, TightInversion
 from tight_pipeline.presets import Preset
 
@@ -270,7 +270,7 @@ class FluxTightInversion(TightInversion):
             def guided(x, level):
                 out = velocity(torch.cat([x, x]), level)
                 uncond, cond = out[:e], out[e:]
-                return uncond + preset.guidance * (cond - uncond)
+                return editing.guide(uncond, cond, preset.guidance, preset.cfg_sharpening)
 
             outs.append(rf_inversion.denoise_rf(
                 guided, x1[edit_owner], sigmas, y0=y0[edit_owner], eta=preset.eta,

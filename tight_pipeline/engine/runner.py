@@ -379,7 +379,7 @@ class TightInversion:
             text = conditioning.TextCondition.cat([text_all.rows(redo), guided_text]) if e else text_all.rows(redo)
             img = image_rows((redo, False), (edit_owner, True), (edit_owner, False))
             z = editing.denoise(pipe, z_T[rows], schedule, text, img, len(redo), e, preset.guidance, step("denoise"),
-                                _pick(noises, rows), max_batch=mb)
+                                _pick(noises, rows), max_batch=mb, sharpening=preset.cfg_sharpening)
         else:
             z_rec = z_T[:0]
             if redo:
@@ -388,7 +388,8 @@ class TightInversion:
             conditioning.set_adapter_scale(pipe, preset.edit_scale)
             z_edit = editing.denoise(pipe, z_T[edit_owner], schedule, guided_text,
                                      image_rows((edit_owner, True), (edit_owner, False)), 0, e, preset.guidance,
-                                     step("denoise"), _pick(noises, edit_owner), max_batch=mb)
+                                     step("denoise"), _pick(noises, edit_owner), max_batch=mb,
+                                     sharpening=preset.cfg_sharpening)
             z = torch.cat([z_rec, z_edit])
         timings["denoise_s"] = time.perf_counter() - t0
 
