@@ -163,7 +163,9 @@ def test_cfg_sharpening_matches_the_hand_computed_case_row_by_row():
 
 def test_cfg_sharpening_is_a_validated_preset_field_outside_existing_hashes():
     presets = load_presets()
-    assert all("cfg_sharpening" not in p.settings() for p in presets.values())  # default 1.0 stays out of the hash
+    # the default 1.0 stays out of the hash: only the preset that asks for sharpening carries it
+    assert [name for name, p in presets.items() if "cfg_sharpening" in p.settings()] == ["catalog-sharp"]
+    assert presets["catalog-sharp"].cfg_sharpening == 2.0 and presets["catalog-sharp"].method == "ddim"
     assert Preset(name="s", cfg_sharpening=0.5).hash != Preset(name="s").hash
     assert Preset(name="s", cfg_sharpening=1).hash == Preset(name="s").hash
     with pytest.raises(ValueError, match="cfg_sharpening 0 must be a number in 0.05..10"):
