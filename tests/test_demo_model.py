@@ -270,7 +270,7 @@ def test_token_probe_sees_the_product_position_in_the_encoder_states(demo_engine
     assert dx["adapter_tokens_r2"] < dx["encoder_states_r2"] - 0.2
 
 
-def test_the_demo_clip_reads_colours_and_judges_edits_as_the_spec_configures_it():
+def test_the_demo_clip_reads_colours_and_judges_edits_as_the_spec_configures_it(demo_engine):
     """``catalog-demo-clip`` = the demo model + its shipped CLIP (``ModelSpec.clip``): the CLIP tells the product's
     colour from the six others on held-out shots (measured: 32/32), and automatic strength's judge becomes CLIP:
     a perfect recolour (the same shot rendered in the target colour) lands, the unedited photo does not."""
@@ -284,7 +284,7 @@ def test_the_demo_clip_reads_colours_and_judges_edits_as_the_spec_configures_it(
     assert Path(spec.clip).is_dir() and spec.digest != resolve_model_spec("catalog-demo").digest
     assert model_digest(spec) != model_digest(resolve_model_spec("catalog-demo"))
     engine = load_engine(spec)
-    assert engine.clip is not None and load_engine(resolve_model_spec("catalog-demo")).clip is None
+    assert engine.clip is not None and demo_engine.clip is None
     shots = [render_product(ProductSpec.sample(products.HELDOUT_SEED_OFFSET, i)) for i in range(16)]
     right = 0
     for s in shots:

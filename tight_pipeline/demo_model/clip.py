@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tight_pipeline.demo_model.architecture import MAX_TOKENS
 from tight_pipeline.demo_model.products import SIZE, ProductSpec, render_product
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)  # openai CLIP's normalisation, kept so the processor is the usual one
@@ -47,7 +48,7 @@ def build_clip(vocab_size: int, config: ClipTrainConfig):
     from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
 
     text = CLIPTextConfig(vocab_size=vocab_size, hidden_size=config.width, intermediate_size=4 * config.width,
-                          num_hidden_layers=config.layers, num_attention_heads=4, max_position_embeddings=16,
+                          num_hidden_layers=config.layers, num_attention_heads=4, max_position_embeddings=MAX_TOKENS,
                           projection_dim=config.embed, bos_token_id=0, eos_token_id=1, pad_token_id=1)
     vision = CLIPVisionConfig(image_size=SIZE, patch_size=8, hidden_size=config.width,
                               intermediate_size=4 * config.width, num_hidden_layers=config.layers,
@@ -90,7 +91,7 @@ def train_demo_clip(out_dir: str | Path, tokenizer_dir: str | Path, config: Clip
     shots = [render_product(ProductSpec.sample(config.seed, i)) for i in range(config.images)]
     captions = [s.caption for s in shots]
     pixels = torch.from_numpy(np.stack([np.asarray(s.image) for s in shots])).permute(0, 3, 1, 2).float() / 255
-    tokens = tokenizer(captions, padding="max_length", max_length=16, truncation=True, return_tensors="pt")
+    tokens = tokenizer(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt")
     index = {c: k for k, c in enumerate(sorted(set(captions)))}
     caption_ids = torch.tensor([index[c] for c in captions])
     mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
