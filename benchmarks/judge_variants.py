@@ -10,7 +10,8 @@ denoising errors of every photo and edit under the source and the edit prompt at
 thresholds chosen there did not carry over (session 9).
 
 Variants: timesteps x noises x weighting (``none``: every pixel; ``change``: pixels weighted by how much the edit
-changed them) x form (``ratio``: the edit's contrast over the photo's, what ``engine/strength.py`` computes;
+changed them) x form (``ratio``: the edit's contrast over the photo's, what ``engine/strength.py`` computes with
+``auto_max_rivals: 0``; with rivals see ``benchmarks/rival_judge.py``;
 ``raw``: the edit's contrast alone). For each: AUC and best agreement on ``calib``, agreement on ``heldout`` at
 that threshold, and what the strongest-first rule would then choose on ``heldout`` (success, tries).
 """

@@ -172,13 +172,21 @@ def evaluate_auto_strength_cmd(
     training_shots: bool = typer.Option(False, "--training-shots", help="read training shots (to choose the judge's "
                                         "settings without looking at the held-out ones)"),
     seed: int = typer.Option(0, help="shot seed"),
+    fixed_scales: str = typer.Option("0,0.2,0.4,0.6,0.8,1", help="comma-separated fixed scales to compare with "
+                                     "(the auto candidates 1, 0.4, 0 must be among them)"),
 ):
     """Automatic strength vs every fixed scale on the demo model, and the landed check vs the colour classifier."""
     _prepare_env()
     from tight_pipeline.demo_model.auto_eval import AutoEvalConfig, evaluate_auto_strength
     from tight_pipeline.tracking import log_auto_evaluation
 
-    config = AutoEvalConfig(images=images, steps=steps, heldout=not training_shots, seed=seed)
+    try:
+        scales = tuple(float(v) for v in fixed_scales.split(","))
+    except ValueError:
+        _fail(f"--fixed-scales {fixed_scales!r} must be comma-separated numbers")
+    if not set(AutoEvalConfig.auto_scales) <= set(scales):
+        _fail(f"--fixed-scales must include the auto candidates {', '.join(f'{s:g}' for s in AutoEvalConfig.auto_scales)}")
+    config = AutoEvalConfig(images=images, steps=steps, heldout=not training_shots, seed=seed, fixed_scales=scales)
     try:
         result = evaluate_auto_strength(model, report, config, log=typer.echo)
     except _user_errors() as exc:

@@ -15,6 +15,8 @@ import pytest
 import pandas as pd
 from PIL import Image
 
+from tight_pipeline.presets import load_preset
+
 from tests.corpus import image_files, write_corpus
 
 CLI = [sys.executable, "-m", "flows.cli"]
@@ -120,8 +122,9 @@ def test_bad_input_corpus_through_run(tmp_path, tiny_model_dir, prefect_env, ray
             tried = json.loads(row["auto_candidates"])
             assert row["preset"] == "smoke@auto" and row["auto_judge"] == "diffusion"
             assert [c["scale"] for c in tried] == [1.0, 0.4, 0.0][: len(tried)]  # strongest first
-            good = [c["scale"] for c in tried if c["landed"] >= 0.6 and c["kept_db"] >= 26.0]
-            landed = [c["scale"] for c in tried if c["landed"] >= 0.6]
+            auto = load_preset("smoke@auto")
+            good = [c["scale"] for c in tried if c["landed"] >= auto.auto_min_landed and c["kept_db"] >= auto.auto_min_kept_db]
+            landed = [c["scale"] for c in tried if c["landed"] >= auto.auto_min_landed]
             # the search stops at the first scale that passes both checks, and the rule picks as documented
             expected = {"landed": good[:1], "landed-not-faithful": landed[:1], "none-landed": [0.0]}[row["auto_reason"]]
             assert [row["adapter_scale"]] == expected and (good == tried[-1:] or len(tried) == 3)

@@ -295,11 +295,12 @@ def test_the_demo_clip_reads_colours_and_judges_edits_as_the_spec_configures_it(
     sources = [s.caption for s in shots]
     edits = [s.caption.replace(s.spec.colour, target_colour(s.spec.colour), 1) for s in shots]
     recoloured = [render_product(s.spec.with_colour(target_colour(s.spec.colour))).image for s in shots]
-    photo, judge = strength.contrasts(engine, [s.image for s in shots], sources, edits)
-    assert judge == "clip" and all(c < 0 for c in photo)  # each photo fits its own caption better
-    found, _ = strength.contrasts(engine, recoloured, sources, edits)
-    landed = [strength.landed_score(f, p) for f, p in zip(found, photo)]
-    assert sum(score >= 0.6 for score in landed) >= 14  # the preset's threshold (auto_min_landed)
+    questions = [strength.Question(a, b, ()) for a, b in zip(sources, edits)]  # source vs edit prompt only
+    photo, judge = strength.margins(engine, [s.image for s in shots], questions)
+    assert judge == "clip" and all(m[1] > 0 for m in photo)  # each photo fits its own caption better
+    found, _ = strength.margins(engine, recoloured, questions)
+    landed = [strength.landed_score(f[0], p[1]) for f, p in zip(found, photo)]
+    assert sum(score >= 0.6 for score in landed) >= 14  # 60 % as clear as the photo's own caption
 
 
 def test_a_spec_clip_path_is_relative_to_its_folder_and_a_missing_one_is_named(tmp_path):

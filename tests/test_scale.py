@@ -3,6 +3,7 @@ anti-join, bounded attempts for items that kill their worker, --dry-run."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -121,3 +122,19 @@ def test_dry_run_prints_counts_without_starting_services(tmp_path):
     assert [line.split() for line in proc.stdout.splitlines() if line.strip().startswith("draft")] == [["draft", "5", "0", "1"]]
     assert "invalid: manifest row 6" in proc.stderr
     assert not (tmp_path / "out").exists()  # nothing written, no Ray, no Prefect
+
+
+def test_the_plan_collects_the_rivals_of_auto_items_from_the_whole_manifest(tmp_path):
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "a.png").write_bytes(image_files()["good.png"])
+    records = [{"item_id": f"sku-{i}", "image_uri": "img/a.png", "source_prompt": f"a {src} mug", "preset": "auto",
+                "edits": [{"edit_id": "c", "prompt": f"a {dst} mug"}]}
+               for i, (src, dst) in enumerate([("red", "teal"), ("red", "blue"), ("green", "teal")])]
+    records.append({"item_id": "fixed", "image_uri": "img/a.png", "source_prompt": "a grey mug",  # no search: no rival
+                    "edits": [{"edit_id": "c", "prompt": "a pink mug"}]})
+    config = JobConfig(manifest=str(_jsonl(tmp_path / "m.jsonl", records)), output=str(tmp_path / "out"),
+                       preset="draft", model="passthrough")
+    plan = plan_job(config)
+    assert plan.vocabulary == {"red": 2, "teal": 2, "blue": 1, "green": 1}
+    assert plan.rivals == ("red", "teal", "blue", "green")  # most frequent first: what every worker is given
+    assert plan_job(dataclasses.replace(config, preset="auto")).rivals[-2:] == ("grey", "pink")

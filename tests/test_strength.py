@@ -3,6 +3,7 @@ zero-shot judge on the tiny model (an ``auto`` manifest item through ``tight-pip
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 from PIL import Image
 
 from tight_pipeline.engine.runner import InputError, ItemRequest, ItemResult
+from tight_pipeline.engine.rivals import changed_span, rival_phrases, rival_prompts, run_vocabulary
 from tight_pipeline.engine.strength import Candidate, choose, edit_items_auto, final_choice, kept_psnr, landed_score
 from tight_pipeline.presets import PresetError, Preset, load_preset
 
@@ -38,9 +40,39 @@ def test_the_rule_picks_the_strongest_scale_that_landed_and_stayed_faithful():
 
 
 def test_the_landed_score_is_relative_to_the_photo():
-    assert landed_score(0.5, -1.0) == 0.5 and landed_score(0.5, -0.25) == 2.0  # same contrast, clearer judge
-    assert landed_score(-0.2, -1.0) < 0  # the edit still shows the source prompt
-    assert np.isfinite(landed_score(0.1, 0.3))  # a judge that cannot read the photo does not divide by zero
+    assert landed_score(0.5, 1.0) == 0.5 and landed_score(0.5, 0.25) == 2.0  # same margin, clearer judge
+    assert landed_score(-0.2, 1.0) < 0  # the edit still shows the source prompt (or a rival)
+    assert np.isfinite(landed_score(0.1, -0.3))  # a judge that cannot read the photo does not divide by zero
+
+
+def test_rivals_are_what_the_run_s_edits_take_out_and_put_in():
+    assert changed_span("a red striped mug on white", "a teal striped mug on white") == (
+        "red", "teal", ["a"], ["striped", "mug", "on", "white"])
+    assert changed_span("a mug on white", "a mug on a wooden table")[:2] == ("white", "a wooden table")
+    assert changed_span("a mug", "a  mug")[:2] == ("", "")  # no change: nothing to weigh
+    pairs = [("a red mug", "a teal mug"), ("a blue box", "a red box"), ("a red ball", "a green ball"),
+             ("a mug on white", "a mug on a wooden table")]
+    counts = run_vocabulary(pairs)
+    assert counts == {"red": 3, "teal": 1, "blue": 1, "green": 1, "white": 1, "a wooden table": 1}
+    # most frequent first, ties alphabetical; the preset's own first; bounded
+    assert rival_phrases(counts) == ("red", "a wooden table", "blue", "green", "teal", "white")
+    assert rival_phrases(counts, ("purple", "red"), limit=3) == ("purple", "red", "a wooden table")
+    # the edit prompt with its new phrase swapped for every rival of as many words, not its own nor the source's
+    assert rival_prompts("a red mug", "a teal mug", rival_phrases(counts)) == ["a blue mug", "a green mug", "a white mug"]
+    assert rival_prompts("a red mug", "a teal mug", rival_phrases(counts), limit=1) == ["a blue mug"]
+    assert rival_prompts("a red mug", "a mug", ("blue",)) == []  # a deletion has nothing to swap
+
+
+def test_auto_rival_settings_are_validated_and_hashed_only_under_auto():
+    auto = load_preset("balanced@auto")
+    assert auto.auto_max_rivals == 16 and auto.settings()["auto_max_rivals"] == 16
+    assert "auto_max_rivals" not in load_preset("balanced").settings()  # no search: no search settings hashed
+    assert Preset(name="x", auto_scales=[1.0], auto_rivals=["light  blue"]).auto_rivals == ("light blue",)
+    assert Preset(name="x", auto_scales=[1.0], auto_rivals=["navy"]).hash != Preset(name="x", auto_scales=[1.0]).hash
+    with pytest.raises(PresetError, match="auto_rivals"):
+        Preset(name="x", auto_rivals="navy")
+    with pytest.raises(PresetError, match="auto_max_rivals"):
+        Preset(name="x", auto_max_rivals=-1)
 
 
 def test_kept_psnr_reads_the_untouched_half_only():
@@ -108,7 +140,8 @@ class ScaleStamp:
 def test_the_search_runs_strongest_first_and_only_what_is_still_open():
     engine = ScaleStamp()
     photo = Image.new("RGB", (8, 8), (0, 0, 0))  # every edit differs from it everywhere: kept_db stays low...
-    preset = Preset(name="t", auto_scales=[1.0, 0.4, 0.0], auto_min_kept_db=0.0)  # ...so faithfulness is off here
+    # ...so faithfulness is off here, and so are rivals (this judge reads "needs=" in any prompt)
+    preset = Preset(name="t", auto_scales=[1.0, 0.4, 0.0], auto_min_kept_db=0.0, auto_max_rivals=0)
     requests = [ItemRequest(photo, "a", [("x", "needs=1.0"), ("y", "needs=0.4")]),
                 ItemRequest(photo, "b", [("z", "needs=-1")])]  # never lands
     a, b = edit_items_auto(engine, requests, preset)
@@ -118,6 +151,7 @@ def test_the_search_runs_strongest_first_and_only_what_is_still_open():
     assert a.edit_scores["x"]["adapter_scale"] == 1.0 and a.edit_scores["y"]["adapter_scale"] == 0.4
     assert a.edit_scores["y"]["auto_reason"] == "landed" and a.edit_scores["y"]["auto_judge"] == "diffusion"
     assert a.edit_scores["y"]["auto_landed"] == pytest.approx(1.0)  # as clear as the photo's own prompt
+    assert a.edit_scores["y"]["auto_rivals"] == 0
     assert [c["scale"] for c in json.loads(a.edit_scores["y"]["auto_candidates"])] == [1.0, 0.4]
     assert np.asarray(a.edits["y"])[0, 0, 0] == 81  # the image made at the chosen scale
     assert a.scores["psnr_vs_input"] == 201  # the reconstruction (and its scores) of the strongest scale
@@ -130,6 +164,38 @@ def test_the_search_runs_strongest_first_and_only_what_is_still_open():
     broken, fine = edit_items_auto(engine, [ItemRequest(photo, "broken", [("x", "needs=0.0")]),
                                             ItemRequest(photo, "c", [("x", "needs=1.0")])], preset)
     assert isinstance(broken, RuntimeError) and fine.edit_scores["x"]["adapter_scale"] == 1.0
+
+
+class ColourStamp(ScaleStamp):
+    """Edits made at scale >= 0.4 come out blue, weaker ones teal (what was asked): the judge explains an image
+    best by the colour it shows, and an edit to blue fits "teal" better than the photo's red (neighbours)."""
+
+    def prompt_errors(self, images, prompts):
+        out = []
+        for im, p in zip(images, prompts):
+            level = np.asarray(im)[0, 0, 0]
+            shows = "red" if level == 0 else ("blue" if (level - 1) / 200 >= 0.4 else "teal")
+            out.append(1.0 if shows in p else 2.0 if shows == "blue" and "teal" in p else np.e)
+        return out
+
+
+def test_a_rival_answer_turns_a_neighbouring_colour_into_a_miss():
+    photo = Image.new("RGB", (8, 8), (0, 0, 0))
+    requests = [ItemRequest(photo, "a red mug", [("c", "a teal mug")])]
+    preset = Preset(name="t", auto_scales=[1.0, 0.4, 0.0], auto_min_kept_db=0.0, auto_min_landed=0.1)
+    # against the source prompt alone the blue edit "fits teal better than red": kept at the strongest scale
+    alone = edit_items_auto(ColourStamp(), requests, dataclasses.replace(preset, auto_max_rivals=0))[0]
+    assert alone.edit_scores["c"]["adapter_scale"] == 1.0 and alone.edit_scores["c"]["auto_rivals"] == 0
+    # the run also asks for blue (another item's edit): blue explains the strong edits best, the search goes on
+    engine = ColourStamp()
+    out = edit_items_auto(engine, requests, preset, rivals=rival_phrases(run_vocabulary([("a red box", "a blue box")])))[0]
+    assert out.edit_scores["c"]["adapter_scale"] == 0.0 and out.edit_scores["c"]["auto_reason"] == "landed"
+    tried = json.loads(out.edit_scores["c"]["auto_candidates"])
+    assert [(c["scale"], c["seen"]) for c in tried] == [(1.0, "a blue mug"), (0.4, "a blue mug"), (0.0, "a red mug")]
+    assert tried[0]["landed"] < 0 < 0.1 <= tried[2]["landed"] and out.edit_scores["c"]["auto_rivals"] == 1
+    # the preset's own rivals count too, and without the run's (rivals taken from the requests: none here)
+    named = edit_items_auto(ColourStamp(), requests, dataclasses.replace(preset, auto_rivals=("blue",)))[0]
+    assert named.edit_scores["c"]["adapter_scale"] == 0.0
 
 
 def test_an_engine_without_a_judge_is_refused_with_the_reason():

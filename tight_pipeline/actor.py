@@ -78,7 +78,7 @@ class EditorActor:
     def __init__(self, *, spec: ModelSpec, digest: str, presets: dict[str, Preset], output: str, run_id: str,
                  manifest_uri: str, limits: storage.ImageLimits, torch_threads: int = 0, clip_model: str | None = None,
                  allowed_schemes: tuple[str, ...] = storage.DEFAULT_SCHEMES, item_timeout_s: float = 0.0,
-                 max_attempts: int = 3, ledger_name: str | None = None):
+                 max_attempts: int = 3, ledger_name: str | None = None, rivals: tuple[str, ...] | None = None):
         import torch
 
         from tight_pipeline.engine.factory import load_engine
@@ -91,6 +91,7 @@ class EditorActor:
         self.allowed = allowed_schemes
         self.item_timeout_s = item_timeout_s
         self.max_attempts = max_attempts
+        self.rivals = rivals  # the run's rival phrases for automatic strength (job.Plan.rivals)
         self.ledger = None
         if ledger_name:
             import ray
@@ -182,11 +183,12 @@ class EditorActor:
             fetched.append((item, image, notes, time.perf_counter() - t0))
         requests = [ItemRequest(image, item.source_prompt, [(e.edit_id, e.prompt) for e in item.edits])
                     for item, image, _, _ in fetched]
-        results = strength.run_items(self.engine, requests, preset,
-                                     progress=self._deadline(time.perf_counter(), len(requests))) if requests else []
+        results = strength.run_items(self.engine, requests, preset, self._deadline(time.perf_counter(), len(requests)),
+                                     self.rivals) if requests else []
         for (item, image, notes, fetch_s), request, result in zip(fetched, requests, results):
             if isinstance(result, BatchError):
-                result = strength.run_items(self.engine, [request], preset, progress=self._deadline(time.perf_counter()))[0]
+                result = strength.run_items(self.engine, [request], preset, self._deadline(time.perf_counter()),
+                                            self.rivals)[0]
             if isinstance(result, BaseException):
                 rows.extend(self.error_rows(item, preset, result, t_start))
                 continue

@@ -30,6 +30,7 @@ import os
 import sys
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable
@@ -44,6 +45,7 @@ from tight_pipeline import scores, storage
 from tight_pipeline.actor import SUMMARY_COLUMNS, AttemptLedger, DoneFilter, EditorActor, now
 from tight_pipeline.engine.specs import ModelSpec, resolve_model_spec
 from tight_pipeline.engine.fingerprints import model_digest
+from tight_pipeline.engine.rivals import rival_phrases, run_vocabulary
 from tight_pipeline.manifest import InvalidRow, iter_manifest
 from tight_pipeline.presets import Preset, load_preset, load_presets
 from tight_pipeline.variants import VariantRequest, load_style_set
@@ -132,6 +134,14 @@ class Plan:
     invalid_sample: list[str] = field(default_factory=list)  # the first 50 invalid rows' messages
     presets: dict[str, Preset] = field(default_factory=dict)
     plan_s: float = 0.0
+    # what the edits of ``auto`` items take out and put in, over the whole manifest (done items too, so a resumed
+    # run weighs its edits against the same rivals): automatic strength's landed check (``engine/rivals.py``)
+    vocabulary: Counter = field(default_factory=Counter)
+
+    @property
+    def rivals(self) -> tuple[str, ...]:
+        return rival_phrases(self.vocabulary, limit=max([p.auto_max_rivals for p in self.presets.values() if p.auto],
+                                                        default=0))
 
     def count(self, preset: str, what: str, n: int = 1) -> None:
         self.by_preset.setdefault(preset, {"todo": 0, "done_before": 0, "invalid": 0})[what] += n
@@ -263,6 +273,9 @@ def _plan_job(config: JobConfig, default: Preset | None, digest: str | None, wri
                 by_ref[item.preset] = load_preset(item.preset)
                 plan.presets[by_ref[item.preset].name] = by_ref[item.preset]
         chosen = [by_ref[item.preset] if item.preset else default for item in chunk.items]
+        for item, preset in zip(chunk.items, chosen):
+            if preset.auto:
+                run_vocabulary(((item.source_prompt, e.prompt) for e in item.edits), plan.vocabulary)
         # the anti-join, one vectorised lookup per chunk: an item is a resume candidate when all its keys are done
         sizes = np.fromiter((len(item.edits) for item in chunk.items), dtype=np.int64, count=len(chunk.items))
         hashes = scores.key_hashes((p.hash for p, item in zip(chosen, chunk.items) for _ in item.edits),
@@ -404,7 +417,7 @@ def _run_ray(config: JobConfig, spec: ModelSpec, digest: str, plan: Plan, progre
                 manifest_uri=config.manifest, limits=limits, torch_threads=threads,
                 clip_model=config.clip_model or os.environ.get("TIGHT_PIPELINE_CLIP_MODEL"),
                 allowed_schemes=config.allowed_schemes, item_timeout_s=config.item_timeout_s,
-                max_attempts=config.max_attempts, ledger_name=ledger_name,
+                max_attempts=config.max_attempts, ledger_name=ledger_name, rivals=plan.rivals,
             ),
             batch_size=batch,
             compute=ray.data.ActorPoolStrategy(size=config.actors),

@@ -23,7 +23,8 @@ METHODS = ("ddim", "renoise", "ddpm_ef", "rf_inversion")
 # output folders) of presets that don't use them stay what they were.
 _LATER_DEFAULTS = {"gamma": 0.0, "eta": 0.0, "eta_start": 0.0, "eta_stop": 0.25, "fixed_point_iterations": 0,
                    "inversion_prompt": "source", "distilled_guidance": 3.5, "negative_source": False,
-                   "auto_scales": (), "auto_min_landed": 0.6, "auto_min_kept_db": 26.0,
+                   "auto_scales": (), "auto_min_landed": 0.6, "auto_min_kept_db": 26.0, "auto_max_rivals": 0,
+                   "auto_rivals": (),
                    "renoise_early_t": 0, "renoise_early_average": 5, "renoise_reg_kl": 0.0, "renoise_reg_ac": 0.0,
                    "renoise_reg_steps": 0, "renoise_reg_rolls": 5, "cfg_sharpening": 1.0}
 # ``name@auto``: the candidate adapter scales tried, strongest first (see engine/strength.py).
@@ -74,9 +75,15 @@ class Preset:
             and reconstruction use 1.0).
         auto_scales: automatic strength (``engine/strength.py``) when not empty: the candidate adapter scales
             (inversion and edit alike); each item's edits are tried strongest first and each keeps the strongest
-            scale whose edit *landed* (the judge finds the edit prompt in it at least ``auto_min_landed`` as
-            clearly as it finds the source prompt in the photo) and stayed *faithful* (its least-changed half is
-            at least ``auto_min_kept_db`` dB PSNR from the photo). ``inversion_scale`` / ``edit_scale`` are then unused.
+            scale whose edit *landed* (the judge prefers the edit prompt to the source prompt and to every rival
+            by at least ``auto_min_landed`` of the margin by which it prefers the source prompt for the photo)
+            and stayed *faithful* (its least-changed half is at least ``auto_min_kept_db`` dB PSNR from the
+            photo). ``inversion_scale`` / ``edit_scale`` are then unused.
+        auto_max_rivals: the most rival answers the landed check weighs an edit against (``engine/rivals.py``:
+            the phrases the run's edits take out and put in; 0 = the source prompt only); each costs one more
+            judge prompt per judged image.
+        auto_rivals: rival phrases the run may not ask about itself (a catalog's palette: ``[navy, teal]``),
+            weighed first.
         description: one line for people choosing a preset.
     """
 
@@ -99,8 +106,10 @@ class Preset:
     distilled_guidance: float = 3.5
     negative_source: bool = False
     auto_scales: tuple[float, ...] = ()
-    auto_min_landed: float = 0.6
+    auto_min_landed: float = 0.05
     auto_min_kept_db: float = 26.0
+    auto_max_rivals: int = 16
+    auto_rivals: tuple[str, ...] = ()
     renoise_early_t: int = 0
     renoise_early_average: int = 5
     renoise_reg_kl: float = 0.0
@@ -118,6 +127,10 @@ class Preset:
             object.__setattr__(self, "auto_scales", tuple(sorted({float(v) for v in self.auto_scales}, reverse=True)))
         else:
             problems.append(f"auto_scales {self.auto_scales!r} must be a list of numbers")
+        if isinstance(self.auto_rivals, (list, tuple)) and all(isinstance(v, str) and v.strip() for v in self.auto_rivals):
+            object.__setattr__(self, "auto_rivals", tuple(" ".join(v.split()) for v in self.auto_rivals))
+        else:
+            problems.append(f"auto_rivals {self.auto_rivals!r} must be a list of phrases (words an edit puts in)")
         if self.method not in METHODS:
             problems.append(f"method {self.method!r} is not one of {METHODS}")
         if not isinstance(self.steps, int) or not 1 <= self.steps <= 1000:
@@ -169,6 +182,9 @@ class Preset:
         for key in ("auto_min_landed", "auto_min_kept_db"):
             if not isinstance(getattr(self, key), (int, float)):
                 problems.append(f"{key} {getattr(self, key)!r} must be a number")
+        if not isinstance(self.auto_max_rivals, int) or isinstance(self.auto_max_rivals, bool) \
+                or not 0 <= self.auto_max_rivals <= 64:
+            problems.append(f"auto_max_rivals {self.auto_max_rivals!r} must be an integer in 0..64")
         if problems:
             raise PresetError(f"preset {self.name!r}: " + "; ".join(problems))
 
@@ -195,6 +211,9 @@ class Preset:
         if self.auto:  # the fixed scales are not used: leave them out so they cannot split equal presets
             data.pop("inversion_scale")
             data.pop("edit_scale")
+        else:  # nor are the search's settings without a search
+            for key in [k for k in data if k.startswith("auto_")]:
+                data.pop(key)
         return data
 
     @functools.cached_property

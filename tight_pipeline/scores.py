@@ -36,10 +36,11 @@ SCORE_COLUMNS = [
 ]
 TIME_COLUMNS = ["time_fetch_s", "time_encode_s", "time_invert_s", "time_denoise_s", "time_write_s", "time_total_s"]
 # Automatic strength (engine/strength.py): the scale each edit got (a fixed preset's edit_scale otherwise), the
-# checks' scores at that scale, why it was chosen, the judge (clip | diffusion) and every tried scale (JSON).
+# checks' scores at that scale, why it was chosen, the judge (clip | diffusion), every tried scale (JSON) and how
+# many rival prompts the landed check weighed the edit prompt against (engine/rivals.py).
 AUTO_COLUMNS = [("adapter_scale", pa.float64()), ("auto_landed", pa.float64()), ("auto_kept_db", pa.float64()),
                 ("auto_reason", pa.string()), ("auto_judge", pa.string()), ("auto_candidates", pa.string()),
-                ("time_judge_s", pa.float64())]
+                ("auto_rivals", pa.int64()), ("time_judge_s", pa.float64())]
 SCHEMA = pa.schema(
     [
         ("run_id", pa.string()), ("manifest_uri", pa.string()), ("row", pa.int64()),

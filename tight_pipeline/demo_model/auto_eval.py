@@ -9,8 +9,10 @@ On held-out synthetic shots (the evaluation's: never trained on), colour edits (
   classifier (success), shape IoU and background PSNR (``evaluate.score_edit``), and timed;
 - with automatic strength (``engine/strength.py``) over the same base schedule, scored the same way.
 
-The landed check sees only the photo and the two prompts; its verdict on every fixed-scale edit is compared
-with the colour classifier's (agreement, and the confusion counts), never fitted to it. ``--seed`` picks the
+The landed check sees only the photo, the two prompts and the run's rival phrases (every phrase the 64 edits
+take out or put in, as the job planner collects them from a manifest: ``engine/rivals.py``); its verdict on
+every fixed-scale edit is compared with the colour classifier's (agreement, and the confusion counts), never
+fitted to it. ``--seed`` picks the
 shots: the default is the held-out set; seed 0 with ``--training-shots`` reads training shots (for choosing
 the judge's settings without looking at the held-out set).
 
@@ -28,6 +30,7 @@ import numpy as np
 
 from tight_pipeline.demo_model.evaluate import score_edit, target_colour
 from tight_pipeline.demo_model.products import HELDOUT_SEED_OFFSET, ProductSpec, render_product
+from tight_pipeline.engine.rivals import rival_phrases, rival_prompts, run_vocabulary
 
 
 @dataclass(frozen=True)
@@ -76,24 +79,29 @@ def evaluate_auto_strength(model: str, report_dir: str | Path, config: AutoEvalC
             seconds += time.perf_counter() - t0
         return out, seconds / len(requests)
 
-    sources, edit_prompts = [r.source_prompt for r in requests], [r.edits[0][1] for r in requests]
-    photo_contrast, judge = strength.contrasts(engine, [s.image for s in shots], sources, edit_prompts)
+    auto = base.with_auto(config.auto_scales)
+    # the run's rivals, as the job planner collects them from a manifest: every phrase the edits take out or put in
+    rivals = rival_phrases(run_vocabulary((r.source_prompt, r.edits[0][1]) for r in requests), limit=auto.auto_max_rivals)
+    questions = [strength.Question(r.source_prompt, r.edits[0][1],
+                                   tuple(rival_prompts(r.source_prompt, r.edits[0][1], rivals, auto.auto_max_rivals)))
+                 for r in requests]
+    photo, judge = strength.margins(engine, [s.image for s in shots], questions)
+    photo_margin = [m[1] for m in photo]
     rows, judged = [], []
     for scale in config.fixed_scales:
         results, per_item = run(base.at_candidate(scale), lambda e, r, p: e.edit_items(r, p))
         edits = [r.edits["colour"] for r in results]
         t0 = time.perf_counter()
-        found, judge = strength.contrasts(engine, edits, sources, edit_prompts)
+        found, judge = strength.margins(engine, edits, questions)
         judge_s = (time.perf_counter() - t0) / len(requests)
         scored = [score_edit(e, s, t) for e, s, t in zip(edits, shots, targets)]
-        for i, (sc, contrast) in enumerate(zip(scored, found)):
-            judged.append({"scale": scale, "image": i, "landed": strength.landed_score(contrast, photo_contrast[i]),
-                           "contrast": contrast, "photo_contrast": photo_contrast[i], "success": sc["edit_success"],
-                           "kept_db": strength.kept_psnr(edits[i], results[i].input)})
+        for i, (sc, (margin, _, seen)) in enumerate(zip(scored, found)):
+            judged.append({"scale": scale, "image": i, "landed": strength.landed_score(margin, photo_margin[i]),
+                           "margin": margin, "photo_margin": photo_margin[i], "seen": seen,
+                           "success": sc["edit_success"], "kept_db": strength.kept_psnr(edits[i], results[i].input)})
         rows.append(_summary(f"fixed {scale:g}", scale, scored, per_item, judge_s=judge_s))
         log(f"fixed {scale:g}: success {rows[-1]['edit_success']:.3f} ({per_item:.3f} s/item)")
-    auto = base.with_auto(config.auto_scales)
-    results, per_item = run(auto, strength.edit_items_auto)
+    results, per_item = run(auto, lambda e, r, p: strength.edit_items_auto(e, r, p, rivals=rivals))
     scored = [score_edit(r.edits["colour"], s, t) for r, s, t in zip(results, shots, targets)]
     chosen = [r.edit_scores["colour"]["adapter_scale"] for r in results]
     reasons = [r.edit_scores["colour"]["auto_reason"] for r in results]
@@ -106,6 +114,7 @@ def evaluate_auto_strength(model: str, report_dir: str | Path, config: AutoEvalC
     report = {
         "model": str(model), "config": asdict(config), "judge": judge,
         "judge_settings": _judge_settings(engine), "auto_preset": auto.to_dict(), "min_landed": auto.auto_min_landed,
+        "rivals": list(rivals),
         "shot_seed": config.seed + (HELDOUT_SEED_OFFSET if config.heldout else 0),
         "table": rows, "agreement": agreement,
         "cost_vs_fixed": round(rows[-1]["s_per_item"] / fixed_reference["s_per_item"], 3),
@@ -171,7 +180,7 @@ def _agreement(judged: list[dict], min_landed: float) -> dict:
     return {"edits": int(len(judged)), **at(min_landed), "auc": None if auc is None else round(auc, 4),
             "landed_and_success": int((landed & success).sum()), "landed_not_success": int((landed & ~success).sum()),
             "not_landed_success": int((~landed & success).sum()), "neither": int((~landed & ~success).sum()),
-            "sweep": [at(t) for t in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0)]}
+            "sweep": [at(t) for t in (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8)]}
 
 
 def markdown(report: dict) -> str:
@@ -181,7 +190,8 @@ def markdown(report: dict) -> str:
             f"{'held-out' if c['heldout'] else 'training'} shots (seed {report['shot_seed']}), colour edits, "
             f"{c['method'].upper()} {c['steps']} steps, CFG {c['guidance']}; auto tries scales "
             f"{', '.join(f'{s:g}' for s in c['auto_scales'])} strongest first; judge: {report['judge']} "
-            f"({report['judge_settings']}). Wall time {report['wall_s']:.0f} s.\n\n")
+            f"({report['judge_settings']}); rivals (what the run's edits take out and put in): "
+            f"{', '.join(report.get('rivals', [])) or 'none'}. Wall time {report['wall_s']:.0f} s.\n\n")
     cols = ["row", "edit_success", "iou", "background_psnr", "s_per_item"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in report["table"]:
@@ -194,9 +204,11 @@ def markdown(report: dict) -> str:
             f"(landed and the classifier agrees: {a['landed_and_success']}; landed, classifier says not: "
             f"{a['landed_not_success']}; not landed, classifier says it did: {a['not_landed_success']}; neither: "
             f"{a['neither']}); precision {a['precision']}, recall {a['recall']}, AUC {a['auc']}. The check never reads "
-            f"the classifier, the masks or the palette: only the photo and the two prompts.\n\n"
-            "Other thresholds (`auto_min_landed`): a lower one agrees more often but lets more failed edits through "
-            "at strong scales; the preset's leans to caution (a missed landing costs a try, a false one an edit).\n\n"
+            f"the classifier, the masks or the palette: only the photo, its two prompts and the run's rival "
+            f"phrases (from the run's own prompts).\n\n"
+            f"Other thresholds (`auto_min_landed`; the preset's, {report['min_landed']:g}, was chosen on calibration shots, "
+            "seed 20000, never on these): a higher one lets fewer failed edits through at strong scales and costs more "
+            "tries.\n\n"
             "| threshold | agreement | precision | recall |\n|---|---|---|---|\n"
             + "\n".join(f"| {r['threshold']:g} | {r['agreement']:.3f} | {r['precision']} | {r['recall']} |" for r in a["sweep"]) + "\n")
     return head + "\n".join(lines) + body
@@ -226,7 +238,8 @@ def plot(report: dict) -> bytes:
                     label="classifier: not landed")
         ax2.axhline(report["min_landed"], color="grey", lw=0.8, ls="--")
         ax2.set_xlabel("adapter scale")
-        ax2.set_ylim(-1.5, 2.0)
+        values = [j["landed"] for j in judged]
+        ax2.set_ylim(max(-3.0, min(values) - 0.1), min(3.0, max(values) + 0.1))
         ax2.set_ylabel("landed score (>= line: landed)")
         ax2.set_title(f"The landed check agrees on {report['agreement']['agreement']:.0%} of edits")
         ax2.grid(alpha=0.3)

@@ -40,9 +40,10 @@ from tight_pipeline.presets import Preset
 # The zero-shot judge's fixed timesteps and noise seeds (``prompt_errors``): mid-range noise, where the
 # prompt decides colour and material but the layout is already fixed by the image. On the demo model's training
 # shots single timesteps from 300 to 700 separated landed from missed edits about equally (AUC 0.88-0.90 with
-# two noises each). Three rows per prompt: with the VAE re-encoding of each edit, the judge cost about 0.5 s per
-# item on the demo model at DDIM 10 (a fixed-scale run: 0.8 s) - the larger part of automatic strength's cost.
-JUDGE_TIMESTEPS = (300, 500, 700)
+# two noises each); with rival prompts (engine/rivals.py) one timestep separated them as well as three or four
+# did on the calibration shots (AUC 0.985 at t=500 vs 0.986), so one row per prompt: the rivals multiply the
+# prompts, not the cost of each.
+JUDGE_TIMESTEPS = (500,)
 JUDGE_SEEDS = (0,)
 
 
