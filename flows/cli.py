@@ -367,6 +367,9 @@ def _dry_run(manifest: str, output: str, preset: str, model: str | None, variant
     for name, c in sorted(plan.by_preset.items()):
         typer.echo(f"  {name:28s} {c['todo']:>10d} {c['done_before']:>12d} {c['invalid']:>8d}")
     typer.echo("  (done before = every edit ok for this model; the workers also check that their PNGs exist)")
+    if plan.rivals:
+        typer.echo(f"  automatic strength weighs each edit against {len(plan.rivals)} rival phrases of this manifest: "
+                   f"{', '.join(plan.rivals)}")
 
 
 @app.command()

@@ -120,7 +120,7 @@ def test_dry_run_prints_counts_without_starting_services(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "5 items, 1 invalid rows" in proc.stdout
     assert [line.split() for line in proc.stdout.splitlines() if line.strip().startswith("draft")] == [["draft", "5", "0", "1"]]
-    assert "invalid: manifest row 6" in proc.stderr
+    assert "invalid: manifest row 6" in proc.stderr and "rival" not in proc.stdout  # no auto item: no rivals
     assert not (tmp_path / "out").exists()  # nothing written, no Ray, no Prefect
 
 
@@ -138,3 +138,7 @@ def test_the_plan_collects_the_rivals_of_auto_items_from_the_whole_manifest(tmp_
     assert plan.vocabulary == {"red": 2, "teal": 2, "blue": 1, "green": 1}
     assert plan.rivals == ("red", "teal", "blue", "green")  # most frequent first: what every worker is given
     assert plan_job(dataclasses.replace(config, preset="auto")).rivals[-2:] == ("grey", "pink")
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--manifest", config.manifest, "--output",
+                           config.output, "--model", "passthrough", "--preset", "draft", "--dry-run"],
+                          capture_output=True, text=True, timeout=120)
+    assert "against 4 rival phrases of this manifest: red, teal, blue, green" in proc.stdout, proc.stdout
