@@ -273,9 +273,10 @@ def _plan_job(config: JobConfig, default: Preset | None, digest: str | None, wri
                 by_ref[item.preset] = load_preset(item.preset)
                 plan.presets[by_ref[item.preset].name] = by_ref[item.preset]
         chosen = [by_ref[item.preset] if item.preset else default for item in chunk.items]
-        for item, preset in zip(chunk.items, chosen):
-            if preset.auto:
-                run_vocabulary(((item.source_prompt, e.prompt) for e in item.edits), plan.vocabulary)
+        if any(p.auto for p in plan.presets.values()):  # the rivals of automatic strength (Plan.vocabulary)
+            for item, preset in zip(chunk.items, chosen):
+                if preset.auto:
+                    run_vocabulary(((item.source_prompt, e.prompt) for e in item.edits), plan.vocabulary)
         # the anti-join, one vectorised lookup per chunk: an item is a resume candidate when all its keys are done
         sizes = np.fromiter((len(item.edits) for item in chunk.items), dtype=np.int64, count=len(chunk.items))
         hashes = scores.key_hashes((p.hash for p, item in zip(chosen, chunk.items) for _ in item.edits),

@@ -6,8 +6,9 @@
 The paper leaves the choice of the image condition's strength open: a strong condition keeps the photo, a weak
 one lets an edit move it. One scale for a whole catalog is wrong for some items either way (a colour change lands
 under a strong condition, a new material may need a weak one). Here each edit is tried at the candidate scales,
-**strongest first**, and keeps the first one whose result passes two checks computed from what any catalog item
-has (the photo, the source prompt, the edit prompt) — never from masks, labels or an evaluation's classifier:
+**strongest first**, and keeps the first one whose result passes two checks computed from what a catalog run
+has (the photo, the source prompt, the edit prompt, the run's other prompts) — never from masks, labels or an
+evaluation's classifier:
 
 - *landed*: the edited image shows the edit prompt rather than the source prompt **or any rival** — the other
   answers the run asks about (``engine/rivals.py``: every phrase the run's edits take out or put in, "red",
@@ -19,8 +20,8 @@ has (the photo, the source prompt, the edit prompt) — never from masks, labels
   prompt over the edit prompt and the rivals) sets the scale: the edit landed when its margin reaches
   ``preset.auto_min_landed`` of the photo's. Why rivals: a failed colour edit rarely keeps its colour, it lands
   on a neighbouring one; against the source prompt alone it still "fits the edit prompt better" (measured on
-  the demo model: that check agreed with the colour classifier on 65-76 % of edits, with rivals on 88 %:
-  ``docs/demo-model/auto``). With ``auto_max_rivals: 0`` the check is the earlier source-vs-edit one.
+  the demo model: that check agreed with the colour classifier on 65-76 % of held-out edits, with rivals on
+  85-92 %: ``docs/demo-model/auto``). With ``auto_max_rivals: 0`` the check is the earlier source-vs-edit one.
 - *faithful*: the part of the photo the edit did not touch survived: PSNR against the input over the
   least-changed half of the pixels (an edit of the product leaves the other half as it was; an edit that
   drifted everywhere does not), at least ``preset.auto_min_kept_db``.
@@ -173,8 +174,9 @@ def edit_items_auto(engine, requests: list[ItemRequest], preset: Preset, progres
     ``auto_max_rivals`` bounds them (0: the edit prompt is weighed against the source prompt only).
 
     Results are ``ItemResult`` objects as a fixed preset gives, whose ``edit_scores`` also carry
-    ``adapter_scale``, ``auto_landed``, ``auto_kept_db``, ``auto_reason``, ``auto_judge`` and ``auto_candidates``
-    (JSON: every tried scale with its scores); a flagged choice adds a warning."""
+    ``adapter_scale``, ``auto_landed``, ``auto_kept_db``, ``auto_reason``, ``auto_judge``, ``auto_rivals`` (how many
+    rival prompts) and ``auto_candidates`` (JSON: every tried scale with its scores and ``seen``); a flagged choice
+    adds a warning."""
     n = len(requests)
     results: list[ItemResult | Exception | None] = [None] * n
     pending: dict[int, list[tuple[str, str]]] = {k: list(r.edits) for k, r in enumerate(requests)}
