@@ -1,6 +1,6 @@
 """The landed check with rival answers: how its judge and threshold were chosen, on calibration shots only.
 
-    .venv/bin/python benchmarks/rival_judge.py       # ~15 min on 2 CPU cores; prints tables and one JSON line
+    .venv/bin/python benchmarks/rival_judge.py       # ~17 min on 2 CPU cores (1,023 s); prints tables and one JSON line
 
 Colour edits of 64 shots per split at the six fixed adapter scales 0..1 (DDIM 10, CFG 7.5: the auto evaluation's
 base) on the shipped demo model, labelled by the evaluation's colour classifier. Splits: ``calib`` (shot seed
