@@ -30,7 +30,7 @@ import numpy as np
 
 from tight_pipeline.demo_model.evaluate import score_edit, target_colour
 from tight_pipeline.demo_model.products import HELDOUT_SEED_OFFSET, ProductSpec, render_product
-from tight_pipeline.engine.rivals import rival_phrases, rival_prompts, run_vocabulary
+from tight_pipeline.engine.rivals import rival_phrases, run_vocabulary
 
 
 @dataclass(frozen=True)
@@ -82,9 +82,8 @@ def evaluate_auto_strength(model: str, report_dir: str | Path, config: AutoEvalC
     auto = base.with_auto(config.auto_scales)
     # the run's rivals, as the job planner collects them from a manifest: every phrase the edits take out or put in
     rivals = rival_phrases(run_vocabulary((r.source_prompt, r.edits[0][1]) for r in requests), limit=auto.auto_max_rivals)
-    questions = [strength.Question(r.source_prompt, r.edits[0][1],
-                                   tuple(rival_prompts(r.source_prompt, r.edits[0][1], rivals, auto.auto_max_rivals)))
-                 for r in requests]
+    asked = strength.questions_for(requests, auto, rivals)  # exactly what the search will ask
+    questions = [asked[(k, "colour")] for k in range(len(requests))]
     photo, judge = strength.margins(engine, [s.image for s in shots], questions)
     photo_margin = [m[1] for m in photo]
     rows, judged = [], []

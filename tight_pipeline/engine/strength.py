@@ -165,6 +165,19 @@ def landed_score(edit_margin: float, photo_margin: float) -> float:
     return edit_margin / max(photo_margin, 1e-3)
 
 
+def questions_for(requests: list[ItemRequest], preset: Preset,
+                  rivals: tuple[str, ...] | None = None) -> dict[tuple[int, str], Question]:
+    """The landed check's question for every ``(request index, edit id)``: the edit prompt, the source prompt and
+    the rival prompts made from the preset's ``auto_rivals`` and the run's ``rivals`` (``None``: the requests'
+    own), at most ``auto_max_rivals``."""
+    limit = preset.auto_max_rivals
+    if rivals is None:
+        rivals = rival_phrases(run_vocabulary((r.source_prompt, p) for r in requests for _, p in r.edits))
+    phrases = rival_phrases(Counter(), (*preset.auto_rivals, *rivals), limit) if limit else ()
+    return {(k, edit_id): Question(r.source_prompt, prompt, tuple(rival_prompts(r.source_prompt, prompt, phrases, limit)))
+            for k, r in enumerate(requests) for edit_id, prompt in r.edits}
+
+
 def edit_items_auto(engine, requests: list[ItemRequest], preset: Preset, progress=None,
                     rivals: tuple[str, ...] | None = None) -> list[ItemResult | Exception]:
     """``engine.edit_items`` with the scale chosen per item and edit (see the module docstring).
@@ -186,12 +199,7 @@ def edit_items_auto(engine, requests: list[ItemRequest], preset: Preset, progres
     first: dict[int, ItemResult] = {}
     timings: dict[int, dict[str, float]] = {}
     judge_name = ""
-    limit = preset.auto_max_rivals
-    if rivals is None:
-        rivals = rival_phrases(run_vocabulary((r.source_prompt, p) for r in requests for _, p in r.edits))
-    phrases = rival_phrases(Counter(), (*preset.auto_rivals, *rivals), limit) if limit else ()
-    questions = {(k, edit_id): Question(r.source_prompt, prompt, tuple(rival_prompts(r.source_prompt, prompt, phrases, limit)))
-                 for k, r in enumerate(requests) for edit_id, prompt in r.edits}
+    questions = questions_for(requests, preset, rivals)
     for s in preset.auto_scales:
         open_items = [k for k in range(n) if results[k] is None and (pending[k] or k not in first)]
         if not open_items:
