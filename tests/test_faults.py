@@ -74,7 +74,18 @@ def test_killed_driver_resumes_with_only_the_missing_rows(tmp_path, tiny_model_d
     _exactly_once(scores.read_latest(str(out)), n)
 
 
+def _io_windows(row) -> list[tuple[float, float]]:
+    """When an item's worker was talking to S3: fetching its image, then writing its PNGs (epoch seconds)."""
+    finished = pd.Timestamp(row["finished_at"]).timestamp()
+    start = finished - row["time_total_s"]
+    return [(start, start + row["time_fetch_s"]), (finished - row["time_write_s"], finished)]
+
+
 def test_s3_server_restart_mid_run_is_retried(tmp_path, s3, tiny_model_dir, ray_session):
+    """The fault is put inside the run by what the run itself shows, never by a guess at timing: six one-item
+    batches (one actor), the first two items' reconstructions (written last) time one item's cycle, and the server
+    is then kept down for longer than a cycle while four items are still to do, so the worker's I/O must meet the
+    outage. The rows' fetch / write windows prove a request met it; the retries must ride it out."""
     fs = s3.filesystem()
     fs.mkdir("restart")
     for name in IMAGES:
@@ -82,23 +93,35 @@ def test_s3_server_restart_mid_run_is_retried(tmp_path, s3, tiny_model_dir, ray_
     n = 6
     fs.pipe("restart/in/manifest.jsonl", ("\n".join(json.dumps(r) for r in _records(n)) + "\n").encode())
     config = JobConfig(manifest="s3://restart/in/manifest.jsonl", output="s3://restart/out", preset="balanced",
-                       model=str(tiny_model_dir))
+                       model=str(tiny_model_dir), batch_size=1)
     result: dict = {}
     thread = threading.Thread(target=lambda: result.setdefault("r", run_job(config)))
     thread.start()
-    deadline = time.time() + 300
-    restarted = False
-    while time.time() < deadline and thread.is_alive():
-        if s3.filesystem().glob("restart/out/*/*/reconstruction.png"):
-            s3.restart()  # stop (SIGTERM, by PID) and start again on the same port and data
-            restarted = True
-            break
-        time.sleep(0.3)
+
+    def wait_for_items(k: int) -> float:
+        deadline = time.time() + 300
+        while time.time() < deadline and thread.is_alive():
+            if len(s3.filesystem().glob("restart/out/*/*/reconstruction.png")) >= k:
+                return time.time()
+            time.sleep(0.2)
+        raise AssertionError(f"the run ended or stalled before {k} items were written")
+
+    first, second = wait_for_items(1), wait_for_items(2)
+    cycle = second - first
+    done_at_stop = len(s3.filesystem().glob("restart/out/*/*/reconstruction.png"))
+    down = time.time()
+    s3.stop()  # SIGTERM by PID: every request now fails to connect
+    time.sleep(1.5 * cycle + 2)  # longer than an item's cycle: the next fetch or write must meet a dead server
+    s3.start()  # same port, same data
+    up = time.time()
     thread.join(timeout=500)
-    assert restarted and not thread.is_alive() and "r" in result  # the restart happened and the job finished
+    assert not thread.is_alive() and "r" in result
+    assert done_at_stop <= n - 3  # the outage fell inside the run, with items left on both sides of it
     rows = result["r"].rows
     assert (rows["status"] == "ok").all(), rows.loc[rows["status"] != "ok", "error"].tolist()  # retried, not failed
     _exactly_once(rows, n)
+    met = [r["item_id"] for _, r in rows.iterrows() if any(a < up and b > down for a, b in _io_windows(r))]
+    assert met, "no worker request met the outage"
     assert len(s3.filesystem().glob("restart/out/*/*/de-DE.png")) == n
 
 
