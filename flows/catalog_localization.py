@@ -13,7 +13,7 @@ from prefect.runtime import flow_run
 
 from flows.tasks import edit_items, open_tracking, publish_summary, track_run, validate_manifest, write_contact_sheet
 from tight_pipeline import tracking
-from tight_pipeline.job import JobConfig
+from tight_pipeline.job import JobConfig, check_compute
 
 
 @flow(name="catalog-localization", log_prints=True)
@@ -27,17 +27,24 @@ def catalog_localization(
     max_failure_rate: float = 1.0,
     item_timeout_s: float = 0.0,
     max_pixels: int = 40_000_000,
+    min_actors: int = 0,
+    gpus_per_actor: float | None = None,
+    batch_size: int = 0,
+    actor_wait_s: float = 900.0,
     flow_label: str = "catalog-localization",
 ) -> dict:
+    """One catalog run; the compute settings are ``JobConfig``'s (deployments set them per cluster)."""
     config = JobConfig(manifest=manifest, output=output, preset=preset, model=model, actors=actors,
                        actor_cpus=actor_cpus, max_failure_rate=max_failure_rate,
-                       item_timeout_s=item_timeout_s, max_pixels=max_pixels).with_run_id()
+                       item_timeout_s=item_timeout_s, max_pixels=max_pixels, min_actors=min_actors,
+                       gpus_per_actor=gpus_per_actor, batch_size=batch_size, actor_wait_s=actor_wait_s).with_run_id()
     return run_tracked(config, flow_label)
 
 
 def run_tracked(config: JobConfig, flow_label: str) -> dict:
     """Validate, open the MLflow run, edit, sheet, track, summarise: the body every catalog-style flow shares.
     The MLflow run spans the job and ends FAILED (with the error) when the job raises."""
+    check_compute(config)  # impossible pool settings fail in one line before any work
     validate_manifest(config)
     tags = {"prefect_flow_run_id": str(flow_run.id)}
     if os.environ.get("PREFECT_API_URL") and flow_run.ui_url:

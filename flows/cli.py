@@ -67,13 +67,14 @@ def _run_flow(flow, **kwargs) -> dict:
 def _user_errors():
     from tight_pipeline.engine.specs import ModelError
     from tight_pipeline.engine.runner import InputError
+    from tight_pipeline.job import ClusterError, ComputeSettingError
     from tight_pipeline.manifest import ManifestError
     from tight_pipeline.presets import PresetError
     from tight_pipeline.storage import ImageDecodeError, StorageError
     from tight_pipeline.variants import VariantError
 
     return (ModelError, InputError, ManifestError, PresetError, ImageDecodeError, StorageError, FileNotFoundError,
-            VariantError)
+            VariantError, ClusterError, ComputeSettingError)
 
 
 @app.command("make-tiny-model")
@@ -379,8 +380,15 @@ def run(
     preset: Optional[str] = typer.Option(None, help="default preset, items may override (default: balanced; "
                                          "flux-balanced for FLUX models)"),
     model: Optional[str] = typer.Option(None, help="model folder / spec YAML / name (default: catalog-demo)"),
-    actors: int = typer.Option(1, help="actor pool size (one model per actor)"),
-    actor_cpus: float = typer.Option(1.0, help="CPUs reserved per actor"),
+    actors: int = typer.Option(1, help="most actors in the pool (one model per actor)"),
+    min_actors: int = typer.Option(0, help="fewest actors: the pool grows to --actors as the cluster scales up "
+                                   "(0 = a fixed pool of --actors)"),
+    actor_cpus: float = typer.Option(1.0, help="CPUs reserved per actor (its torch threads on a cluster)"),
+    gpus_per_actor: Optional[float] = typer.Option(None, help="GPUs per actor (default: 1 for a device: cuda model, "
+                                                   "0 for cpu; auto: 1 when the cluster declares GPUs)"),
+    batch_size: int = typer.Option(0, help="items per model batch (0 = the model spec's max_batch)"),
+    actor_wait: float = typer.Option(900.0, help="seconds to wait for the first actors (nodes scaling up, model "
+                                     "loading) before stopping with an error"),
     max_failure_rate: float = typer.Option(1.0, help="exit non-zero when more rows than this fraction fail"),
     item_timeout: float = typer.Option(0.0, help="per-item time limit in seconds (0 = none)"),
     max_pixels: int = typer.Option(40_000_000, help="refuse images with more pixels (checked before decoding)"),
@@ -404,7 +412,8 @@ def run(
 
     summary = _run_flow(catalog_localization, manifest=manifest, output=output, preset=preset, model=model,
                         actors=actors, actor_cpus=actor_cpus, max_failure_rate=max_failure_rate,
-                        item_timeout_s=item_timeout, max_pixels=max_pixels)
+                        item_timeout_s=item_timeout, max_pixels=max_pixels, min_actors=min_actors,
+                        gpus_per_actor=gpus_per_actor, batch_size=batch_size, actor_wait_s=actor_wait)
     _print_summary(summary)
     _fail_over_limit(summary, max_failure_rate)
 
@@ -419,8 +428,15 @@ def variants(
     preset: Optional[str] = typer.Option(None, help="preset (default: balanced; flux-balanced for FLUX models); "
                                          "creative lets scenes move further"),
     model: Optional[str] = typer.Option(None, help="model folder / spec YAML / name (default: catalog-demo)"),
-    actors: int = typer.Option(1, help="actor pool size (one model per actor)"),
-    actor_cpus: float = typer.Option(1.0, help="CPUs reserved per actor"),
+    actors: int = typer.Option(1, help="most actors in the pool (one model per actor)"),
+    min_actors: int = typer.Option(0, help="fewest actors: the pool grows to --actors as the cluster scales up "
+                                   "(0 = a fixed pool of --actors)"),
+    actor_cpus: float = typer.Option(1.0, help="CPUs reserved per actor (its torch threads on a cluster)"),
+    gpus_per_actor: Optional[float] = typer.Option(None, help="GPUs per actor (default: 1 for a device: cuda model, "
+                                                   "0 for cpu; auto: 1 when the cluster declares GPUs)"),
+    batch_size: int = typer.Option(0, help="items per model batch (0 = the model spec's max_batch)"),
+    actor_wait: float = typer.Option(900.0, help="seconds to wait for the first actors (nodes scaling up, model "
+                                     "loading) before stopping with an error"),
     max_failure_rate: float = typer.Option(1.0, help="exit non-zero when more rows than this fraction fail"),
     dry_run: bool = typer.Option(False, "--dry-run", help="validate and plan only (variants to do / done before)"),
 ):
@@ -446,7 +462,9 @@ def variants(
     typer.echo(f"{n} variants per item from style set {style_set.name!r} ({style_set.hash}): "
                + "; ".join(style_set.styles), err=True)
     summary = _run_flow(variant_generation, manifest=manifest, output=output, n=n, styles=styles, preset=preset,
-                        model=model, actors=actors, actor_cpus=actor_cpus, max_failure_rate=max_failure_rate)
+                        model=model, actors=actors, actor_cpus=actor_cpus, max_failure_rate=max_failure_rate,
+                        min_actors=min_actors, gpus_per_actor=gpus_per_actor, batch_size=batch_size,
+                        actor_wait_s=actor_wait)
     _print_summary(summary)
     typer.echo(f"  variant sheets  {output}/<preset-hash>/<item_id>/variants.png")
     _fail_over_limit(summary, max_failure_rate)

@@ -68,7 +68,9 @@ def write_contact_sheet(result: JobResult) -> tuple[str, object]:
 def run_facts(result: JobResult) -> tracking.RunFacts:
     """The job's result as the plain values MLflow records (the library's tracking never sees job types)."""
     cfg, plan = result.config, result.plan
-    params: dict = {"actors": cfg.actors, "batch_size": cfg.batch_size}
+    params: dict = {"actors": cfg.actors, "min_actors": cfg.min_actors or cfg.actors, "actor_cpus": cfg.actor_cpus,
+                    "gpus_per_actor": "by device" if cfg.gpus_per_actor is None else cfg.gpus_per_actor,
+                    "batch_size": cfg.batch_size}
     request = cfg.variant_request()
     if request is not None:  # a variant job: the run's default count and style set (items may override)
         params.update({"variants.n": request.n, "variants.style_set": request.style_set.name,

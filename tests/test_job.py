@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -130,9 +131,33 @@ def test_model_digest_follows_the_weights_not_only_the_spec(tmp_path, tiny_model
     encoder.write_bytes(bytes(data))
     assert weights_digest(spec) != sampled
 
-    # A repo id that is not in the local cache: a digest anyway (loading it says what is missing).
+    # A repo id that is not in the local cache: no digest of nothing (a driver without the weights cache once
+    # fingerprinted "<unresolved>"); the error names the part and where it was looked for.
     missing = resolve_model_spec(str(model_dir), base="nobody/not-cached-anywhere")
-    assert len(weights_digest(missing)) == 12 and weights_digest(missing) != weights_digest(spec)
+    with pytest.raises(fingerprints.WeightsNotFound, match=r"base \(nobody/not-cached-anywhere\)"):
+        weights_digest(missing)
+
+
+def test_gpus_are_requested_by_the_model_s_device_not_by_what_the_cluster_shows(tiny_model_dir):
+    from tight_pipeline.job import ComputeSettingError, actor_pool, check_compute, gpus_per_actor
+
+    config = JobConfig(manifest="m.jsonl", output="out")
+    cuda = resolve_model_spec(str(tiny_model_dir), device="cuda")
+    cpu = resolve_model_spec(str(tiny_model_dir), device="cpu")
+    auto = resolve_model_spec(str(tiny_model_dir))
+    # A GPU group autoscaling from zero shows no GPU at 02:00: a cuda model still asks one per actor.
+    assert gpus_per_actor(config, cuda, cluster_gpus=0) == 1.0
+    assert gpus_per_actor(config, cpu, cluster_gpus=8) == 0.0
+    assert (gpus_per_actor(config, auto, 0), gpus_per_actor(config, auto, 2)) == (0.0, 1.0)
+    assert gpus_per_actor(dataclasses.replace(config, gpus_per_actor=0.5), cuda, 0) == 0.5
+    fixed = actor_pool(dataclasses.replace(config, actors=4))
+    assert (fixed.min_size, fixed.max_size) == (4, 4)
+    scaling = actor_pool(dataclasses.replace(config, actors=8, min_actors=1))
+    assert (scaling.min_size, scaling.max_size) == (1, 8)
+    for bad, name in [(dict(actors=0), "actors"), (dict(actors=2, min_actors=3), "min_actors"),
+                      (dict(actor_cpus=0), "actor_cpus"), (dict(gpus_per_actor=-1), "gpus_per_actor")]:
+        with pytest.raises(ComputeSettingError, match=name):
+            check_compute(dataclasses.replace(config, **bad))
 
 
 @pytest.mark.drill
@@ -173,3 +198,17 @@ def test_item_time_limit_turns_slow_items_into_error_rows(tmp_path, tiny_model_d
     assert len(slow) == 2 and (slow["status"] == "error").all()
     assert slow["error"].str.contains("item 'item-0': TimeoutError: item took longer than item_timeout_s=0.01 s").all()
     assert not list((tmp_path / "out" / "scores" / "_plan").glob("*/*"))
+
+
+def test_a_gpu_the_cluster_never_gets_ends_the_run_in_one_error_naming_it(tmp_path, tiny_model_dir, ray_session):
+    """Ray Data would wait for actors forever; the run waits actor_wait_s, then names what it waited for."""
+    from tight_pipeline.job import ClusterError
+
+    manifest = _manifest(tmp_path / "in", 1)
+    config = JobConfig(manifest=str(manifest), output=str(tmp_path / "out"), preset=PRESET,
+                       model=str(tiny_model_dir), gpus_per_actor=1, actor_wait_s=3)
+    t0 = time.perf_counter()
+    with pytest.raises(ClusterError, match=r"no actor started within actor_wait_s=3 s: waited for 1 actor\(s\) of "
+                                           r"\{'CPU': 1.0, 'GPU': 1.0\} each; the cluster has \{'CPU': 2.0\}"):
+        run_job(config)
+    assert time.perf_counter() - t0 < 60

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import os
 import re
 import socket
@@ -83,8 +84,13 @@ class EditorActor:
 
         from tight_pipeline.engine.factory import load_engine
 
-        if torch_threads > 0:
-            torch.set_num_threads(torch_threads)
+        import ray
+
+        context = ray.get_runtime_context()
+        if torch_threads <= 0:
+            # This actor's own share of its node (what Ray reserved for it), not the driver's machine.
+            torch_threads = max(1, math.ceil(context.get_assigned_resources().get("CPU", 1)))
+        torch.set_num_threads(torch_threads)
         self.engine = load_engine(spec, clip_model=clip_model)
         self.spec, self.digest, self.presets, self.output = spec, digest, presets, output
         self.run_id, self.manifest_uri, self.limits = run_id, manifest_uri, limits
@@ -92,12 +98,9 @@ class EditorActor:
         self.item_timeout_s = item_timeout_s
         self.max_attempts = max_attempts
         self.rivals = rivals  # the run's rival phrases for automatic strength (job.Plan.rivals)
-        self.ledger = None
-        if ledger_name:
-            import ray
-
-            self.ledger = ray.get_actor(ledger_name)
+        self.ledger = ray.get_actor(ledger_name) if ledger_name else None
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self.placement = {"node_id": context.get_node_id(), "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids())}
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         """Items of one preset run through the engine together (``edit_items``); each ends in its own rows.
@@ -215,7 +218,7 @@ class EditorActor:
         log.warning(message)
         base = base_row(item, preset, self.spec, self.digest, self.run_id, self.manifest_uri)
         return [
-            {**base, "worker": self.worker, "edit_id": e.edit_id, "edit_prompt": e.prompt, "status": "error",
+            {**base, "worker": self.worker, **self.placement, "edit_id": e.edit_id, "edit_prompt": e.prompt, "status": "error",
              "error": message, "time_total_s": time.perf_counter() - t_start, "finished_at": now()}
             for e in item.edits
         ]
@@ -274,7 +277,7 @@ class EditorActor:
         base = base_row(item, preset, self.spec, self.digest, self.run_id, self.manifest_uri)
         return [
             {
-                **base, **result.scores, **result.edit_scores[e.edit_id], **timings, "worker": self.worker,
+                **base, **result.scores, **result.edit_scores[e.edit_id], **timings, "worker": self.worker, **self.placement,
                 "edit_id": e.edit_id, "edit_prompt": e.prompt, "status": "ok", "error": None,
                 "warnings": "; ".join(notes + result.warnings) or None,
                 "input_uri": input_uri, "reconstruction_uri": recon_uri, "edit_uri": edit_uris[e.edit_id],

@@ -25,6 +25,7 @@ import dataclasses
 import gc
 import hashlib
 import io
+import json
 import logging
 import os
 import sys
@@ -44,7 +45,7 @@ import pyarrow.parquet as pq
 from tight_pipeline import scores, storage
 from tight_pipeline.actor import SUMMARY_COLUMNS, AttemptLedger, DoneFilter, EditorActor, now
 from tight_pipeline.engine.specs import ModelSpec, resolve_model_spec
-from tight_pipeline.engine.fingerprints import model_digest
+from tight_pipeline.engine.fingerprints import WeightsNotFound, model_digest
 from tight_pipeline.engine.rivals import rival_phrases, run_vocabulary
 from tight_pipeline.manifest import InvalidRow, iter_manifest
 from tight_pipeline.presets import Preset, load_preset, load_presets
@@ -64,10 +65,17 @@ class JobConfig:
         output: output prefix URL (folder or bucket prefix).
         preset: default preset name (``name@scale`` allowed); items may override it.
         model: ``--model`` reference (folder with model.yaml, spec YAML, or name); ``None`` = catalog-demo.
-        actors: size of the actor pool (one model per actor).
+        actors: most actors in the pool (one model per actor).
+        min_actors: fewest actors; the pool grows from this to ``actors`` as the cluster autoscales
+            (0 = ``actors``: a fixed pool).
         actor_cpus: CPUs reserved per actor (fractional is fine; keep the sum below the node's CPUs).
-        gpus_per_actor: GPUs per actor; ``None`` = 1 when the cluster has GPUs, else 0.
-        torch_threads: intra-op threads per actor; 0 = CPUs of this machine / actors.
+        gpus_per_actor: GPUs per actor; ``None`` = by the model spec's device, never by what the cluster shows at
+            one instant (a GPU group that autoscales from zero shows none): ``cuda`` → 1, ``cpu`` → 0, ``auto`` → 1
+            when the cluster declares GPUs, else 0.
+        actor_wait_s: how long the run waits for its first ``min_actors`` actors to start (nodes to scale up, the
+            model to load) before it stops with an error naming the resources it waited for.
+        torch_threads: intra-op threads per actor; 0 = the actor's own reserved CPUs (on an embedded Ray: this
+            machine's CPUs / actors).
         batch_size: items per ``map_batches`` call, run through the engine as one batch (items of one preset
             and working size share every UNet call); 0 = the model spec's ``max_batch``.
         max_pixels / min_side: image limits (pixel count is checked before decoding).
@@ -89,8 +97,10 @@ class JobConfig:
     preset: str = "balanced"
     model: str | None = None
     actors: int = 1
+    min_actors: int = 0
     actor_cpus: float = 1.0
     gpus_per_actor: float | None = None
+    actor_wait_s: float = 900.0
     torch_threads: int = 0
     batch_size: int = 0
     max_pixels: int = 40_000_000
@@ -198,6 +208,59 @@ class JobResult:
 
 
 # -- Ray ----------------------------------------------------------------------------------------------
+class ClusterError(RuntimeError):
+    """The cluster cannot run the job as configured (no actor started in time, no weights where they run)."""
+
+
+class ComputeSettingError(ValueError):
+    """Pool settings no cluster can satisfy (the message names the setting)."""
+
+
+def check_compute(config: JobConfig) -> None:
+    """Raise ``ComputeSettingError`` naming the setting for pool settings no cluster can satisfy."""
+    if config.actors < 1:
+        raise ComputeSettingError(f"actors must be at least 1 (got {config.actors})")
+    if not 0 <= config.min_actors <= config.actors:
+        raise ComputeSettingError(f"min_actors must be between 0 and actors={config.actors} (got {config.min_actors})")
+    if config.actor_cpus <= 0:
+        raise ComputeSettingError(f"actor_cpus must be positive (got {config.actor_cpus:g})")
+    if config.gpus_per_actor is not None and config.gpus_per_actor < 0:
+        raise ComputeSettingError(f"gpus_per_actor must be 0 or more (got {config.gpus_per_actor:g})")
+    if config.batch_size < 0 or config.actor_wait_s <= 0:
+        raise ComputeSettingError("batch_size must be 0 (the model's max_batch) or more, and actor_wait_s positive")
+
+
+def gpus_per_actor(config: JobConfig, spec: ModelSpec, cluster_gpus: float) -> float:
+    """GPUs each actor asks for: the setting, else the spec's device (``JobConfig.gpus_per_actor``)."""
+    if config.gpus_per_actor is not None:
+        return float(config.gpus_per_actor)
+    if spec.device == "cuda":
+        return 1.0
+    if spec.device == "auto":
+        return 1.0 if cluster_gpus > 0 else 0.0
+    return 0.0
+
+
+def actor_pool(config: JobConfig):
+    """A fixed pool of ``actors``, or one that follows the autoscaler from ``min_actors`` up to ``actors``."""
+    import ray.data
+
+    low = config.min_actors or config.actors
+    if low == config.actors:
+        return ray.data.ActorPoolStrategy(size=config.actors)
+    return ray.data.ActorPoolStrategy(min_size=low, max_size=config.actors, initial_size=low)
+
+
+def inside_ray_job() -> bool:
+    """True in a driver that Ray's job server started (``ray job submit``, a KubeRay RayJob)."""
+    return bool(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"))
+
+
+# Environment the workers need from the driver (they do not inherit it): offline hub, the object store endpoint,
+# configs. Credentials are never passed through Ray: workers get them from their own environment (pod secrets).
+WORKER_ENV = ("HF_HUB_OFFLINE", "AWS_ENDPOINT_URL", "TIGHT_PIPELINE_CONFIGS")
+
+
 def connect_ray(num_cpus: int | None = None):
     """Attach to ``RAY_ADDRESS`` when set; otherwise start an embedded, loopback-only, single-node Ray."""
     # Environment first: Ray reads some of these when it is imported.
@@ -218,8 +281,14 @@ def connect_ray(num_cpus: int | None = None):
 
     if ray.is_initialized():
         return ray
-    runtime_env = {"env_vars": {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "AWS_ENDPOINT_URL", "TIGHT_PIPELINE_CONFIGS") if k in os.environ}}
-    if address:
+    runtime_env = {"env_vars": {k: os.environ[k] for k in WORKER_ENV if k in os.environ}}
+    if inside_ray_job():
+        # The job's own runtime env (``ray job submit --runtime-env``, a RayJob's runtimeEnvYAML) applies to every
+        # worker, and a driver env with a key it already sets is a merge error: add only the keys it lacks.
+        job_env = (json.loads(os.environ["RAY_JOB_CONFIG_JSON_ENV_VAR"]).get("runtime_env") or {}).get("env_vars") or {}
+        extra = {k: v for k, v in runtime_env["env_vars"].items() if k not in job_env}
+        ray.init(runtime_env={"env_vars": extra} if extra else None, log_to_driver=True)
+    elif address:
         ray.init(runtime_env=runtime_env, log_to_driver=True)
     else:
         tmp = os.environ.get("RAY_TMPDIR") or f"/tmp/tpray-{os.getuid()}"
@@ -236,6 +305,40 @@ def connect_ray(num_cpus: int | None = None):
             logging_level=logging.WARNING,
         )
     return ray
+
+
+def resolve_digest(config: JobConfig, spec: ModelSpec) -> str:
+    """The model's digest (``model_digest``), computed where the weights are.
+
+    Here when this machine has them; otherwise (a RayJob head or a Prefect flow pod without the weights cache) in
+    a Ray task placed like an actor (same GPU request), so it runs on a node that mounts the cache. Never a digest
+    of missing weights: when no node has them the run stops with ``WeightsNotFound`` naming what is missing."""
+    try:
+        return model_digest(spec)
+    except WeightsNotFound as here:
+        local_miss = here
+    connect_ray()
+    import ray
+
+    gpus = gpus_per_actor(config, spec, ray.cluster_resources().get("GPU", 0))
+    task = ray.remote(_remote_digest).options(num_cpus=min(1.0, config.actor_cpus), num_gpus=gpus, max_retries=2)
+    try:
+        return ray.get(task.remote(spec), timeout=config.actor_wait_s)
+    except ray.exceptions.GetTimeoutError:
+        raise ClusterError(f"{local_miss}; and no worker with {gpus:g} GPU(s) started within "
+                           f"actor_wait_s={config.actor_wait_s:g} s to fingerprint them where they are") from None
+    except ray.exceptions.RayTaskError as exc:
+        cause = exc.as_instanceof_cause()
+        if isinstance(cause, WeightsNotFound):
+            raise WeightsNotFound(f"{local_miss}; on the workers too: {cause}") from None
+        raise
+
+
+def _remote_digest(spec: ModelSpec) -> str:
+    try:
+        return model_digest(spec)
+    except WeightsNotFound as exc:  # re-raised plainly so the driver can tell it from a crash
+        raise WeightsNotFound(str(exc)) from None
 
 
 # -- the plan ------------------------------------------------------------------------------------------
@@ -259,7 +362,7 @@ def _plan_job(config: JobConfig, default: Preset | None, digest: str | None, wri
     all_presets = load_presets()
     default = default or load_preset(config.preset)
     spec = resolve_model_spec(config.model)
-    digest = digest or model_digest(spec)
+    digest = digest or resolve_digest(config, spec)
     done = scores.done_keys(config.output, digest)
     plan = Plan(presets={default.name: default})
     by_ref: dict[str, Preset] = {}
@@ -342,7 +445,8 @@ def run_job(config: JobConfig, progress: Callable[[int, int], None] | None = Non
     config = config.with_run_id()
     default = load_preset(config.preset)
     spec = resolve_model_spec(config.model)
-    digest = model_digest(spec)
+    check_compute(config)
+    digest = resolve_digest(config, spec)
     plan = plan_job(config, default, digest, write=True)
     log.info("manifest %s: %d items (%d to do, %d resume candidates), %d invalid rows; planned in %.1f s",
              storage.redact(config.manifest), plan.items, plan.todo_items, plan.candidate_items, plan.invalid_rows,
@@ -390,10 +494,13 @@ def _run_ray(config: JobConfig, spec: ModelSpec, digest: str, plan: Plan, progre
     # V2) lists them by starting 32 footer-reader actors per read: 13 s of a 30 s four-item job on 2 cores
     # (measured), for footers it already has no use for. The V1 reader reads the same files without them.
     ctx.use_datasource_v2 = False
-    gpus = config.gpus_per_actor
-    if gpus is None:
-        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-    threads = config.torch_threads or max(1, (os.cpu_count() or 1) // max(1, config.actors))
+    check_compute(config)
+    gpus = gpus_per_actor(config, spec, ray.cluster_resources().get("GPU", 0))
+    embedded = not (os.environ.get("RAY_ADDRESS") or inside_ray_job())
+    # 0 = each actor takes its own reserved CPUs; an embedded Ray owns this machine, so its actors share all of it.
+    threads = config.torch_threads or (max(1, (os.cpu_count() or 1) // config.actors) if embedded else 0)
+    # Ray Data waits for the pool's first actors this long (then raises); by default it would wait forever.
+    ctx.wait_for_min_actors_s = max(1, int(config.actor_wait_s))
     limits = storage.ImageLimits(max_pixels=config.max_pixels, min_side=config.min_side)
     batch = config.batch_size or spec.max_batch
     ledger_name = f"tp-ledger-{config.run_id}"
@@ -421,19 +528,30 @@ def _run_ray(config: JobConfig, spec: ModelSpec, digest: str, plan: Plan, progre
                 max_attempts=config.max_attempts, ledger_name=ledger_name, rivals=plan.rivals,
             ),
             batch_size=batch,
-            compute=ray.data.ActorPoolStrategy(size=config.actors),
+            compute=actor_pool(config),
             num_cpus=config.actor_cpus,
             num_gpus=gpus,
             # Ray restarts a dead actor and retries its batch; the ledger bounds how often an item is started.
         )
         done = 0
         total = plan.todo_items + plan.candidate_items
-        for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            summary = {k: out[k].tolist() for k in SUMMARY_COLUMNS}
-            done += len(summary["item_id"])
-            if progress:
-                progress(done, total)
-            yield summary
+        try:
+            for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                summary = {k: out[k].tolist() for k in SUMMARY_COLUMNS}
+                done += len(summary["item_id"])
+                if progress:
+                    progress(done, total)
+                yield summary
+        except ray.exceptions.GetTimeoutError as exc:
+            if done:
+                raise
+            want = {"CPU": config.actor_cpus, **({"GPU": gpus} if gpus else {})}
+            have = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
+            raise ClusterError(
+                f"no actor started within actor_wait_s={config.actor_wait_s:g} s: waited for "
+                f"{config.min_actors or config.actors} actor(s) of {want} each; the cluster has {have} in all. "
+                "Add or scale up nodes with those resources, or lower --gpus-per-actor / --actor-cpus / --min-actors, "
+                "or raise --actor-wait") from exc
     finally:
         ray.kill(ledger)
 

@@ -54,6 +54,8 @@ SCHEMA = pa.schema(
         ("input_uri", pa.string()), ("reconstruction_uri", pa.string()), ("edit_uri", pa.string()),
         ("metadata", pa.string()), ("worker", pa.string()), ("finished_at", pa.string()),
         *AUTO_COLUMNS,
+        # where the item ran: the Ray node's id and the GPU ids Ray gave its actor ("" = none)
+        ("node_id", pa.string()), ("gpu_ids", pa.string()),
     ]
 )
 

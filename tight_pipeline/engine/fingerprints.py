@@ -4,9 +4,14 @@
 from __future__ import annotations
 
 import hashlib
+import socket
 from pathlib import Path
 
-from tight_pipeline.engine.specs import ModelSpec
+from tight_pipeline.engine.specs import ModelError, ModelSpec
+
+
+class WeightsNotFound(ModelError):
+    """A spec's weights are not on this machine (nor in its Hugging Face cache): no digest can be made here."""
 
 _FULL_HASH_BYTES = 64 << 20  # files up to this size are hashed whole
 _SAMPLE_BYTES, _SAMPLES = 64 << 10, 32  # larger ones: head, tail and 30 evenly spaced 64 KiB windows
@@ -50,10 +55,10 @@ def _local_root(ref: str) -> Path | None:
         return None
 
 
-def _tree_fingerprint(h, label: str, root: Path | None) -> None:
+def _tree_fingerprint(h, label: str, root: Path | None, missing: list[str]) -> None:
     h.update(f"[{label}]".encode())
     if root is None:
-        h.update(b"<unresolved>")
+        missing.append(label)
         return
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file() and ".cache" not in p.parts)
     for p in files:
@@ -65,15 +70,18 @@ def weights_digest(spec: ModelSpec) -> str:
 
     Together with :attr:`ModelSpec.digest` it identifies the model a row was made with: retraining or swapping
     weights in place changes it, so a re-run redoes rows instead of keeping images of the old model.
+    Raises ``WeightsNotFound`` naming what is missing: a digest of weights that are not here would name no model
+    (a driver without the weights cache must not fingerprint nothing; ``job.resolve_digest`` asks a worker).
     """
     h = hashlib.sha256()
+    missing: list[str] = []
     if spec.family == "passthrough":
         return hashlib.sha256(b"passthrough").hexdigest()[:12]
-    _tree_fingerprint(h, "base", _local_root(spec.base))
+    _tree_fingerprint(h, "base", _local_root(spec.base), missing)
     if spec.adapter is not None:
         root = _local_root(spec.adapter)
         weight = root / spec.adapter_subfolder / spec.adapter_weight if root is not None else None
-        _tree_fingerprint(h, "adapter", weight if weight is not None and weight.exists() else None)
+        _tree_fingerprint(h, "adapter", weight if weight is not None and weight.exists() else None, missing)
         encoder = None
         if root is not None:
             for candidate in (root / spec.image_encoder, root / spec.adapter_subfolder / spec.image_encoder):
@@ -82,9 +90,14 @@ def weights_digest(spec: ModelSpec) -> str:
                     break
         if encoder is None:
             encoder = _local_root(spec.image_encoder)
-        _tree_fingerprint(h, "image_encoder", encoder)
+        _tree_fingerprint(h, "image_encoder", encoder, missing)
     if spec.clip is not None:  # the auto-strength judge: another CLIP changes which scale an edit keeps
-        _tree_fingerprint(h, "clip", _local_root(spec.clip))
+        _tree_fingerprint(h, "clip", _local_root(spec.clip), missing)
+    if missing:
+        where = {"base": spec.base, "adapter": spec.adapter, "image_encoder": spec.image_encoder, "clip": spec.clip}
+        raise WeightsNotFound(f"model {spec.name!r}: weights not found on {socket.gethostname()}: "
+                              + ", ".join(f"{m} ({where[m]})" for m in missing)
+                              + " (a local folder, or a repo id already in the Hugging Face cache at HF_HOME)")
     return h.hexdigest()[:12]
 
 
