@@ -11,12 +11,13 @@ import os
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.tasks import edit_items, open_tracking, publish_summary, track_run, validate_manifest, write_contact_sheet
+from flows.tasks import (edit_items, flow_timeout_s, open_tracking, publish_summary, track_run, validate_manifest,
+                         write_contact_sheet)
 from tight_pipeline import tracking
 from tight_pipeline.job import JobConfig, check_compute
 
 
-@flow(name="catalog-localization", log_prints=True)
+@flow(name="catalog-localization", log_prints=True, timeout_seconds=flow_timeout_s())
 def catalog_localization(
     manifest: str,
     output: str,

@@ -318,10 +318,12 @@ def _print_summary(summary: dict) -> None:
 
 
 @app.command()
-def deploy(serve: bool = typer.Option(False, "--serve", help="also run the scheduled flows from this process (blocks)")):
-    """Register the scheduled flows (nightly localization, weekly variants, monthly trade-off) with the Prefect
-    server at PREFECT_API_URL, so its Deployments page lists them; parameters come from TP_* variables
-    (see flows/deployments.py). With --serve this process also runs them when they are due."""
+def deploy(serve: bool = typer.Option(False, "--serve", help="register without a work pool and run the flows from "
+                                      "this process when due (blocks)")):
+    """Register the scheduled flows of infra/prefect/prefect.yaml (nightly localization, weekly variants, monthly
+    trade-off) with the Prefect server at PREFECT_API_URL: work pool, schedules, concurrency limit 1, parameters.
+    Site values are the file's {{ $TP_* }} placeholders, from the environment or the file's site_defaults. A worker
+    of the pool runs them: prefect worker start --pool tight-pipeline-pool (docs/deploy.md)."""
     _prepare_env()
     from prefect.settings import PREFECT_API_URL
 
@@ -329,18 +331,28 @@ def deploy(serve: bool = typer.Option(False, "--serve", help="also run the sched
     if not api:
         _fail("deploy needs a Prefect server: start one (python infra/local/services.py start prefect) and set "
               "PREFECT_API_URL=http://127.0.0.1:4200/api")
-    from flows.deployments import build, register
+    from flows.deployments import DeploymentFileError, build_served, load, register
 
     try:
-        deployments = build()
-        for d in register(deployments):
-            typer.echo(f"  {d['flow']}/{d['name']:24s} cron {d['cron']:12s} id {d['id']}")
+        definitions = load()
+        if serve:
+            deployments = build_served(definitions)
+            for d in deployments:
+                d.apply()
+            registered = [{"flow": d.flow_name, "name": d.name, "cron": ", ".join(c for c, _ in x.crons), "pool": "-",
+                           "id": "served here"} for d, x in zip(deployments, definitions)]
+        else:
+            registered = register(definitions)
+        for d in registered:
+            typer.echo(f"  {d['flow']}/{d['name']:24s} cron {d['cron']:12s} pool {d['pool']:22s} id {d['id']}")
+    except DeploymentFileError as exc:
+        _fail(str(exc))
     except Exception as exc:  # noqa: BLE001
         message = _service_failure(exc)
         if message is None:
             raise
         _fail(message)
-    typer.echo(f"registered {len(deployments)} deployments at {api} (UI: {api.removesuffix('/api')}/deployments)")
+    typer.echo(f"registered {len(registered)} deployments at {api} (UI: {api.removesuffix('/api')}/deployments)")
     if serve:
         from prefect import serve as prefect_serve
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
@@ -14,6 +15,12 @@ from tight_pipeline import scores, storage, tracking
 from tight_pipeline.job import JobConfig, JobResult, plan_job, run_job
 
 IO_RETRIES = dict(retries=3, retry_delay_seconds=[2, 10, 30])
+
+
+def flow_timeout_s() -> float | None:
+    """``$TP_FLOW_TIMEOUT_S`` (a deployment's job variables set it; prefect.yaml): a hung flow run is stopped."""
+    value = os.environ.get("TP_FLOW_TIMEOUT_S")
+    return float(value) if value else None
 
 
 @task(name="validate-manifest", **IO_RETRIES)

@@ -15,7 +15,7 @@ import pandas as pd
 from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 
-from flows.tasks import IO_RETRIES
+from flows.tasks import IO_RETRIES, flow_timeout_s
 from tight_pipeline import plots, storage, tracking
 from tight_pipeline.job import JobConfig, run_job
 from tight_pipeline.manifest import read_manifest
@@ -57,7 +57,7 @@ def log_tradeoff(table: pd.DataFrame, plot: bytes, manifest: str, base_preset: s
     return tracking.log_tradeoff(table, plot, manifest, base_preset)
 
 
-@flow(name="tradeoff-benchmark", log_prints=True)
+@flow(name="tradeoff-benchmark", log_prints=True, timeout_seconds=flow_timeout_s())
 def tradeoff_benchmark(manifest: str, output: str, scales: list[float] | None = None, sample: int = 8,
                        base_preset: str = "balanced", model: str | None = None) -> dict:
     scales = scales or [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]

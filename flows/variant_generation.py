@@ -12,10 +12,11 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.catalog_localization import run_tracked
+from flows.tasks import flow_timeout_s
 from tight_pipeline.job import JobConfig
 
 
-@flow(name="variant-generation", log_prints=True)
+@flow(name="variant-generation", log_prints=True, timeout_seconds=flow_timeout_s())
 def variant_generation(manifest: str, output: str, n: int = 4, styles: str = "", preset: str = "balanced",
                        model: str | None = None, actors: int = 1, actor_cpus: float = 1.0,
                        max_failure_rate: float = 1.0, min_actors: int = 0, gpus_per_actor: float | None = None,

@@ -185,6 +185,11 @@ def test_deploy_registers_the_three_scheduled_flows(prefect_harness):
     assert {"nightly-localization", "weekly-variants", "monthly-tradeoff"} <= set(found)
     assert found["nightly-localization"].schedules[0].schedule.cron == "0 2 * * *"
     assert found["nightly-localization"].parameters["max_failure_rate"] == 0.05
+    # From infra/prefect/prefect.yaml (the one definition): its pool, one run at a time, its cluster's address.
+    nightly = found["nightly-localization"]
+    assert nightly.work_pool_name == "tight-pipeline-pool" and nightly.entrypoint.startswith("flows/")
+    assert nightly.global_concurrency_limit is not None and nightly.global_concurrency_limit.limit == 1
+    assert nightly.job_variables["env"]["RAY_ADDRESS"] == "ray://tight-pipeline-head-svc:10001"
 
 
 def test_deploy_without_a_server_says_what_to_start(tmp_path):

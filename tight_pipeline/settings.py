@@ -7,9 +7,10 @@ from pathlib import Path
 
 
 def configs_dir() -> Path:
-    """``$TIGHT_PIPELINE_CONFIGS`` or the repository's ``configs/`` folder."""
+    """``$TIGHT_PIPELINE_CONFIGS`` or the package's own ``configs/`` (package data: a wheel install has it too; the
+    repository's top-level ``configs`` is a link to it)."""
     env = os.environ.get("TIGHT_PIPELINE_CONFIGS")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "configs"
+    return Path(env) if env else Path(__file__).resolve().parent / "configs"
 
 
 def state_dir() -> Path:

@@ -1,0 +1,66 @@
+"""Catalog localization: every item of a manifest × its locale prompts, edited with Tight Inversion.
+
+    python -m flows.catalog_localization --manifest s3://bucket/m.jsonl --output s3://bucket/out
+    (or: tight-pipeline run --manifest URL --output URL)
+"""
+
+from __future__ import annotations
+
+import os
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from flows.tasks import (edit_items, flow_timeout_s, open_tracking, publish_summary, track_run, validate_manifest,
+                         write_contact_sheet)
+from tight_pipeline import tracking
+from tight_pipeline.job import JobConfig, check_compute
+
+
+@flow(name="catalog-localization", log_prints=True, timeout_seconds=flow_timeout_s())
+def catalog_localization(
+    manifest: str,
+    output: str,
+    preset: str = "balanced",
+    model: str | None = None,
+    actors: int = 1,
+    actor_cpus: float = 1.0,
+    max_failure_rate: float = 1.0,
+    item_timeout_s: float = 0.0,
+    max_pixels: int = 40_000_000,
+    min_actors: int = 0,
+    gpus_per_actor: float | None = None,
+    batch_size: int = 0,
+    actor_wait_s: float = 900.0,
+    flow_label: str = "catalog-localization",
+) -> dict:
+    """One catalog run; the compute settings are ``JobConfig``'s (deployments set them per cluster)."""
+    config = JobConfig(manifest=manifest, output=output, preset=preset, model=model, actors=actors,
+                       actor_cpus=actor_cpus, max_failure_rate=max_failure_rate,
+                       item_timeout_s=item_timeout_s, max_pixels=max_pixels, min_actors=min_actors,
+                       gpus_per_actor=gpus_per_actor, batch_size=batch_size, actor_wait_s=actor_wait_s).with_run_id()
+    return run_tracked(config, flow_label)
+
+
+def run_tracked(config: JobConfig, flow_label: str) -> dict:
+    """Validate, open the MLflow run, edit, sheet, track, summarise: the body every catalog-style flow shares.
+    The MLflow run spans the job and ends FAILED (with the error) when the job raises."""
+    check_compute(config)  # impossible pool settings fail in one line before any work
+    validate_manifest(config)
+    tags = {"prefect_flow_run_id": str(flow_run.id)}
+    if os.environ.get("PREFECT_API_URL") and flow_run.ui_url:
+        tags["prefect_flow_run_url"] = flow_run.ui_url  # a temporary server's URL would be dead after the run
+    opened = open_tracking(config, flow_label, tags)
+    try:
+        result = edit_items(config, flow_label)
+        sheet_uri, sheet = write_contact_sheet(result)
+    except BaseException as exc:
+        tracking.fail_run(opened["mlflow_run_id"], f"{type(exc).__name__}: {exc}")
+        raise
+    links = track_run(result, sheet, sheet_uri, flow_label, tags, opened["mlflow_run_id"])
+    summary = publish_summary(result, links, sheet_uri, flow_label)
+    summary["prefect_flow_run_id"] = str(flow_run.id)
+    summary["prefect_flow_run_url"] = flow_run.ui_url
+    summary["output"] = config.output
+    summary["failed"] = result.failed
+    return summary

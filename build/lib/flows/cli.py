@@ -1,0 +1,542 @@
+"""Command line: ``tight-pipeline edit | run [--dry-run] | variants | demo | tradeoff | deploy | presets | make-tiny-model | train-demo-model | train-demo-clip | evaluate-demo-model | evaluate-auto-strength |
+evaluate-renoise-parity``.
+
+Thin: parses, calls the library or a flow, prints where things are. Bad input exits with status 2 and
+one line naming the cause.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Tight Inversion for product photos at catalog scale.")
+
+
+def _prepare_env() -> None:
+    """Offline, quiet, local-by-default settings; must run before prefect/mlflow/ray are imported."""
+    from tight_pipeline.settings import apply_local_defaults
+
+    apply_local_defaults()
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _service_failure(exc: BaseException) -> str | None:
+    """One line saying which service failed to start and what to do, for failures of Prefect, Ray or MLflow."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    module = type(exc).__module__ or ""
+    if "ephemeral Prefect API server" in text:
+        limit = os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "20")
+        return (f"Prefect's temporary server did not start within {limit} s (its first start creates a database). "
+                "Run again, raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, or start a server "
+                "(python infra/local/services.py start prefect) and set PREFECT_API_URL")
+    if module.startswith("prefect") and ("connect" in text.lower() or "PREFECT_API_URL" in text):
+        return (f"cannot reach the Prefect API at {os.environ.get('PREFECT_API_URL') or 'the temporary server'} "
+                f"({text[:200]}); check PREFECT_API_URL or unset it to use a temporary local server")
+    if module.startswith("ray") or ("ray" in text.lower() and ("gcs" in text.lower() or "ray.init" in text)):
+        return (f"Ray did not start or could not be reached ({type(exc).__name__}: {text[:200]}); check RAY_ADDRESS "
+                "(unset it for an embedded single-node Ray) and that RAY_TMPDIR is writable")
+    if module.startswith("mlflow"):
+        return (f"MLflow tracking failed at {os.environ.get('MLFLOW_TRACKING_URI') or 'the local store'} "
+                f"({text[:200]}); check MLFLOW_TRACKING_URI or unset it for the local SQLite store")
+    return None
+
+
+def _run_flow(flow, **kwargs) -> dict:
+    """Run a Prefect flow; bad input and failures to start a service end in one line (exit status 2)."""
+    try:
+        return flow(**kwargs)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    except Exception as exc:  # noqa: BLE001 - services: say which one and what to do; anything else is a bug
+        message = _service_failure(exc)
+        if message is None:
+            raise
+        _fail(message)
+
+
+def _user_errors():
+    from tight_pipeline.engine.specs import ModelError
+    from tight_pipeline.engine.runner import InputError
+    from tight_pipeline.job import ClusterError, ComputeSettingError
+    from tight_pipeline.manifest import ManifestError
+    from tight_pipeline.presets import PresetError
+    from tight_pipeline.storage import ImageDecodeError, StorageError
+    from tight_pipeline.variants import VariantError
+
+    return (ModelError, InputError, ManifestError, PresetError, ImageDecodeError, StorageError, FileNotFoundError,
+            VariantError, ClusterError, ComputeSettingError)
+
+
+@app.command("make-tiny-model")
+def make_tiny_model_cmd(out_dir: Path = typer.Argument(..., help="folder to write"), seed: int = typer.Option(0),
+                        family: str = typer.Option("sdxl", help="sdxl (h94 IP-Adapter) or flux (XLabs IP-Adapter)")):
+    """Write a tiny model with random weights in the real folder layout (for tests and first runs)."""
+    _prepare_env()
+    from tight_pipeline.tiny_models import make_tiny_flux_model, make_tiny_model
+
+    if family not in ("sdxl", "flux"):
+        _fail(f"--family {family!r}: choose sdxl or flux")
+    path = (make_tiny_flux_model if family == "flux" else make_tiny_model)(out_dir, seed=seed)
+    typer.echo(f"tiny model written to {path} (load it with --model {path})")
+
+
+@app.command("train-demo-model")
+def train_demo_model_cmd(
+    out: Path = typer.Option(Path("tight_pipeline/demo_model/weights"), help="model folder to write"),
+    work: Path = typer.Option(Path(".tight-pipeline/demo-train"), help="checkpoints; run again to resume"),
+    seed: int = typer.Option(0),
+    train_images: int = typer.Option(8192, help="synthetic training shots"),
+    vae_steps: int = typer.Option(1000, help="autoencoder steps (batch 32)"),
+    unet_steps: int = typer.Option(3600, help="diffusion steps (batch 64)"),
+    decoder_steps: int = typer.Option(300, help="decoder refinement steps (batch 32)"),
+    max_steps: Optional[int] = typer.Option(None, help="pause after this many steps (checkpointed; run again to go on)"),
+):
+    """Train the catalog demo model (SDXL-shaped + IP-Adapter Plus) from scratch; resumable."""
+    _prepare_env()
+    from tight_pipeline.demo_model.train import Paused, TrainConfig, train_demo_model
+
+    config = TrainConfig(seed=seed, train_images=train_images, vae_steps=vae_steps, unet_steps=unet_steps,
+                         decoder_steps=decoder_steps)
+    try:
+        record = train_demo_model(out, work, config, log=typer.echo, max_steps=max_steps)
+    except Paused as exc:
+        typer.echo(str(exc))
+        return
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(f"training wall time {record['train_wall_s']} s; final loss {record['final_loss']}")
+
+
+@app.command("train-demo-clip")
+def train_demo_clip_cmd(
+    out: Path = typer.Option(Path("tight_pipeline/demo_model/clip_weights"), help="CLIP folder to write"),
+    tokenizer: Path = typer.Option(Path("tight_pipeline/demo_model/weights/tokenizer"), help="the demo model's tokenizer"),
+    steps: int = typer.Option(1200, help="contrastive steps (batch 256; ~0.6 s each on 2 cores)"),
+    images: int = typer.Option(8192, help="training shots (the demo model's: seed 0)"),
+):
+    """Train the demo model's small CLIP (the `catalog-demo-clip` model's edit scorer and auto-strength judge)."""
+    _prepare_env()
+    from tight_pipeline.demo_model.clip import ClipTrainConfig, train_demo_clip
+
+    record = train_demo_clip(out, tokenizer, ClipTrainConfig(steps=steps, images=images), log=typer.echo)
+    typer.echo(f"final loss {record['final_loss']} in {record['seconds']} s; use it with --model catalog-demo-clip "
+               f"or TIGHT_PIPELINE_CLIP_MODEL={out}")
+
+
+@app.command("evaluate-demo-model")
+def evaluate_demo_model_cmd(
+    model: str = typer.Option("catalog-demo", help="model folder / spec / name"),
+    report: Path = typer.Option(Path("docs/demo-model"), help="folder for evaluation.md/.json, tradeoff.png, examples.png"),
+    images: int = typer.Option(64, help="held-out shots"),
+    apply_presets: bool = typer.Option(False, "--apply-presets", help="write the calibrated catalog-* presets into configs/presets.yaml"),
+    quick: bool = typer.Option(False, "--quick", help="DDIM 10/20 only, scales 0/0.4/1 (a smoke run)"),
+):
+    """Reconstruction vs editability of the demo model by adapter scale and schedule; calibrates its presets."""
+    _prepare_env()
+    from tight_pipeline.demo_model.calibration import apply_presets as write_presets
+    from tight_pipeline.demo_model.evaluate import EvalConfig, evaluate_demo_model
+    from tight_pipeline.tracking import log_demo_evaluation
+    from tight_pipeline.settings import configs_dir
+
+    config = EvalConfig(images=images)
+    if quick:
+        config = EvalConfig(images=images, runs=(("ddim", 10), ("ddim", 20)), scales=(0.0, 0.4, 1.0))
+    try:
+        result = evaluate_demo_model(model, report, config, log=typer.echo)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    run_id = log_demo_evaluation(result, report)
+    for name, p in result["presets"].items():
+        typer.echo(f"  {name:18s} {p['method']} {p['steps']} steps, scale {p['scale']}")
+    if apply_presets:
+        write_presets(result["presets"], configs_dir() / "presets.yaml", config.renoise_iterations)
+        typer.echo(f"presets written to {configs_dir() / 'presets.yaml'}")
+    typer.echo(f"report in {report}/ ; mlflow run {run_id}")
+
+
+@app.command("evaluate-auto-strength")
+def evaluate_auto_strength_cmd(
+    model: str = typer.Option("catalog-demo", help="model folder / spec / name"),
+    report: Path = typer.Option(Path("docs/demo-model/auto"), help="folder for auto.md/.json and auto.png"),
+    images: int = typer.Option(64, help="shots (held-out unless --training-shots)"),
+    steps: int = typer.Option(10, help="DDIM steps of the base schedule"),
+    training_shots: bool = typer.Option(False, "--training-shots", help="read training shots (to choose the judge's "
+                                        "settings without looking at the held-out ones)"),
+    seed: int = typer.Option(0, help="shot seed"),
+    fixed_scales: str = typer.Option("0,0.2,0.4,0.6,0.8,1", help="comma-separated fixed scales to compare with "
+                                     "(the auto candidates 1, 0.4, 0 must be among them)"),
+):
+    """Automatic strength vs every fixed scale on the demo model, and the landed check vs the colour classifier."""
+    _prepare_env()
+    from tight_pipeline.demo_model.auto_eval import AutoEvalConfig, evaluate_auto_strength
+    from tight_pipeline.tracking import log_auto_evaluation
+
+    try:
+        scales = tuple(float(v) for v in fixed_scales.split(","))
+    except ValueError:
+        _fail(f"--fixed-scales {fixed_scales!r} must be comma-separated numbers")
+    if not set(AutoEvalConfig.auto_scales) <= set(scales):
+        _fail(f"--fixed-scales must include the auto candidates {', '.join(f'{s:g}' for s in AutoEvalConfig.auto_scales)}")
+    config = AutoEvalConfig(images=images, steps=steps, heldout=not training_shots, seed=seed, fixed_scales=scales)
+    try:
+        result = evaluate_auto_strength(model, report, config, log=typer.echo)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    run_id = log_auto_evaluation(result, report)
+    auto = result["table"][-1]
+    typer.echo(f"auto: success {auto['edit_success']:.3f}, IoU {auto['iou']:.3f}, background {auto['background_psnr']:.1f} dB, "
+               f"{result['cost_vs_fixed']}x the fixed preset's time; judge agrees on {result['agreement']['agreement']:.1%}")
+    typer.echo(f"report in {report}/ ; mlflow run {run_id}")
+
+
+@app.command("evaluate-renoise-parity")
+def evaluate_renoise_parity_cmd(
+    model: str = typer.Option("catalog-demo", help="model folder / spec / name"),
+    report: Path = typer.Option(Path("docs/demo-model/renoise"), help="folder for renoise.md/.json"),
+    images: int = typer.Option(16, help="held-out shots"),
+    steps: int = typer.Option(10, help="ReNoise steps"),
+):
+    """ReNoise with and without its authors' schedule and noise regularisation on the demo model."""
+    _prepare_env()
+    from tight_pipeline.demo_model.renoise_eval import RenoiseEvalConfig, evaluate_renoise_parity
+    from tight_pipeline.tracking import log_renoise_evaluation
+
+    try:
+        result = evaluate_renoise_parity(model, report, RenoiseEvalConfig(images=images, steps=steps), log=typer.echo)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    run_id = log_renoise_evaluation(result, report)
+    typer.echo(f"report in {report}/ ; mlflow run {run_id}")
+
+
+@app.command()
+def presets():
+    """List the presets with their settings and hashes."""
+    from tight_pipeline.presets import load_presets
+
+    presets = load_presets()
+    width = max(len(name) for name in presets)
+    for p in presets.values():
+        scale = ("auto:" + ",".join(f"{s:g}" for s in p.auto_scales)) if p.auto else f"{p.inversion_scale:g}/{p.edit_scale:g}"
+        typer.echo(f"{p.name:{width}s} {p.hash}  {p.method:12s} steps={p.steps:<3d} scale={scale} "
+                   f"cfg={p.guidance:g}  {p.description}")
+
+
+@app.command()
+def edit(
+    image: Path = typer.Argument(..., help="photo to edit (PNG/JPEG/WebP...)"),
+    source_prompt: str = typer.Option(..., "--source-prompt", help="what the photo shows"),
+    edits: list[str] = typer.Option(..., "--edit", help="edit prompt; repeat for several edits"),
+    preset: Optional[str] = typer.Option(None, help="preset name (see `tight-pipeline presets`); name@scale allowed "
+                                         "(default: balanced; flux-balanced for FLUX models)"),
+    model: Optional[str] = typer.Option(None, help="model folder / spec YAML / name (default: catalog-demo)"),
+    out: Path = typer.Option(..., "--out", help="output folder"),
+):
+    """Edit one photo: writes reconstruction.png, one PNG per edit, sheet.png and scores.json."""
+    _prepare_env()
+    from tqdm import tqdm
+
+    from tight_pipeline import sheets, storage
+    from tight_pipeline.engine.specs import resolve_model_spec
+    from tight_pipeline.engine.factory import load_engine
+    from tight_pipeline.presets import load_preset
+
+    try:
+        spec = resolve_model_spec(model)
+        chosen = load_preset(_default_preset(preset, spec))
+        if not image.exists():
+            raise FileNotFoundError(f"image {image} does not exist")
+        photo, notes = storage.decode_image(image.read_bytes())
+        _ensure_default_model(model, spec)
+        engine = load_engine(spec, clip_model=os.environ.get("TIGHT_PIPELINE_CLIP_MODEL"))
+        edit_list = [(f"edit_{i + 1:02d}", p) for i, p in enumerate(edits)]
+        separate = chosen.inversion_scale != chosen.edit_scale or spec.family == "flux"
+        phases = 3 if separate and edits else 2
+        with tqdm(total=chosen.steps * phases, desc=f"{image.name} [{chosen.name}]", unit="step", file=sys.stderr) as bar:
+            result = engine.edit_item(photo, source_prompt, edit_list, chosen, progress=lambda phase: bar.update(1))
+    except (*_user_errors(), ValueError) as exc:
+        _fail(str(exc))
+    out.mkdir(parents=True, exist_ok=True)
+    result.reconstruction.save(out / "reconstruction.png")
+    for edit_id, img in result.edits.items():
+        img.save(out / f"{edit_id}.png")
+    sheet = sheets.side_by_side([("input", result.input), ("reconstruction", result.reconstruction)]
+                                + [(p, result.edits[e]) for e, p in edit_list])
+    sheet.save(out / "sheet.png")
+    report = {
+        "image": str(image), "source_prompt": source_prompt, "preset": chosen.to_dict(), "model": spec.to_dict(),
+        "scores": result.scores, "lpips_note": "lpips not computed: no local backbone weights",
+        "edits": {e: {"prompt": p, **result.edit_scores[e]} for e, p in edit_list},
+        "timings_s": result.timings, "warnings": notes + result.warnings,
+    }
+    (out / "scores.json").write_text(json.dumps(report, indent=2))
+    for w in notes + result.warnings:
+        typer.echo(f"warning: {w}", err=True)
+    typer.echo(f"reconstruction PSNR {result.scores['psnr_vs_vae']:.2f} dB vs VAE round-trip, "
+               f"{result.scores['psnr_vs_input']:.2f} dB vs input; wrote {out}/ (sheet.png, scores.json)")
+
+
+def _default_preset(preset: str | None, spec) -> str:
+    """``--preset`` or, when not given, the family's default (``flux-balanced`` for FLUX, else ``balanced``)."""
+    return preset or ("flux-balanced" if spec.family == "flux" else "balanced")
+
+
+def _ensure_default_model(ref: str | None, spec) -> None:
+    """The built-in tiny model is written on first use; any other model must already be on the machine."""
+    if ref in (None, "tiny-sdxl", "tiny-flux") and not Path(spec.base).exists():
+        from tight_pipeline.tiny_models import make_tiny_flux_model, make_tiny_model
+
+        typer.echo(f"writing the built-in tiny model to {spec.base} (random weights: plumbing, not quality)", err=True)
+        (make_tiny_flux_model if spec.family == "flux" else make_tiny_model)(spec.base)
+
+
+def _print_summary(summary: dict) -> None:
+    typer.echo("")
+    for key in ("status_ok", "status_error", "status_invalid", "items_processed", "items_skipped_done_before", "wall_s"):
+        if key in summary:
+            typer.echo(f"  {key:28s} {summary[key]}")
+    typer.echo(f"  images          {summary['output']}/<preset-hash>/<item_id>/<edit_id>.png")
+    typer.echo(f"  parquet         {summary['scores']}")
+    typer.echo(f"  contact sheet   {summary['contact_sheet']}")
+    typer.echo(f"  mlflow run      {summary['mlflow_run_id']}  ({summary['mlflow']})")
+    url = summary.get("prefect_flow_run_url")
+    if url and os.environ.get("PREFECT_API_URL"):
+        typer.echo(f"  prefect         {url}")
+    else:
+        typer.echo(f"  prefect         flow run {summary['prefect_flow_run_id']} (temporary server; "
+                   f"`python infra/local/services.py start prefect` with PREFECT_HOME={os.environ.get('PREFECT_HOME')} shows it)")
+
+
+@app.command()
+def deploy(serve: bool = typer.Option(False, "--serve", help="register without a work pool and run the flows from "
+                                      "this process when due (blocks)")):
+    """Register the scheduled flows of infra/prefect/prefect.yaml (nightly localization, weekly variants, monthly
+    trade-off) with the Prefect server at PREFECT_API_URL: work pool, schedules, concurrency limit 1, parameters.
+    Site values are the file's {{ $TP_* }} placeholders, from the environment or the file's site_defaults. A worker
+    of the pool runs them: prefect worker start --pool tight-pipeline-pool (docs/deploy.md)."""
+    _prepare_env()
+    from prefect.settings import PREFECT_API_URL
+
+    api = PREFECT_API_URL.value()
+    if not api:
+        _fail("deploy needs a Prefect server: start one (python infra/local/services.py start prefect) and set "
+              "PREFECT_API_URL=http://127.0.0.1:4200/api")
+    from flows.deployments import DeploymentFileError, build_served, load, register
+
+    try:
+        definitions = load()
+        if serve:
+            deployments = build_served(definitions)
+            for d in deployments:
+                d.apply()
+            registered = [{"flow": d.flow_name, "name": d.name, "cron": ", ".join(c for c, _ in x.crons), "pool": "-",
+                           "id": "served here"} for d, x in zip(deployments, definitions)]
+        else:
+            registered = register(definitions)
+        for d in registered:
+            typer.echo(f"  {d['flow']}/{d['name']:24s} cron {d['cron']:12s} pool {d['pool']:22s} id {d['id']}")
+    except DeploymentFileError as exc:
+        _fail(str(exc))
+    except Exception as exc:  # noqa: BLE001
+        message = _service_failure(exc)
+        if message is None:
+            raise
+        _fail(message)
+    typer.echo(f"registered {len(registered)} deployments at {api} (UI: {api.removesuffix('/api')}/deployments)")
+    if serve:
+        from prefect import serve as prefect_serve
+
+        prefect_serve(*deployments)
+
+
+def _fail_over_limit(summary: dict, max_failure_rate: float) -> None:
+    """Exit 2 when the run's failure rate is above ``--max-failure-rate`` (its rows are all written anyway)."""
+    if summary["failed"]:
+        _fail(f"failure rate {summary['failure_rate']:.1%} exceeds --max-failure-rate {max_failure_rate:.1%} "
+              "(every row was still written; see the error column)")
+
+
+def _dry_run(manifest: str, output: str, preset: str, model: str | None, variants: int = 0, styles: str = "") -> None:
+    import resource
+
+    from tight_pipeline.job import JobConfig, plan_job
+
+    plan = plan_job(JobConfig(manifest=manifest, output=output, preset=preset, model=model, variants=variants, styles=styles))
+    for message in plan.invalid_sample[:20]:
+        typer.echo(f"invalid: {message}", err=True)
+    typer.echo(f"manifest {manifest}: {plan.items} items, {plan.invalid_rows} invalid rows "
+               f"(planned in {plan.plan_s:.1f} s, peak memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB)")
+    typer.echo(f"  {'preset':28s} {'to do':>10s} {'done before':>12s} {'invalid':>8s}")
+    for name, c in sorted(plan.by_preset.items()):
+        typer.echo(f"  {name:28s} {c['todo']:>10d} {c['done_before']:>12d} {c['invalid']:>8d}")
+    typer.echo("  (done before = every edit ok for this model; the workers also check that their PNGs exist)")
+    if plan.rivals:
+        typer.echo(f"  automatic strength weighs each edit against {len(plan.rivals)} rival phrases of this manifest: "
+                   f"{', '.join(plan.rivals)}")
+
+
+@app.command()
+def run(
+    manifest: str = typer.Option(..., help="manifest URL: JSONL/CSV/Parquet on file://, s3://, gs://, ..."),
+    output: str = typer.Option(..., help="output prefix URL"),
+    preset: Optional[str] = typer.Option(None, help="default preset, items may override (default: balanced; "
+                                         "flux-balanced for FLUX models)"),
+    model: Optional[str] = typer.Option(None, help="model folder / spec YAML / name (default: catalog-demo)"),
+    actors: int = typer.Option(1, help="most actors in the pool (one model per actor)"),
+    min_actors: int = typer.Option(0, help="fewest actors: the pool grows to --actors as the cluster scales up "
+                                   "(0 = a fixed pool of --actors)"),
+    actor_cpus: float = typer.Option(1.0, help="CPUs reserved per actor (its torch threads on a cluster)"),
+    gpus_per_actor: Optional[float] = typer.Option(None, help="GPUs per actor (default: 1 for a device: cuda model, "
+                                                   "0 for cpu; auto: 1 when the cluster declares GPUs)"),
+    batch_size: int = typer.Option(0, help="items per model batch (0 = the model spec's max_batch)"),
+    actor_wait: float = typer.Option(900.0, help="seconds to wait for the first actors (nodes scaling up, model "
+                                     "loading) before stopping with an error"),
+    max_failure_rate: float = typer.Option(1.0, help="exit non-zero when more rows than this fraction fail"),
+    item_timeout: float = typer.Option(0.0, help="per-item time limit in seconds (0 = none)"),
+    max_pixels: int = typer.Option(40_000_000, help="refuse images with more pixels (checked before decoding)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="validate and plan only: print items to do / done before / "
+                                 "invalid rows per preset, and exit without loading a model or starting Ray/Prefect"),
+):
+    """Run the catalog-localization flow over a manifest (a file, or a prefix ending in / of many files)."""
+    _prepare_env()
+    from tight_pipeline.engine.specs import resolve_model_spec
+
+    try:
+        spec = resolve_model_spec(model)
+        if not dry_run:
+            _ensure_default_model(model, spec)
+        preset = _default_preset(preset, spec)
+        if dry_run:
+            return _dry_run(manifest, output, preset, model)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    from flows.catalog_localization import catalog_localization
+
+    summary = _run_flow(catalog_localization, manifest=manifest, output=output, preset=preset, model=model,
+                        actors=actors, actor_cpus=actor_cpus, max_failure_rate=max_failure_rate,
+                        item_timeout_s=item_timeout, max_pixels=max_pixels, min_actors=min_actors,
+                        gpus_per_actor=gpus_per_actor, batch_size=batch_size, actor_wait_s=actor_wait)
+    _print_summary(summary)
+    _fail_over_limit(summary, max_failure_rate)
+
+
+@app.command()
+def variants(
+    manifest: str = typer.Option(..., help="manifest URL (items need item_id, image_uri, source_prompt; edits are "
+                                 "not needed)"),
+    output: str = typer.Option(..., help="output prefix URL"),
+    n: int = typer.Option(4, "--n", help="variants per item (items may override with variants: {n, styles})"),
+    styles: str = typer.Option("", help="style set in configs/variants.yaml (default: the file's default, product)"),
+    preset: Optional[str] = typer.Option(None, help="preset (default: balanced; flux-balanced for FLUX models); "
+                                         "creative lets scenes move further"),
+    model: Optional[str] = typer.Option(None, help="model folder / spec YAML / name (default: catalog-demo)"),
+    actors: int = typer.Option(1, help="most actors in the pool (one model per actor)"),
+    min_actors: int = typer.Option(0, help="fewest actors: the pool grows to --actors as the cluster scales up "
+                                   "(0 = a fixed pool of --actors)"),
+    actor_cpus: float = typer.Option(1.0, help="CPUs reserved per actor (its torch threads on a cluster)"),
+    gpus_per_actor: Optional[float] = typer.Option(None, help="GPUs per actor (default: 1 for a device: cuda model, "
+                                                   "0 for cpu; auto: 1 when the cluster declares GPUs)"),
+    batch_size: int = typer.Option(0, help="items per model batch (0 = the model spec's max_batch)"),
+    actor_wait: float = typer.Option(900.0, help="seconds to wait for the first actors (nodes scaling up, model "
+                                     "loading) before stopping with an error"),
+    max_failure_rate: float = typer.Option(1.0, help="exit non-zero when more rows than this fraction fail"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="validate and plan only (variants to do / done before)"),
+):
+    """N styled variants of every item (one inversion per item serves all its variants). Re-runs skip done
+    variants; a larger --n adds only the new ones. Writes <item>/variants.png (input + variants) per item."""
+    _prepare_env()
+    from tight_pipeline.engine.specs import resolve_model_spec
+    from tight_pipeline.variants import VariantRequest, load_style_set
+
+    try:
+        spec = resolve_model_spec(model)
+        style_set = load_style_set(styles or None)
+        VariantRequest(n, style_set)
+        if not dry_run:
+            _ensure_default_model(model, spec)
+        preset = _default_preset(preset, spec)
+        if dry_run:
+            return _dry_run(manifest, output, preset, model, n, styles)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    from flows.variant_generation import variant_generation
+
+    typer.echo(f"{n} variants per item from style set {style_set.name!r} ({style_set.hash}): "
+               + "; ".join(style_set.styles), err=True)
+    summary = _run_flow(variant_generation, manifest=manifest, output=output, n=n, styles=styles, preset=preset,
+                        model=model, actors=actors, actor_cpus=actor_cpus, max_failure_rate=max_failure_rate,
+                        min_actors=min_actors, gpus_per_actor=gpus_per_actor, batch_size=batch_size,
+                        actor_wait_s=actor_wait)
+    _print_summary(summary)
+    typer.echo(f"  variant sheets  {output}/<preset-hash>/<item_id>/variants.png")
+    _fail_over_limit(summary, max_failure_rate)
+
+
+@app.command()
+def demo(
+    preset: Optional[str] = typer.Option(None, help="preset (default: catalog-balanced, or balanced with --photos)"),
+    output: Optional[str] = typer.Option(None, help="output prefix (default: $TIGHT_PIPELINE_HOME/demo/out)"),
+    model: Optional[str] = typer.Option(None, help="model (default: catalog-demo, the shipped demo model)"),
+    photos: bool = typer.Option(False, "--photos", help="real photos (scikit-image) instead of product shots; "
+                                "meant for real SDXL/FLUX weights given with --model"),
+):
+    """End to end on bundled inputs: Prefect + Ray + Parquet + MLflow, contact sheet at the end."""
+    _prepare_env()
+    from tight_pipeline.demo import write_catalog_demo_inputs, write_demo_inputs
+    from tight_pipeline.engine.specs import resolve_model_spec
+    from tight_pipeline.presets import load_presets
+    from tight_pipeline.settings import state_dir
+
+    try:
+        spec = resolve_model_spec(model)
+        _ensure_default_model(model, spec)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    if preset is None:
+        preset = "catalog-balanced" if not photos and "catalog-balanced" in load_presets() else "balanced"
+        if spec.family == "flux":
+            preset = "flux-balanced"
+    folder = str(state_dir() / "demo" / ("photos" if photos else "catalog"))
+    manifest = write_demo_inputs(folder) if photos else write_catalog_demo_inputs(folder)
+    out = output or str(state_dir() / "demo" / "out")
+    typer.echo(f"demo manifest: {manifest}  (model {spec.name}, preset {preset})")
+    from flows.catalog_localization import catalog_localization
+
+    summary = _run_flow(catalog_localization, manifest=manifest, output=out, preset=preset, model=model)
+    _print_summary(summary)
+
+
+@app.command()
+def tradeoff(
+    manifest: str = typer.Option(..., help="manifest URL"),
+    output: str = typer.Option(..., help="output prefix URL"),
+    scales: str = typer.Option("0,0.2,0.4,0.6,0.8,1.0", help="comma-separated adapter scales"),
+    sample: int = typer.Option(8, help="items sampled from the manifest"),
+    preset: str = typer.Option("balanced", help="base preset"),
+    model: Optional[str] = typer.Option(None),
+):
+    """Sweep the adapter scale on a sample; logs the reconstruction-vs-edit curve to MLflow."""
+    _prepare_env()
+    from flows.tradeoff_benchmark import tradeoff_benchmark
+    from tight_pipeline.engine.specs import resolve_model_spec
+
+    _ensure_default_model(model, resolve_model_spec(model))
+    result = _run_flow(tradeoff_benchmark, manifest=manifest, output=output,
+                       scales=[float(s) for s in scales.split(",")], sample=sample, base_preset=preset, model=model)
+    for row in result["table"]:
+        typer.echo(f"scale {row['scale']:.2f}: recon {row['psnr_vs_vae']:.2f} dB vs VAE, edit change {row['edit_change']:.4f}")
+    typer.echo(f"mlflow run {result['mlflow_run_id']}")
+
+
+if __name__ == "__main__":
+    app()

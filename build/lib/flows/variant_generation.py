@@ -1,0 +1,29 @@
+"""Variant generation: N styled variants of every catalog item, one inversion each.
+
+    tight-pipeline variants --manifest URL --output URL --n 4 [--styles product]
+
+Variants are derived while the manifest streams through planning (``tight_pipeline.variants``): no derived
+manifest is written, items may override ``n`` and the style set, and each variant's key is named after its
+style, so a resumed run skips done variants and a larger ``n`` adds only the new ones.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from flows.catalog_localization import run_tracked
+from flows.tasks import flow_timeout_s
+from tight_pipeline.job import JobConfig
+
+
+@flow(name="variant-generation", log_prints=True, timeout_seconds=flow_timeout_s())
+def variant_generation(manifest: str, output: str, n: int = 4, styles: str = "", preset: str = "balanced",
+                       model: str | None = None, actors: int = 1, actor_cpus: float = 1.0,
+                       max_failure_rate: float = 1.0, min_actors: int = 0, gpus_per_actor: float | None = None,
+                       batch_size: int = 0, actor_wait_s: float = 900.0) -> dict:
+    config = JobConfig(manifest=manifest, output=output, preset=preset, model=model, actors=actors,
+                       actor_cpus=actor_cpus, max_failure_rate=max_failure_rate, variants=n, styles=styles,
+                       min_actors=min_actors, gpus_per_actor=gpus_per_actor, batch_size=batch_size,
+                       actor_wait_s=actor_wait_s).with_run_id()
+    config.variant_request()  # an unknown style set or an impossible n fails here, in one line, before any work
+    return run_tracked(config, "variant-generation")

@@ -1,0 +1,325 @@
+"""The Ray actor that edits items: model loaded once per actor; rows written by the worker as ``scores/`` parts.
+
+    EditorActor(spec=..., digest=..., presets=..., output=..., run_id=..., manifest_uri=..., limits=...)
+
+Per batch (``__call__``): items grouped by preset run through ``engine.edit_items`` (one batch on the GPU), a
+batch that fails as a whole is re-run item by item, each item's PNGs are written (reconstruction last: its
+presence marks the item complete), and the batch's rows become one Parquet part. ``AttemptLedger`` (one named
+actor per run) counts how often each item was started, so an item that kills its worker every time ends as an
+error row after ``max_attempts`` starts instead of being retried forever by Ray's actor restarts.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import os
+import re
+import socket
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from tight_pipeline import scores, sheets, storage
+from tight_pipeline.engine.specs import ModelSpec
+from tight_pipeline.manifest import Item
+from tight_pipeline.presets import Preset
+
+log = logging.getLogger("tight_pipeline.actor")
+
+SUMMARY_COLUMNS = ["item_id", "rows", "ok", "error", "candidate"]
+
+
+class WorkerDied(RuntimeError):
+    """An item whose worker process died on every attempt."""
+
+
+class AttemptLedger:
+    """How many times each in-flight item was started in this run (a named Ray actor; survives worker deaths).
+
+    Entries exist only while an item's batch is in flight (``release`` drops them), so its memory follows the
+    work in progress, not the catalog."""
+
+    def __init__(self):
+        self.state: dict[str, dict] = {}
+
+    def start(self, keys: list[str]) -> dict[str, dict]:
+        """Count a start of every key; returns the earlier state of keys started before (a retried batch)."""
+        before = {k: dict(self.state[k]) for k in keys if k in self.state}
+        for k in keys:
+            self.state.setdefault(k, {"starts": 0, "summary": None})
+            if k not in before:
+                self.state[k]["starts"] += 1
+        return before
+
+    def begin_alone(self, key: str) -> None:
+        self.state[key]["starts"] += 1
+
+    def finish_alone(self, key: str, summary: dict) -> None:
+        self.state[key]["summary"] = summary
+
+    def release(self, keys: list[str]) -> None:
+        for k in keys:
+            self.state.pop(k, None)
+
+    def size(self) -> int:
+        return len(self.state)
+
+
+def summarize(item: Item, rows: list[dict], candidate: bool) -> dict:
+    return {"item_id": item.item_id, "rows": len(rows), "ok": sum(r["status"] == "ok" for r in rows),
+            "error": sum(r["status"] != "ok" for r in rows), "candidate": bool(candidate)}
+
+
+class EditorActor:
+    """Loads the model once per actor; ``__call__`` turns a batch of items into a batch of score rows."""
+
+    def __init__(self, *, spec: ModelSpec, digest: str, presets: dict[str, Preset], output: str, run_id: str,
+                 manifest_uri: str, limits: storage.ImageLimits, torch_threads: int = 0, clip_model: str | None = None,
+                 allowed_schemes: tuple[str, ...] = storage.DEFAULT_SCHEMES, item_timeout_s: float = 0.0,
+                 max_attempts: int = 3, ledger_name: str | None = None, rivals: tuple[str, ...] | None = None):
+        import torch
+
+        from tight_pipeline.engine.factory import load_engine
+
+        import ray
+
+        context = ray.get_runtime_context()
+        if torch_threads <= 0:
+            # This actor's own share of its node (what Ray reserved for it), not the driver's machine.
+            torch_threads = max(1, math.ceil(context.get_assigned_resources().get("CPU", 1)))
+        torch.set_num_threads(torch_threads)
+        self.engine = load_engine(spec, clip_model=clip_model)
+        self.spec, self.digest, self.presets, self.output = spec, digest, presets, output
+        self.run_id, self.manifest_uri, self.limits = run_id, manifest_uri, limits
+        self.allowed = allowed_schemes
+        self.item_timeout_s = item_timeout_s
+        self.max_attempts = max_attempts
+        self.rivals = rivals  # the run's rival phrases for automatic strength (job.Plan.rivals)
+        self.ledger = ray.get_actor(ledger_name) if ledger_name else None
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self.placement = {"node_id": context.get_node_id(), "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids())}
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        """Items of one preset run through the engine together (``edit_items``); each ends in its own rows.
+
+        The rows of the batch are written as one part of ``scores/`` here, in the worker; the driver gets one
+        small summary row per item. Items that were started before by a worker that died run one at a time
+        (written as they finish); after ``max_attempts`` starts an item becomes an error row without running.
+        """
+        items = [Item.from_json(str(text)) for text in batch["item"]]
+        candidate = dict(zip((i.item_id for i in items), batch.get("candidate", [False] * len(items))))
+        keys = [f"{self.presets[i.preset].hash}/{i.item_id}" for i in items]
+        import ray
+
+        starts = ray.get(self.ledger.start.remote(keys)) if self.ledger else {}
+        fresh, retried = [], []
+        for item, key in zip(items, keys):
+            (retried if key in starts else fresh).append(item)
+        summary: list[dict] = []
+        for item in retried:
+            key = f"{self.presets[item.preset].hash}/{item.item_id}"
+            state = starts[key]
+            if state.get("summary"):  # finished alone in an earlier attempt of this batch: its part is written
+                summary.append(state["summary"])
+                continue
+            preset = self.presets[item.preset]
+            if state["starts"] >= self.max_attempts:
+                exc = WorkerDied(f"its worker died {state['starts']} times while editing it (out of memory, a crash in "
+                                 f"native code or a lost node); not retried again (max_attempts={self.max_attempts})")
+                rows = self.error_rows(item, preset, exc, time.perf_counter())
+            else:
+                ray.get(self.ledger.begin_alone.remote(key))
+                rows = self.process_group([item], preset)
+            scores.write_part(self.output, self.run_id, rows, tag=f"{os.getpid()}")
+            row_summary = summarize(item, rows, candidate.get(item.item_id, False))
+            ray.get(self.ledger.finish_alone.remote(key, row_summary))
+            summary.append(row_summary)
+        rows = []
+        by_preset: dict[str, list[Item]] = {}
+        for item in fresh:
+            by_preset.setdefault(item.preset, []).append(item)
+        for name, group in by_preset.items():
+            rows.extend(self.process_group(group, self.presets[name]))
+        scores.write_part(self.output, self.run_id, rows, tag=f"{os.getpid()}")
+        by_item: dict[str, list[dict]] = {}
+        for r in rows:
+            by_item.setdefault(r["item_id"], []).append(r)
+        for item in fresh:
+            summary.append(summarize(item, by_item.get(item.item_id, []), candidate.get(item.item_id, False)))
+        if self.ledger:
+            ray.get(self.ledger.release.remote(keys))
+        return {k: [s[k] for s in summary] for k in SUMMARY_COLUMNS}
+
+    def _deadline(self, t_start: float, n_items: int = 1):
+        """A progress callback that aborts the work once it has run longer than ``item_timeout_s`` per item."""
+        if self.item_timeout_s <= 0:
+            return None
+        limit = self.item_timeout_s * n_items
+
+        def check(phase: str) -> None:
+            elapsed = time.perf_counter() - t_start
+            if elapsed > limit:
+                raise TimeoutError(f"item took longer than item_timeout_s={self.item_timeout_s:g} s (aborted during {phase})")
+
+        return check
+
+    def process_group(self, items: list[Item], preset: Preset) -> list[dict]:
+        """Fetch every item, edit the fetched ones as one batch, write each item's PNGs; rows per item.
+
+        A batch that fails as a whole is run again one item at a time, so only the bad item ends as an error."""
+        from tight_pipeline.engine import strength
+        from tight_pipeline.engine.runner import BatchError, ItemRequest
+
+        t_start = time.perf_counter()
+        rows: list[dict] = []
+        fetched: list[tuple[Item, Any, list[str], float]] = []
+        for item in items:
+            t0 = time.perf_counter()
+            try:
+                image, notes = self.fetch(item)
+            except Exception as exc:  # noqa: BLE001 - one bad item must never fail the block
+                rows.extend(self.error_rows(item, preset, exc, t0))
+                continue
+            fetched.append((item, image, notes, time.perf_counter() - t0))
+        requests = [ItemRequest(image, item.source_prompt, [(e.edit_id, e.prompt) for e in item.edits])
+                    for item, image, _, _ in fetched]
+        results = strength.run_items(self.engine, requests, preset, self._deadline(time.perf_counter(), len(requests)),
+                                     self.rivals) if requests else []
+        for (item, image, notes, fetch_s), request, result in zip(fetched, requests, results):
+            if isinstance(result, BatchError):
+                result = strength.run_items(self.engine, [request], preset, self._deadline(time.perf_counter()),
+                                            self.rivals)[0]
+            if isinstance(result, BaseException):
+                rows.extend(self.error_rows(item, preset, result, t_start))
+                continue
+            try:
+                rows.extend(self.write(item, preset, result, notes, fetch_s, t_start))
+            except Exception as exc:  # noqa: BLE001
+                rows.extend(self.error_rows(item, preset, exc, t_start))
+        return rows
+
+    def fetch(self, item: Item):
+        from tight_pipeline.engine.runner import InputError
+
+        storage.check_scheme(item.image_uri, self.allowed)
+        try:
+            data = storage.read_bytes(item.image_uri, self.limits.max_bytes)
+        except FileNotFoundError:
+            raise InputError(f"image {storage.redact(item.image_uri)} does not exist") from None
+        return storage.decode_image(data, self.limits)
+
+    def error_rows(self, item: Item, preset: Preset, exc: BaseException, t_start: float) -> list[dict]:
+        """One error row per edit of ``item``; the message names the item and the cause in one line."""
+        kind = type(exc).__name__
+        message = f"item {item.item_id!r}: {kind}: {storage.redact(str(exc)).splitlines()[0] if str(exc) else kind}"
+        log.warning(message)
+        base = base_row(item, preset, self.spec, self.digest, self.run_id, self.manifest_uri)
+        return [
+            {**base, "worker": self.worker, **self.placement, "edit_id": e.edit_id, "edit_prompt": e.prompt, "status": "error",
+             "error": message, "time_total_s": time.perf_counter() - t_start, "finished_at": now()}
+            for e in item.edits
+        ]
+
+    def variant_sheet(self, item: Item, preset: Preset, result, variants: dict):
+        """input | every variant of the item, labelled with its style (variants done in an earlier run are
+        read back from the output, so the sheet shows all of them)."""
+        from PIL import Image
+
+        tiles = [("input", result.input)]
+        for edit_id, style in variants.get("styles", {}).items():
+            image = result.edits.get(edit_id)
+            if image is None:
+                try:
+                    image = Image.open(io.BytesIO(storage.read_bytes(
+                        storage.output_key(self.output, preset.hash, item.item_id, edit_id)))).convert("RGB")
+                except (FileNotFoundError, storage.StorageError, OSError):
+                    continue
+            tiles.append((re.sub(r"{[A-Za-z_][A-Za-z0-9_]*}", "", style).strip(" ,"), image))
+        return sheets.side_by_side(tiles, tile=256)
+
+    def write(self, item: Item, preset: Preset, result, notes: list[str], fetch_s: float, t_start: float) -> list[dict]:
+        """Write the item's PNGs (reconstruction last) and return its ok rows."""
+        t0 = time.perf_counter()
+        folder = storage.join(self.output, preset.hash, item.item_id)
+        input_uri, recon_uri = storage.join(folder, "input.png"), storage.join(folder, "reconstruction.png")
+        encoded: dict[int, bytes] = {}  # one encoding per image object (the passthrough model returns one)
+
+        def png(image) -> bytes:
+            if id(image) not in encoded:
+                encoded[id(image)] = storage.encode_png(image)
+            return encoded[id(image)]
+
+        storage.write_bytes_atomic(input_uri, png(result.input))
+        edit_uris = {}
+        for edit in item.edits:
+            edit_uris[edit.edit_id] = storage.output_key(self.output, preset.hash, item.item_id, edit.edit_id)
+            storage.write_bytes_atomic(edit_uris[edit.edit_id], png(result.edits[edit.edit_id]))
+        variants = item.metadata.get("variants") if isinstance(item.metadata, dict) else None
+        if variants:
+            storage.write_bytes_atomic(storage.join(folder, "variants.png"),
+                                       storage.encode_png(self.variant_sheet(item, preset, result, variants)))
+        # The reconstruction is written last: its presence marks the item's images complete.
+        storage.write_bytes_atomic(recon_uri, png(result.reconstruction))
+        write_s = time.perf_counter() - t0
+        t = result.timings
+        timings = {
+            "time_fetch_s": fetch_s,
+            "time_encode_s": t["encode_s"] + t["embed_s"],
+            "time_invert_s": t["invert_s"],
+            "time_denoise_s": t["denoise_s"] + t["decode_s"],
+            "time_write_s": write_s,
+            "time_judge_s": t.get("judge_s"),
+            "time_total_s": time.perf_counter() - t_start,
+        }
+        base = base_row(item, preset, self.spec, self.digest, self.run_id, self.manifest_uri)
+        return [
+            {
+                **base, **result.scores, **result.edit_scores[e.edit_id], **timings, "worker": self.worker, **self.placement,
+                "edit_id": e.edit_id, "edit_prompt": e.prompt, "status": "ok", "error": None,
+                "warnings": "; ".join(notes + result.warnings) or None,
+                "input_uri": input_uri, "reconstruction_uri": recon_uri, "edit_uri": edit_uris[e.edit_id],
+                "finished_at": now(),
+            }
+            for e in item.edits
+        ]
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def base_row(item: Item, preset: Preset, spec: ModelSpec, digest: str, run_id: str, manifest_uri: str) -> dict:
+    return {
+        "run_id": run_id, "manifest_uri": manifest_uri, "row": item.row, "item_id": item.item_id,
+        "source_prompt": item.source_prompt, "image_uri": item.image_uri, "preset": preset.name,
+        "preset_hash": preset.hash, "method": preset.method, "model": spec.name, "model_digest": digest,
+        "metadata": json.dumps(item.metadata, default=str) if item.metadata else None,
+    }
+
+
+def outputs_exist(output: str, preset_hash: str, item: Item) -> bool:
+    """The item's reconstruction (written last) and every edit PNG exist under ``output``."""
+    folder = storage.join(output, preset_hash, item.item_id)
+    return storage.exists(storage.join(folder, "reconstruction.png")) and all(
+        storage.exists(storage.output_key(output, preset_hash, item.item_id, e.edit_id)) for e in item.edits)
+
+
+class DoneFilter:
+    """A cheap CPU stage before the actors: drops resume candidates whose PNGs all exist (they stay done)."""
+
+    def __init__(self, output: str, preset_hashes: dict[str, str]):
+        self.output, self.hashes = output, preset_hashes
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        keep_item, keep_cand = [], []
+        for text, cand in zip(batch["item"], batch["candidate"]):
+            if cand:
+                item = Item.from_json(str(text))
+                if outputs_exist(self.output, self.hashes[item.preset], item):
+                    continue
+            keep_item.append(text)
+            keep_cand.append(bool(cand))
+        return {"item": keep_item, "candidate": keep_cand}

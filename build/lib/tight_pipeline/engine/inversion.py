@@ -1,0 +1,218 @@
+"""Inversion loops: image latents z_0 → noise z_T, conditioned on the source prompt *and* the image.
+
+Both loops are written out step by step; the schedule is the model's own DDIM schedule.
+
+``invert_ddim`` is the reverse DDIM update, the same arithmetic as diffusers' ``DDIMInverseScheduler``:
+going from noise level ``t - Δ`` to ``t``, the model is evaluated at timestep ``t`` on the current latent.
+
+``invert_renoise`` refines every inversion step towards its fixed point (ReNoise, Garibi et al. 2024):
+the denoising step from ``z_t`` uses ε(z_t, t), so an exact inverse needs z_t = step(z_{t-Δ}, ε(z_t, t)).
+Starting from the DDIM guess, it re-evaluates the model at the current guess ``iterations`` times and uses
+the mean of the last ``average_last`` predictions. ``average_last = 1`` is the pure fixed-point iteration.
+Optionally as the ReNoise authors run it: near the clean end (t < ``early_t``) fewer iterations averaged from
+the first, and every used prediction regularised towards Gaussian-noise statistics (``regularization.py``).
+
+``invert_ddpm_ef`` is edit-friendly DDPM inversion (Huberman-Spiegelglas et al. 2024, the inversion behind
+LEDITS++): independent noisy versions x_t of the latent at every level, then per step the noise map
+z_t = (x_{t-Δ} - μ(x_t, ε(x_t, t))) / σ_t that makes the stochastic DDPM step land exactly on x_{t-Δ}.
+Denoising with the same maps (``editing.denoise(..., noises=...)``) reconstructs exactly; with an edit
+prompt it edits while the maps keep the structure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from tight_pipeline.engine.conditioning import TextCondition, predict_noise
+from tight_pipeline.engine.regularization import NoiseRegularization, regularize
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """DDIM schedule of a model: descending timesteps and the alpha-bar at each noise level."""
+
+    timesteps: list[int]  # descending, as used for denoising
+    step_ratio: int
+    alphas_cumprod: torch.Tensor
+    final_alpha_cumprod: float  # alpha-bar "below" the last timestep (level of the clean latent)
+    prediction_type: str
+
+    def alpha(self, t: int) -> float:
+        return float(self.alphas_cumprod[t]) if t >= 0 else self.final_alpha_cumprod
+
+
+def make_schedule(scheduler, steps: int) -> Schedule:
+    """The DDIM schedule for ``steps`` steps from a diffusers DDIM scheduler's config."""
+    scheduler.set_timesteps(steps)
+    config = scheduler.config
+    final = 1.0 if config.set_alpha_to_one else float(scheduler.alphas_cumprod[0])
+    return Schedule(
+        timesteps=[int(t) for t in scheduler.timesteps],
+        step_ratio=config.num_train_timesteps // steps,
+        alphas_cumprod=scheduler.alphas_cumprod.clone(),
+        final_alpha_cumprod=final,
+        prediction_type=config.prediction_type,
+    )
+
+
+def split_prediction(output: torch.Tensor, sample: torch.Tensor, alpha: float, prediction_type: str):
+    """Model output at noise level ``alpha`` → (predicted clean latent x0, predicted noise eps)."""
+    a, b = alpha**0.5, (1 - alpha) ** 0.5
+    if prediction_type == "epsilon":
+        return (sample - b * output) / a, output
+    if prediction_type == "v_prediction":
+        return a * sample - b * output, a * output + b * sample
+    if prediction_type == "sample":
+        return output, (sample - a * output) / b
+    raise ValueError(f"unsupported prediction_type {prediction_type!r}")
+
+
+def ddim_move(sample: torch.Tensor, output: torch.Tensor, alpha_from: float, alpha_to: float, prediction_type: str):
+    """Deterministic DDIM move of ``sample`` from level ``alpha_from`` to ``alpha_to`` (either direction)."""
+    x0, eps = split_prediction(output, sample, alpha_from, prediction_type)
+    return alpha_to**0.5 * x0 + (1 - alpha_to) ** 0.5 * eps
+
+
+@torch.no_grad()
+def invert_ddim(pipe, latents: torch.Tensor, schedule: Schedule, text: TextCondition, image_embeds, callback=None,
+                max_batch: int = 0):
+    """Plain DDIM inversion at guidance 1 (conditional branch only). Returns z_T.
+
+    Args:
+        latents: clean latents z_0, (B, C, h, w), float32; B items are inverted together, row by row.
+        text, image_embeds: one row per latent row (the item's source prompt and positive image embeds).
+        max_batch: at most this many rows per UNet call (0 = all).
+
+    Per step from level ``a_from`` (t - Δ) up to ``a_to`` (t), with ε = ε(z, t):
+    x0 = (z - sqrt(1 - a_from) ε) / sqrt(a_from);  z ← sqrt(a_to) x0 + sqrt(1 - a_to) ε
+    (DDIM, Song et al. 2021, eq. 12 run backwards; diffusers' ``DDIMInverseScheduler.step``).
+    """
+    z = latents.float()
+    for i, t in enumerate(reversed(schedule.timesteps)):
+        a_from, a_to = schedule.alpha(t - schedule.step_ratio), schedule.alpha(t)
+        out = predict_noise(pipe, z, t, text, image_embeds, max_batch)
+        z = ddim_move(z, out, a_from, a_to, schedule.prediction_type)
+        if callback:
+            callback(i)
+    return z
+
+
+@torch.no_grad()
+def invert_renoise(
+    pipe,
+    latents: torch.Tensor,
+    schedule: Schedule,
+    text: TextCondition,
+    image_embeds,
+    iterations: int = 9,
+    average_last: int = 1,
+    callback=None,
+    max_batch: int = 0,
+    early_t: int = 0,
+    early_average: int = 5,
+    reg: NoiseRegularization = NoiseRegularization(),
+    seed: int = 0,
+):
+    """ReNoise / fixed-point inversion: every step iterated towards z_t = move(z_{t-Δ}, ε(z_t, t)).
+
+    Same arguments as ``invert_ddim``, plus the authors' schedule and regularisation (Garibi et al. 2024, ReNoise,
+    Alg. 1 and Sec. 3.3). Per step from z = z_{t-Δ}, predictions ε_0 … ε_n of the noise at timestep t:
+    ε_0 = ε(z, t) (the DDIM guess's), then ε_k = ε(g_k, t) at the guesses g_k = move(z, ε_{k-1}) — the affine DDIM
+    step solved for the z_t whose denoising step lands on z_{t-Δ}. The step's result is move(z, mean of a window
+    of the ε_k):
+
+    - ``t >= early_t`` (every step when ``early_t`` is 0): n = ``iterations``, the mean of the last
+      ``average_last`` (the authors: 9 iterations, the last 2);
+    - ``t < early_t``: the mean of the first ``early_average`` predictions, ε_0 included (the authors: below
+      t = 250, 5 from the first) — near the clean image the first guesses are already good.
+
+    With ``reg`` on, every prediction inside the window (and the window's mean) is regularised
+    (``regularization.regularize``) towards ε_fwd = ε(√ᾱ_t z_0 + √(1-ᾱ_t) n, t), n a Gaussian drawn once per item
+    from ``seed``; that costs one more model call per step. All of it in float32; only the UNet runs in the
+    model's dtype. Predictions are averaged as noise (ε), so a v-prediction model averages what an ε model does.
+    """
+    if iterations < 1 or not 1 <= average_last <= iterations:
+        raise ValueError(f"renoise needs iterations >= 1 and 1 <= average_last <= iterations, got {iterations}, {average_last}")
+    if early_t and early_average < 1:
+        raise ValueError(f"renoise needs early_average >= 1, got {early_average}")
+    z0 = latents.float()
+    z = z0
+    noise = gens = None
+    if reg.on:  # per item, so that an item's noise and random shifts are its own in any batch
+        noise = torch.cat([torch.randn((1, *z0.shape[1:]), generator=torch.Generator().manual_seed(seed))
+                           for _ in range(z0.shape[0])]).to(z0.device)
+        gens = [torch.Generator().manual_seed(seed + 1) for _ in range(z0.shape[0])]
+    pt = schedule.prediction_type
+    for i, t in enumerate(reversed(schedule.timesteps)):
+        a_from, a_to = schedule.alpha(t - schedule.step_ratio), schedule.alpha(t)
+        if t < early_t:
+            n, lo, hi = early_average - 1, 0, early_average
+        else:
+            n, lo, hi = iterations, iterations + 1 - average_last, iterations + 1
+        target = None
+        if reg.on:
+            forward = a_to**0.5 * z0 + (1 - a_to) ** 0.5 * noise
+            target = split_prediction(predict_noise(pipe, forward, t, text, image_embeds, max_batch), forward, a_to, pt)[1]
+        kept = []
+        sample, level = z, a_from
+        for k in range(n + 1):
+            # The prediction at the guess for z_t is the one the denoising step from z_t will use.
+            _, eps = split_prediction(predict_noise(pipe, sample, t, text, image_embeds, max_batch), sample, level, pt)
+            if lo <= k < hi:
+                kept.append(eps)
+                if reg.on:
+                    eps = regularize(eps, target, reg, gens)
+            if k < n:  # with the noise fixed, the DDIM step is affine: solve it for the z_t that lands on z
+                sample, level = ddim_move(z, eps, a_from, a_to, "epsilon"), a_to
+        mean = torch.stack(kept).mean(0)
+        if reg.on:
+            mean = regularize(mean, target, reg, gens)
+        z = ddim_move(z, mean, a_from, a_to, "epsilon")
+        if callback:
+            callback(i)
+    return z
+
+
+def ddpm_sigma(alpha_t: float, alpha_prev: float) -> float:
+    """Standard deviation of the DDPM (eta = 1) step from level alpha_t to alpha_prev."""
+    return ((1 - alpha_prev) / (1 - alpha_t) * (1 - alpha_t / alpha_prev)) ** 0.5
+
+
+def ddpm_move(sample, output, alpha_t: float, alpha_prev: float, prediction_type: str, noise):
+    """One stochastic DDPM step (eta = 1) from ``alpha_t`` to ``alpha_prev`` driven by the given ``noise``."""
+    x0, eps = split_prediction(output, sample, alpha_t, prediction_type)
+    sigma = ddpm_sigma(alpha_t, alpha_prev)
+    return alpha_prev**0.5 * x0 + max(0.0, 1 - alpha_prev - sigma**2) ** 0.5 * eps + sigma * noise
+
+
+@torch.no_grad()
+def invert_ddpm_ef(pipe, latents: torch.Tensor, schedule: Schedule, text: TextCondition, image_embeds,
+                   seed: int = 0, callback=None, max_batch: int = 0):
+    """Edit-friendly DDPM inversion. Returns (x_T, noise maps in denoising order, one per step).
+
+    Each row of ``latents`` (one item) draws its noisy levels x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) n_t from its own
+    generator seeded with ``seed``, so an item gets the same levels and maps alone or in a batch. Then per step
+    z_t = (x_{t-Δ} - μ(x_t, ε(x_t, t))) / σ_t, with μ the DDPM (η = 1) posterior mean (Huberman-Spiegelglas et al.
+    2024, eq. 5). Maps are float32, shaped like ``latents``.
+    """
+    latents = latents.float()
+    levels = {t: torch.empty_like(latents) for t in schedule.timesteps}
+    for row in range(latents.shape[0]):
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        for t in schedule.timesteps:
+            a = schedule.alpha(t)
+            noise = torch.randn((1, *latents.shape[1:]), generator=gen, dtype=torch.float32).to(latents.device)
+            levels[t][row : row + 1] = a**0.5 * latents[row : row + 1] + (1 - a) ** 0.5 * noise
+    noises = []
+    for i, t in enumerate(schedule.timesteps):
+        t_prev = t - schedule.step_ratio
+        a_t, a_prev = schedule.alpha(t), schedule.alpha(t_prev)
+        out = predict_noise(pipe, levels[t], t, text, image_embeds, max_batch)
+        target = levels[t_prev] if t_prev in levels else latents
+        mean = ddpm_move(levels[t], out, a_t, a_prev, schedule.prediction_type, torch.zeros_like(latents))
+        noises.append((target - mean) / ddpm_sigma(a_t, a_prev))
+        if callback:
+            callback(i)
+    return levels[schedule.timesteps[0]], noises

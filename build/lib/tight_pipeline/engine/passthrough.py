@@ -1,0 +1,63 @@
+"""The passthrough engine: the pipeline without a model, for measuring and testing it at catalog scale.
+
+    tight-pipeline run --model passthrough --manifest m.jsonl --output out/
+
+Each item is checked like a real one (prompts, aspect ratio), fitted to the spec's resolution and returned as
+its own reconstruction and edits; scores are empty (nothing was inverted). Everything around it — manifest
+streaming, Ray, PNG writes, score parts, resume, retries — is the real code path.
+
+Fault drill: an item whose source prompt starts with ``!crash`` ends its worker process (``os._exit``), as an
+out-of-memory kill or a segfault in native code would — how the bounded-attempts guarantee is tested.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from PIL import Image
+
+from tight_pipeline.engine.runner import InputError, ItemRequest, ItemResult, fit_size
+from tight_pipeline.presets import Preset
+
+
+class PassthroughEngine:
+    multiple = 8
+
+    def __init__(self, spec):
+        self.spec = spec
+
+    @classmethod
+    def from_spec(cls, spec, clip_model: str | None = None) -> "PassthroughEngine":
+        return cls(spec)
+
+    def edit_item(self, image, source_prompt, edits, preset: Preset, progress=None) -> ItemResult:
+        result = self.edit_items([ItemRequest(image, source_prompt, list(edits))], preset, progress)[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def edit_items(self, requests: list[ItemRequest], preset: Preset, progress=None) -> list[ItemResult | Exception]:
+        out: list[ItemResult | Exception] = []
+        for req in requests:
+            t0 = time.perf_counter()
+            if req.source_prompt.startswith("!crash"):
+                os._exit(70)  # the fault drill: the worker dies mid-batch
+            try:
+                for what, prompt in [("source prompt", req.source_prompt)] + [(f"edit {e!r} prompt", p) for e, p in req.edits]:
+                    if not isinstance(prompt, str):
+                        raise InputError(f"{what} must be text")
+                w, h = fit_size(req.image.width, req.image.height, self.spec.resolution, self.multiple)
+                fitted = req.image.convert("RGB").resize((w, h), Image.Resampling.BILINEAR)
+            except Exception as exc:  # noqa: BLE001 - the item's own result
+                out.append(exc)
+                continue
+            if progress:
+                progress("passthrough")
+            timings = {"encode_s": time.perf_counter() - t0, "embed_s": 0.0, "invert_s": 0.0, "denoise_s": 0.0,
+                       "decode_s": 0.0, "score_s": 0.0, "batch_items": float(len(requests))}
+            empty = {k: None for k in ("psnr_vs_input", "ssim_vs_input", "psnr_vs_vae", "ssim_vs_vae",
+                                       "vae_psnr_vs_input", "lpips_vs_input")}
+            edit_scores = {e: {"edit_change": None, "edit_psnr_vs_input": None, "clip_score": None} for e, _ in req.edits}
+            out.append(ItemResult(fitted, fitted, fitted, {e: fitted for e, _ in req.edits}, empty, edit_scores, timings, []))
+        return out
