@@ -68,13 +68,14 @@ def _user_errors():
     from tight_pipeline.engine.specs import ModelError
     from tight_pipeline.engine.runner import InputError
     from tight_pipeline.job import ClusterError, ComputeSettingError
+    from tight_pipeline.lease import RunLeaseHeld
     from tight_pipeline.manifest import ManifestError
     from tight_pipeline.presets import PresetError
     from tight_pipeline.storage import ImageDecodeError, StorageError
     from tight_pipeline.variants import VariantError
 
     return (ModelError, InputError, ManifestError, PresetError, ImageDecodeError, StorageError, FileNotFoundError,
-            VariantError, ClusterError, ComputeSettingError)
+            VariantError, ClusterError, ComputeSettingError, RunLeaseHeld)
 
 
 @app.command("make-tiny-model")

@@ -47,6 +47,7 @@ from tight_pipeline.actor import SUMMARY_COLUMNS, AttemptLedger, DoneFilter, Edi
 from tight_pipeline.engine.specs import ModelSpec, resolve_model_spec
 from tight_pipeline.engine.fingerprints import WeightsNotFound, model_digest
 from tight_pipeline.engine.rivals import rival_phrases, run_vocabulary
+from tight_pipeline.lease import RunLease
 from tight_pipeline.manifest import InvalidRow, iter_manifest
 from tight_pipeline.presets import Preset, load_preset, load_presets
 from tight_pipeline.variants import VariantRequest, load_style_set
@@ -90,6 +91,9 @@ class JobConfig:
             edits are used). Items may override it (``variants: {n, styles}``).
         styles: the variant job's style set (``configs/variants.yaml``; "" = its default).
         run_id: identifies the run in rows and MLflow; generated when empty.
+        lease_wait_s: when another live run holds the output (``lease.RunLease``), wait this long for it, then stop
+            with an error naming it (0 = stop at once).
+        lease_ttl_s: a run's claim on its output expires this long after its driver stopped renewing it.
     """
 
     manifest: str
@@ -114,6 +118,8 @@ class JobConfig:
     variants: int = 0
     styles: str = ""
     run_id: str = ""
+    lease_wait_s: float = 0.0
+    lease_ttl_s: float = 120.0
 
     def variant_request(self) -> VariantRequest | None:
         """The variant job's request (``None`` when this is not a variant job); raises ``VariantError``."""
@@ -447,24 +453,27 @@ def run_job(config: JobConfig, progress: Callable[[int, int], None] | None = Non
     spec = resolve_model_spec(config.model)
     check_compute(config)
     digest = resolve_digest(config, spec)
-    plan = plan_job(config, default, digest, write=True)
-    log.info("manifest %s: %d items (%d to do, %d resume candidates), %d invalid rows; planned in %.1f s",
-             storage.redact(config.manifest), plan.items, plan.todo_items, plan.candidate_items, plan.invalid_rows,
-             plan.plan_s)
-    counts = {"invalid": plan.invalid_rows} if plan.invalid_rows else {}
-    processed = redone_candidate_rows = 0
-    if plan.files:
-        try:
-            for summary in _run_ray(config, spec, digest, plan, progress):
-                processed += len(summary["item_id"])
-                for ok, err, rows, cand in zip(summary["ok"], summary["error"], summary["rows"], summary["candidate"]):
-                    counts["ok"] = counts.get("ok", 0) + int(ok)
-                    if err:
-                        counts["error"] = counts.get("error", 0) + int(err)
-                    if cand:
-                        redone_candidate_rows += int(rows)
-        finally:
-            _remove_prefix(storage.join(scores.prefix(config.output), "_plan", config.run_id))
+    # Two live runs on one output never process the same items: the second waits lease_wait_s, then stops.
+    with RunLease(config.output, config.run_id, ttl_s=config.lease_ttl_s, wait_s=config.lease_wait_s):
+        plan = plan_job(config, default, digest, write=True)
+        log.info("manifest %s: %d items (%d to do, %d resume candidates), %d invalid rows; planned in %.1f s",
+                 storage.redact(config.manifest), plan.items, plan.todo_items, plan.candidate_items, plan.invalid_rows,
+                 plan.plan_s)
+        counts = {"invalid": plan.invalid_rows} if plan.invalid_rows else {}
+        processed = redone_candidate_rows = 0
+        if plan.files:
+            try:
+                for summary in _run_ray(config, spec, digest, plan, progress):
+                    processed += len(summary["item_id"])
+                    for ok, err, rows, cand in zip(summary["ok"], summary["error"], summary["rows"],
+                                                   summary["candidate"]):
+                        counts["ok"] = counts.get("ok", 0) + int(ok)
+                        if err:
+                            counts["error"] = counts.get("error", 0) + int(err)
+                        if cand:
+                            redone_candidate_rows += int(rows)
+            finally:
+                _remove_prefix(storage.join(scores.prefix(config.output), "_plan", config.run_id))
     skipped_rows = plan.candidate_rows - redone_candidate_rows + plan.kept_rows
     if skipped_rows:
         counts["ok"] = counts.get("ok", 0) + skipped_rows
