@@ -72,7 +72,9 @@ def load(path: Path | None = None, env: dict | None = None) -> list[Definition]:
             raise DeploymentFileError(f"deployment {d.get('name')!r}: unresolved placeholders in {', '.join(unresolved)}")
         pool = d.get("work_pool") or {}
         out.append(Definition(
-            name=d["name"], entrypoint=d["entrypoint"], parameters=dict(d.get("parameters") or {}),
+            name=d["name"], entrypoint=d["entrypoint"],
+            # A placeholder gives text: "8" → 8, "1.5" → 1.5, "null" → None, as the flows' types expect.
+            parameters={k: _scalar(v) for k, v in (d.get("parameters") or {}).items()},
             crons=tuple((s["cron"], s.get("timezone", "UTC")) for s in d.get("schedules") or []),
             concurrency_limit=d.get("concurrency_limit"), work_pool=pool.get("name"),
             job_variables=dict(pool.get("job_variables") or {}), pull_steps=list(d.get("pull") or resolved["pull"]),
@@ -93,6 +95,13 @@ def _apply_env(value: Any, values: dict[str, str]) -> Any:
     if isinstance(value, list):
         return [_apply_env(v, values) for v in value]
     return value
+
+
+def _scalar(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    parsed = yaml.safe_load(value) if value.strip() else value
+    return parsed if isinstance(parsed, (int, float, bool)) or parsed is None else value
 
 
 def _flatten(value: Any, prefix: str = ""):

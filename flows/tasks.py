@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.logging import get_run_logger
 
 import pandas as pd
+from tqdm import tqdm
 import pyarrow.compute as pc
 
 from tight_pipeline import scores, storage, tracking
@@ -51,15 +53,22 @@ def edit_items(config: JobConfig, flow_name: str = "tight-pipeline") -> JobResul
                                            description=f"{flow_name} {config.run_id}: items edited (%)")
 
     last = [0.0]
+    # On a terminal: one bar (items done / total, rate, ETA) instead of Ray Data's per-operator bars.
+    bar = tqdm(desc=flow_name, unit="item", disable=not sys.stderr.isatty(), dynamic_ncols=True)
 
     def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
         # At most one API call per 5 % (a catalog run has thousands of items).
         pct = 100.0 * done / max(total, 1)
         if pct - last[0] >= 5.0 or done == total:
             update_progress_artifact(progress_id, progress=pct)
             last[0] = pct
 
-    result = run_job(config, progress=progress)
+    try:
+        result = run_job(config, progress=progress)
+    finally:
+        bar.close()
     update_progress_artifact(progress_id, progress=100.0)
     return result
 

@@ -498,7 +498,9 @@ def _run_ray(config: JobConfig, spec: ModelSpec, digest: str, plan: Plan, progre
     import ray.data  # binds ``ray`` (connected above) with its data submodule loaded
 
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = sys.stderr.isatty()
+    # The flows draw one bar of their own on a terminal (items done / total) from ``progress``; Ray Data's bars
+    # (one per operator) only when nobody listens.
+    ctx.enable_progress_bars = sys.stderr.isatty() and progress is None
     # The plan is a known list of files the driver just wrote. Ray Data 2.60's default Parquet path (DataSource
     # V2) lists them by starting 32 footer-reader actors per read: 13 s of a 30 s four-item job on 2 cores
     # (measured), for footers it already has no use for. The V1 reader reads the same files without them.
@@ -513,7 +515,12 @@ def _run_ray(config: JobConfig, spec: ModelSpec, digest: str, plan: Plan, progre
     limits = storage.ImageLimits(max_pixels=config.max_pixels, min_side=config.min_side)
     batch = config.batch_size or spec.max_batch
     ledger_name = f"tp-ledger-{config.run_id}"
-    ledger = ray.remote(AttemptLedger).options(name=ledger_name, num_cpus=0).remote()
+    # On the driver's node (a RayJob's head, the node a Ray Client driver attached to): a GPU node lost mid-run must
+    # not take the count of starts with it.
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    ledger = ray.remote(AttemptLedger).options(name=ledger_name, num_cpus=0, scheduling_strategy=here).remote()
     try:
         ds = ray.data.read_parquet(plan.files)
         # Blocks of one batch each: resume candidates with all PNGs drop out here, and the actors' batches
