@@ -411,6 +411,7 @@ def run(
     """Run the catalog-localization flow over a manifest (a file, or a prefix ending in / of many files)."""
     _prepare_env()
     from tight_pipeline.engine.specs import resolve_model_spec
+    from tight_pipeline.job import check_ray_address
 
     try:
         spec = resolve_model_spec(model)
@@ -419,6 +420,7 @@ def run(
         preset = _default_preset(preset, spec)
         if dry_run:
             return _dry_run(manifest, output, preset, model)
+        check_ray_address()
     except _user_errors() as exc:
         _fail(str(exc))
     from flows.catalog_localization import catalog_localization
@@ -457,6 +459,7 @@ def variants(
     variants; a larger --n adds only the new ones. Writes <item>/variants.png (input + variants) per item."""
     _prepare_env()
     from tight_pipeline.engine.specs import resolve_model_spec
+    from tight_pipeline.job import check_ray_address
     from tight_pipeline.variants import VariantRequest, load_style_set
 
     try:
@@ -468,6 +471,7 @@ def variants(
         preset = _default_preset(preset, spec)
         if dry_run:
             return _dry_run(manifest, output, preset, model, n, styles)
+        check_ray_address()
     except _user_errors() as exc:
         _fail(str(exc))
     from flows.variant_generation import variant_generation

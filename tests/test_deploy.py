@@ -154,14 +154,14 @@ def _check_cli_options(entrypoint: str) -> None:
 def test_prefect_yaml_is_the_one_definition_and_resolves_site_values_from_the_environment(tmp_path):
     from flows import deployments
 
-    env = {"TP_RAY_ADDRESS": "ray://head:10001", "TP_CATALOG_OUTPUT": "s3://b/out", "TP_WORK_POOL": "pool-x"}
+    env = {"TP_RAY_ADDRESS": "head:6379", "TP_CATALOG_OUTPUT": "s3://b/out", "TP_WORK_POOL": "pool-x"}
     defs = {d.name: d for d in deployments.load(env=env)}
     assert set(defs) == {"nightly-localization", "weekly-variants", "monthly-tradeoff"}
     for d in defs.values():
         flow = deployments.load_flow(d)  # the entrypoint exists, every parameter is one the flow accepts
         assert flow.timeout_seconds is None or flow.timeout_seconds > 0
         assert d.concurrency_limit == 1 and d.work_pool == "pool-x"
-        assert d.job_variables["env"]["RAY_ADDRESS"] == "ray://head:10001"  # every deployment reaches the cluster
+        assert d.job_variables["env"]["RAY_ADDRESS"] == "head:6379"  # every deployment reaches the cluster
         assert d.job_variables["env"]["MLFLOW_TRACKING_URI"].startswith("http")  # not SQLite in a throw-away pod
         assert d.job_variables["env"]["TP_FLOW_TIMEOUT_S"] and d.job_variables["image"]
         assert d.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": "/opt/tight-pipeline"}}]

@@ -144,6 +144,15 @@ def test_job_runs_on_a_separately_started_ray_cluster(tmp_path, tiny_model_dir):
         logs = [p.name for p in head_tmp.rglob("*") if p.is_file()]
         assert any(f"_{pid}.log" in name or f"-{pid}." in name for name in logs), pid
         assert not list(driver_tmp.glob("session_*"))
+        # Ray Client (ray://) cannot run Ray Data (measured): refused before any work, in one line.
+        env["RAY_ADDRESS"] = head.client_address
+        refused = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--manifest", str(manifest), "--output",
+                                  str(tmp_path / "out2"), "--preset", "draft", "--model", str(tiny_model_dir)],
+                                 env=env, capture_output=True, text=True, timeout=400)
+        assert refused.returncode == 2, refused.stderr[-2000:]
+        assert refused.stderr.strip().splitlines()[-1].startswith(f"error: RAY_ADDRESS={head.client_address}: Ray "
+                                                                  "Data jobs do not run over Ray Client")
+        assert not (tmp_path / "out2" / "scores").exists()
         listeners = subprocess.run(["ss", "-ltnp"], capture_output=True, text=True).stdout
         for pid_ in head.pids():
             for line in listeners.splitlines():

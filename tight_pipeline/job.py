@@ -223,7 +223,9 @@ class ComputeSettingError(ValueError):
 
 
 def check_compute(config: JobConfig) -> None:
-    """Raise ``ComputeSettingError`` naming the setting for pool settings no cluster can satisfy."""
+    """Raise ``ComputeSettingError`` naming the setting for pool settings no cluster can satisfy (and
+    ``ClusterError`` for a Ray address the job cannot use)."""
+    check_ray_address()
     if config.actors < 1:
         raise ComputeSettingError(f"actors must be at least 1 (got {config.actors})")
     if not 0 <= config.min_actors <= config.actors:
@@ -267,11 +269,25 @@ def inside_ray_job() -> bool:
 WORKER_ENV = ("HF_HUB_OFFLINE", "AWS_ENDPOINT_URL", "TIGHT_PIPELINE_CONFIGS")
 
 
+def check_ray_address() -> None:
+    """Raise ``ClusterError`` for a ``RAY_ADDRESS`` the job cannot use.
+
+    Measured (Ray 2.60): Ray Data's executor fails over Ray Client ("'Worker' object has no attribute 'core_worker'")
+    after the plan is written; say so before any work, with the two paths that work."""
+    address = os.environ.get("RAY_ADDRESS", "")
+    if address.startswith("ray://") and not inside_ray_job():
+        raise ClusterError(f"RAY_ADDRESS={address}: Ray Data jobs do not run over Ray Client (ray://); use the head's "
+                           "GCS address (e.g. tight-pipeline-head-svc:6379: this process joins the cluster as a driver) "
+                           "or submit the run as a Ray Job (ray job submit --address http://HEAD:8265 -- tight-pipeline "
+                           "run ...)")
+
+
 def connect_ray(num_cpus: int | None = None):
     """Attach to ``RAY_ADDRESS`` when set; otherwise start an embedded, loopback-only, single-node Ray."""
     # Environment first: Ray reads some of these when it is imported.
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = os.environ.get("RAY_ADDRESS")
+    check_ray_address()
     if address:
         host = address.split("://")[-1].rsplit(":", 1)[0]
         if host in ("127.0.0.1", "localhost"):

@@ -183,10 +183,15 @@ class RayHead:
     tmpdir: Path
     port: int = 0
     num_cpus: int = 2
+    client_port: int = 0  # Ray Client server (ray://HOST:client_port)
 
     @property
     def address(self) -> str:
         return f"{HOST}:{self.port}"
+
+    @property
+    def client_address(self) -> str:
+        return f"ray://{HOST}:{self.client_port}"
 
     def env(self) -> dict[str, str]:
         return {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_TMPDIR": str(self.tmpdir), "RAY_USAGE_STATS_ENABLED": "0"}
@@ -194,10 +199,12 @@ class RayHead:
     def start(self) -> "RayHead":
         self.tmpdir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
+        self.client_port = self.client_port or free_port()
         env = {**os.environ, **self.env()}
         env.pop("RAY_ADDRESS", None)
         subprocess.run(
             [_bin("ray"), "start", "--head", f"--port={self.port}", f"--node-ip-address={HOST}",
+             f"--ray-client-server-port={self.client_port}",
              f"--num-cpus={self.num_cpus}", "--include-dashboard=false", f"--temp-dir={self.tmpdir}",
              "--disable-usage-stats"],
             env=env, check=True, capture_output=True, timeout=120,
