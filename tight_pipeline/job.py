@@ -299,6 +299,9 @@ def connect_ray(num_cpus: int | None = None):
     else:
         # Loopback only: without this Ray listens on every interface (its dashboard, GCS and object manager).
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        # Ray 2.60 turns token auth on for a new local cluster anyway, and says so on the console when the mode is
+        # unset; choosing it explicitly keeps the protection and drops a notice no user can act on.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
 
     if ray.is_initialized():
@@ -517,6 +520,8 @@ def _run_ray(config: JobConfig, spec: ModelSpec, digest: str, plan: Plan, progre
     # The flows draw one bar of their own on a terminal (items done / total) from ``progress``; Ray Data's bars
     # (one per operator) only when nobody listens.
     ctx.enable_progress_bars = sys.stderr.isatty() and progress is None
+    # When they are off on purpose, Ray Data says so once on the console ("Progress bars disabled..."): not news here.
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     # The plan is a known list of files the driver just wrote. Ray Data 2.60's default Parquet path (DataSource
     # V2) lists them by starting 32 footer-reader actors per read: 13 s of a 30 s four-item job on 2 cores
     # (measured), for footers it already has no use for. The V1 reader reads the same files without them.

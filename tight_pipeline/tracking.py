@@ -299,10 +299,17 @@ def log_run(facts: RunFacts, sheet: Image.Image, flow_name: str = "tight-pipelin
 
 
 def _log_input(mlflow, facts: RunFacts) -> None:
+    import warnings
+
     frame = pd.DataFrame([facts.plan or {"items": 0}])
-    dataset = mlflow.data.from_pandas(frame, source=storage.redact(facts.manifest), name="manifest",
-                                      digest=facts.manifest_digest[:16])
-    mlflow.log_input(dataset, context="manifest")
+    with warnings.catch_warnings():
+        # MLflow 3.17 registers LocalArtifactDatasetSource twice, so any source string is "ambiguous" between it and
+        # itself; and the plan's counts are integers, whose "may hold missing values" hint cannot apply here.
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
+        dataset = mlflow.data.from_pandas(frame, source=storage.redact(facts.manifest), name="manifest",
+                                          digest=facts.manifest_digest[:16])
+        mlflow.log_input(dataset, context="manifest")
 
 
 def run_link(experiment_id: str, run_id: str) -> str:

@@ -69,6 +69,25 @@ def _load_flux_adapter(pipe, spec: ModelSpec, dtype) -> None:
     pipe.set_ip_adapter_scale(0.0)
 
 
+def _pil_image_processors() -> None:
+    """Use transformers' PIL image processors by name when torchvision is absent (it is never installed beside the
+    CPU torch wheel: its PyPI build does not import there). transformers falls back to the same classes by itself,
+    but with a console warning per process that no user can act on; choosing them here is the same result, quietly."""
+    import importlib.util
+
+    if importlib.util.find_spec("torchvision") is not None:
+        return
+    import sys
+
+    import transformers
+
+    for name in ("CLIPImageProcessor", "SiglipImageProcessor"):
+        pil = getattr(transformers, f"{name}Pil", None)
+        if pil is not None:
+            # the module object in sys.modules, read after the lazy import above (a first import swaps it)
+            setattr(sys.modules["transformers"], name, pil)
+
+
 def load_pipeline(spec: ModelSpec):
     """Load the diffusers pipeline of ``spec`` and its IP-Adapter, offline, from safetensors.
 
@@ -79,6 +98,8 @@ def load_pipeline(spec: ModelSpec):
     import torch
     import diffusers
     import transformers
+
+    _pil_image_processors()
     from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
     diffusers.utils.logging.disable_progress_bar()
