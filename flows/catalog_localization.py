@@ -14,14 +14,15 @@ from prefect.runtime import flow_run
 from flows.tasks import (edit_items, flow_timeout_s, open_tracking, publish_summary, track_run, validate_manifest,
                          write_contact_sheet)
 from tight_pipeline import tracking
-from tight_pipeline.job import JobConfig, check_compute
+from tight_pipeline.engine.specs import resolve_model_spec
+from tight_pipeline.job import JobConfig, check_compute, default_preset
 
 
 @flow(name="catalog-localization", log_prints=True, timeout_seconds=flow_timeout_s())
 def catalog_localization(
     manifest: str,
     output: str,
-    preset: str = "balanced",
+    preset: str | None = None,
     model: str | None = None,
     actors: int = 1,
     actor_cpus: float = 1.0,
@@ -35,6 +36,8 @@ def catalog_localization(
     flow_label: str = "catalog-localization",
 ) -> dict:
     """One catalog run; the compute settings are ``JobConfig``'s (deployments set them per cluster)."""
+    # No preset: the model family's default (flux-balanced for a FLUX model, else balanced).
+    preset = default_preset(preset, resolve_model_spec(model))
     config = JobConfig(manifest=manifest, output=output, preset=preset, model=model, actors=actors,
                        actor_cpus=actor_cpus, max_failure_rate=max_failure_rate,
                        item_timeout_s=item_timeout_s, max_pixels=max_pixels, min_actors=min_actors,

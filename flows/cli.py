@@ -288,8 +288,9 @@ def edit(
 
 
 def _default_preset(preset: str | None, spec) -> str:
-    """``--preset`` or, when not given, the family's default (``flux-balanced`` for FLUX, else ``balanced``)."""
-    return preset or ("flux-balanced" if spec.family == "flux" else "balanced")
+    from tight_pipeline.job import default_preset
+
+    return default_preset(preset, spec)
 
 
 def _ensure_default_model(ref: str | None, spec) -> None:

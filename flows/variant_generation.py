@@ -13,14 +13,16 @@ from prefect import flow
 
 from flows.catalog_localization import run_tracked
 from flows.tasks import flow_timeout_s
-from tight_pipeline.job import JobConfig
+from tight_pipeline.engine.specs import resolve_model_spec
+from tight_pipeline.job import JobConfig, default_preset
 
 
 @flow(name="variant-generation", log_prints=True, timeout_seconds=flow_timeout_s())
-def variant_generation(manifest: str, output: str, n: int = 4, styles: str = "", preset: str = "balanced",
+def variant_generation(manifest: str, output: str, n: int = 4, styles: str = "", preset: str | None = None,
                        model: str | None = None, actors: int = 1, actor_cpus: float = 1.0,
                        max_failure_rate: float = 1.0, min_actors: int = 0, gpus_per_actor: float | None = None,
                        batch_size: int = 0, actor_wait_s: float = 900.0) -> dict:
+    preset = default_preset(preset, resolve_model_spec(model))  # none given: the model family's default
     config = JobConfig(manifest=manifest, output=output, preset=preset, model=model, actors=actors,
                        actor_cpus=actor_cpus, max_failure_rate=max_failure_rate, variants=n, styles=styles,
                        min_actors=min_actors, gpus_per_actor=gpus_per_actor, batch_size=batch_size,

@@ -63,7 +63,11 @@ def test_batched_items_equal_one_item_runs(engine, chunked_engine, method, extra
         assert not isinstance(b, BaseException), b
         assert set(b.edits) == {e for e, _ in r.edits}
         assert _latent_gap(a, b) <= 1  # at most one 8-bit level apart (float tolerance through the VAE)
-        assert b.scores["psnr_vs_vae"] == pytest.approx(a.scores["psnr_vs_vae"], rel=0.03)  # ~1 level in 10^4 pixels at 80 dB
+        # Above ~60 dB a PSNR is set by a handful of pixels one level apart (edit-friendly DDPM: 78 vs 83 dB on a
+        # CPU where both runs are within one level everywhere): the gap check above bounds those; compare PSNRs
+        # where they are well-conditioned.
+        if min(a.scores["psnr_vs_vae"], b.scores["psnr_vs_vae"]) < 60:
+            assert b.scores["psnr_vs_vae"] == pytest.approx(a.scores["psnr_vs_vae"], rel=0.03)
     assert batched[0].timings["batch_items"] == 3 and batched[3].timings["batch_items"] == 1
     # the edits are real: an edit differs from the reconstruction
     assert metrics.mean_abs_change(batched[0].edits["blue"], batched[0].reconstruction) > 0.002

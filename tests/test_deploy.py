@@ -174,3 +174,20 @@ def test_prefect_yaml_is_the_one_definition_and_resolves_site_values_from_the_en
     path.write_text(raw)
     with pytest.raises(deployments.DeploymentFileError, match="unresolved placeholders"):
         deployments.load(path, env={})
+
+
+def test_a_deployment_without_a_preset_gets_the_model_family_s_default():
+    """A FLUX model run through a deployment once got the SDXL preset (the flows defaulted to "balanced" while the
+    CLI chose by family) and every item errored: both now choose in one place."""
+    import inspect
+
+    from flows.catalog_localization import catalog_localization
+    from flows.variant_generation import variant_generation
+    from tight_pipeline.engine.specs import resolve_model_spec
+    from tight_pipeline.job import default_preset
+
+    for flow in (catalog_localization, variant_generation):
+        assert inspect.signature(flow.fn).parameters["preset"].default is None
+    assert default_preset(None, resolve_model_spec("tiny-flux")) == "flux-balanced"
+    assert default_preset(None, resolve_model_spec("catalog-demo")) == "balanced"
+    assert default_preset("faithful", resolve_model_spec("tiny-flux")) == "faithful"

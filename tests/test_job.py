@@ -212,3 +212,19 @@ def test_a_gpu_the_cluster_never_gets_ends_the_run_in_one_error_naming_it(tmp_pa
                                            r"\{'CPU': 1.0, 'GPU': 1.0\} each; the cluster has \{'CPU': 2.0\}"):
         run_job(config)
     assert time.perf_counter() - t0 < 60
+
+
+def test_weights_missing_on_the_driver_are_fingerprinted_on_a_worker_or_named(tiny_model_dir, ray_session):
+    """A driver without the weights cache asks a worker (a Ray task placed like an actor); weights that no node has
+    stop the run naming the part — never a digest of nothing."""
+    from tight_pipeline.engine.fingerprints import WeightsNotFound
+    from tight_pipeline.job import resolve_digest
+
+    config = JobConfig(manifest="m.jsonl", output="out", actor_wait_s=60)
+    spec = resolve_model_spec(str(tiny_model_dir))
+    assert resolve_digest(config, spec) == model_digest(spec)  # here: computed locally, no task
+    missing = resolve_model_spec(str(tiny_model_dir), base="nobody/not-cached-anywhere")
+    with pytest.raises(WeightsNotFound, match=r"base \(nobody/not-cached-anywhere\).*; on the workers too: model "
+                                              r"'tiny-sdxl': weights not found on") as caught:
+        resolve_digest(config, missing)
+    assert "\n" not in str(caught.value)  # one line, no traceback of the task

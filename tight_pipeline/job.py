@@ -213,6 +213,12 @@ class JobResult:
         return self.failure_rate > self.config.max_failure_rate
 
 
+def default_preset(preset: str | None, spec: ModelSpec) -> str:
+    """``preset`` or, when not given, the model family's default (``flux-balanced`` for FLUX, else ``balanced``):
+    the CLI and the flows (deployments) both choose it here."""
+    return preset or ("flux-balanced" if spec.family == "flux" else "balanced")
+
+
 # -- Ray ----------------------------------------------------------------------------------------------
 class ClusterError(RuntimeError):
     """The cluster cannot run the job as configured (no actor started in time, no weights where they run)."""
@@ -299,9 +305,10 @@ def connect_ray(num_cpus: int | None = None):
     else:
         # Loopback only: without this Ray listens on every interface (its dashboard, GCS and object manager).
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-        # Ray 2.60 turns token auth on for a new local cluster anyway, and says so on the console when the mode is
-        # unset; choosing it explicitly keeps the protection and drops a notice no user can act on.
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        # Ray 2.60 turns token auth on for a new local cluster and says so on the console ("Token authentication is
+        # enabled ... Set RAY_AUTH_MODE=disabled to opt out"): the protection stays, the notice is not for our users.
+        # (Setting RAY_AUTH_MODE here instead breaks a process that imported ray before: its client sends no token.)
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     import ray
 
     if ray.is_initialized():
@@ -353,7 +360,7 @@ def resolve_digest(config: JobConfig, spec: ModelSpec) -> str:
         raise ClusterError(f"{local_miss}; and no worker with {gpus:g} GPU(s) started within "
                            f"actor_wait_s={config.actor_wait_s:g} s to fingerprint them where they are") from None
     except ray.exceptions.RayTaskError as exc:
-        cause = exc.as_instanceof_cause()
+        cause = getattr(exc, "cause", None)  # the task's own exception, without Ray's traceback
         if isinstance(cause, WeightsNotFound):
             raise WeightsNotFound(f"{local_miss}; on the workers too: {cause}") from None
         raise
