@@ -19,10 +19,12 @@ def test_the_image_s_install_steps_give_a_wheel_install_that_edits(tmp_path):
     repository, the installed command lists the presets (configs are package data) and runs a smoke edit with the
     demo model (its weights are package data too)."""
     venv = tmp_path / "venv"
+    had_build = (ROOT / "build").exists()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHONPATH", "TIGHT_PIPELINE"))}
     proc = subprocess.run(["bash", str(ROOT / "infra/docker/install.sh"), "all", str(venv)], env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (ROOT / "build").exists() == had_build  # the wheel is built from a copy: no build/ left in the checkout
     cli = venv / "bin" / "tight-pipeline"
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

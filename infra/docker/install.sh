@@ -25,12 +25,15 @@ deps() {
 }
 
 project() {
-    local wheels
+    local wheels src
     wheels=$(mktemp -d)
-    "${pip[@]}" wheel -q --no-deps -w "$wheels" "$root"
+    # Built from a copy: setuptools writes build/ and *.egg-info beside the sources it builds.
+    src=$(mktemp -d)
+    cp -r "$root/pyproject.toml" "$root/README.md" "$root/tight_pipeline" "$root/flows" "$src/"
+    "${pip[@]}" wheel -q --no-deps -w "$wheels" "$src"
     # The wheel with its dependencies, held to the lock file (torch too: never replaced by another build).
     "${pip[@]}" install -q -c "$root/requirements.lock" "$wheels"/tight_pipeline-*.whl
-    rm -rf "$wheels"
+    rm -rf "$wheels" "$src"
 }
 
 case "$step" in
