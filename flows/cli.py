@@ -337,10 +337,8 @@ def deploy(serve: bool = typer.Option(False, "--serve", help="register without a
 
     try:
         definitions = load()
-        if serve:
+        if serve:  # prefect's serve() below registers them
             deployments = build_served(definitions)
-            for d in deployments:
-                d.apply()
             registered = [{"flow": d.flow_name, "name": d.name, "cron": ", ".join(c for c, _ in x.crons), "pool": "-",
                            "id": "served here"} for d, x in zip(deployments, definitions)]
         else:
@@ -387,6 +385,18 @@ def _dry_run(manifest: str, output: str, preset: str, model: str | None, variant
                    f"{', '.join(plan.rivals)}")
 
 
+# The compute options of `run` and `variants` (JobConfig's fields of the same names; docs/deploy.md).
+ACTORS = typer.Option(1, help="most actors in the pool (one model per actor)")
+MIN_ACTORS = typer.Option(0, help="fewest actors: the pool grows to --actors as the cluster scales up "
+                          "(0 = a fixed pool of --actors)")
+ACTOR_CPUS = typer.Option(1.0, help="CPUs reserved per actor (its torch threads on a cluster)")
+GPUS_PER_ACTOR = typer.Option(None, help="GPUs per actor (default: 1 for a device: cuda model, 0 for cpu; auto: 1 "
+                              "when the cluster declares GPUs)")
+BATCH_SIZE = typer.Option(0, help="items per model batch (0 = the model spec's max_batch)")
+ACTOR_WAIT = typer.Option(900.0, help="seconds to wait for the first actors (nodes scaling up, model loading) "
+                          "before stopping with an error")
+
+
 @app.command()
 def run(
     manifest: str = typer.Option(..., help="manifest URL: JSONL/CSV/Parquet on file://, s3://, gs://, ..."),
@@ -394,15 +404,12 @@ def run(
     preset: Optional[str] = typer.Option(None, help="default preset, items may override (default: balanced; "
                                          "flux-balanced for FLUX models)"),
     model: Optional[str] = typer.Option(None, help="model folder / spec YAML / name (default: catalog-demo)"),
-    actors: int = typer.Option(1, help="most actors in the pool (one model per actor)"),
-    min_actors: int = typer.Option(0, help="fewest actors: the pool grows to --actors as the cluster scales up "
-                                   "(0 = a fixed pool of --actors)"),
-    actor_cpus: float = typer.Option(1.0, help="CPUs reserved per actor (its torch threads on a cluster)"),
-    gpus_per_actor: Optional[float] = typer.Option(None, help="GPUs per actor (default: 1 for a device: cuda model, "
-                                                   "0 for cpu; auto: 1 when the cluster declares GPUs)"),
-    batch_size: int = typer.Option(0, help="items per model batch (0 = the model spec's max_batch)"),
-    actor_wait: float = typer.Option(900.0, help="seconds to wait for the first actors (nodes scaling up, model "
-                                     "loading) before stopping with an error"),
+    actors: int = ACTORS,
+    min_actors: int = MIN_ACTORS,
+    actor_cpus: float = ACTOR_CPUS,
+    gpus_per_actor: Optional[float] = GPUS_PER_ACTOR,
+    batch_size: int = BATCH_SIZE,
+    actor_wait: float = ACTOR_WAIT,
     max_failure_rate: float = typer.Option(1.0, help="exit non-zero when more rows than this fraction fail"),
     item_timeout: float = typer.Option(0.0, help="per-item time limit in seconds (0 = none)"),
     max_pixels: int = typer.Option(40_000_000, help="refuse images with more pixels (checked before decoding)"),
@@ -444,15 +451,12 @@ def variants(
     preset: Optional[str] = typer.Option(None, help="preset (default: balanced; flux-balanced for FLUX models); "
                                          "creative lets scenes move further"),
     model: Optional[str] = typer.Option(None, help="model folder / spec YAML / name (default: catalog-demo)"),
-    actors: int = typer.Option(1, help="most actors in the pool (one model per actor)"),
-    min_actors: int = typer.Option(0, help="fewest actors: the pool grows to --actors as the cluster scales up "
-                                   "(0 = a fixed pool of --actors)"),
-    actor_cpus: float = typer.Option(1.0, help="CPUs reserved per actor (its torch threads on a cluster)"),
-    gpus_per_actor: Optional[float] = typer.Option(None, help="GPUs per actor (default: 1 for a device: cuda model, "
-                                                   "0 for cpu; auto: 1 when the cluster declares GPUs)"),
-    batch_size: int = typer.Option(0, help="items per model batch (0 = the model spec's max_batch)"),
-    actor_wait: float = typer.Option(900.0, help="seconds to wait for the first actors (nodes scaling up, model "
-                                     "loading) before stopping with an error"),
+    actors: int = ACTORS,
+    min_actors: int = MIN_ACTORS,
+    actor_cpus: float = ACTOR_CPUS,
+    gpus_per_actor: Optional[float] = GPUS_PER_ACTOR,
+    batch_size: int = BATCH_SIZE,
+    actor_wait: float = ACTOR_WAIT,
     max_failure_rate: float = typer.Option(1.0, help="exit non-zero when more rows than this fraction fail"),
     dry_run: bool = typer.Option(False, "--dry-run", help="validate and plan only (variants to do / done before)"),
 ):

@@ -499,23 +499,13 @@ def run_job(config: JobConfig, progress: Callable[[int, int], None] | None = Non
                         if cand:
                             redone_candidate_rows += int(rows)
             finally:
-                _remove_prefix(storage.join(scores.prefix(config.output), "_plan", config.run_id))
+                storage.remove(storage.join(scores.prefix(config.output), "_plan", config.run_id), recursive=True)
     skipped_rows = plan.candidate_rows - redone_candidate_rows + plan.kept_rows
     if skipped_rows:
         counts["ok"] = counts.get("ok", 0) + skipped_rows
     skipped_items = plan.items - processed
     return JobResult(config, default, plan.presets, spec, digest, plan, processed, skipped_items,
                      time.perf_counter() - t_start, scores.prefix(config.output), counts)
-
-
-def _remove_prefix(url: str) -> None:
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(url)
-    try:
-        fs.rm(path, recursive=True)
-    except FileNotFoundError:
-        pass
 
 
 def _run_ray(config: JobConfig, spec: ModelSpec, digest: str, plan: Plan, progress):

@@ -119,7 +119,7 @@ class RunLease:
             self._thread.join(timeout=10)
         holder = self.read()
         if holder and holder.get("run_id") == self.run_id:
-            _remove(self.url)
+            storage.remove(self.url)
 
     def __enter__(self) -> "RunLease":
         return self.acquire()
@@ -127,12 +127,3 @@ class RunLease:
     def __exit__(self, *exc) -> None:
         self.release()
 
-
-def _remove(url: str) -> None:
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(url)
-    try:
-        fs.rm(path)
-    except FileNotFoundError:
-        pass

@@ -158,6 +158,15 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
     with_retries(_write, lambda: f"writing {redact(url)}")
 
 
+def remove(url: str, recursive: bool = False) -> None:
+    """Delete an object (or, with ``recursive``, a prefix); a missing one is not an error."""
+    fs, path = _fs(url)
+    try:
+        with_retries(lambda: fs.rm(path, recursive=recursive), lambda: f"removing {redact(url)}")
+    except FileNotFoundError:
+        pass
+
+
 def encode_png(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
