@@ -242,6 +242,12 @@ def edit(
                                          "(default: balanced; flux-balanced for FLUX models)"),
     model: Optional[str] = typer.Option(None, help="model folder / spec YAML / name (default: catalog-demo)"),
     out: Path = typer.Option(..., "--out", help="output folder"),
+    mask: Optional[Path] = typer.Option(None, "--mask", help="where the edits may change the photo (white = may "
+                                        "change; the photo's size): outside it the output keeps the photo's pixels"),
+    region: Optional[str] = typer.Option(None, "--region", help="auto | mask | whole (default: mask with --mask, "
+                                         "else the preset's region)"),
+    output_size: str = typer.Option("input", "--output-size", help="input: PNGs at the photo's size, composited "
+                                    "by region; working: the model's working-size images"),
 ):
     """Edit one photo: writes reconstruction.png, one PNG per edit, sheet.png and scores.json."""
     _prepare_env()
@@ -250,6 +256,7 @@ def edit(
     from tight_pipeline import sheets, storage
     from tight_pipeline.engine.specs import resolve_model_spec
     from tight_pipeline.engine.factory import load_engine
+    from tight_pipeline.engine.runner import BatchError, ItemRequest
     from tight_pipeline.presets import load_preset
 
     try:
@@ -257,22 +264,40 @@ def edit(
         chosen = load_preset(_default_preset(preset, spec))
         if not image.exists():
             raise FileNotFoundError(f"image {image} does not exist")
-        photo, notes = storage.decode_image(image.read_bytes())
+        if output_size not in ("input", "working"):
+            raise ValueError(f"--output-size {output_size!r} must be input or working")
+        decoded = storage.decode_photo(image.read_bytes())
+        photo, notes = decoded.image, decoded.notes
+        edit_list = [(f"edit_{i + 1:02d}", p) for i, p in enumerate(edits)]
+        regions = _edit_regions(mask, region, photo.size, edit_list)
         _ensure_default_model(model, spec)
         engine = load_engine(spec, clip_model=os.environ.get("TIGHT_PIPELINE_CLIP_MODEL"))
-        edit_list = [(f"edit_{i + 1:02d}", p) for i, p in enumerate(edits)]
         separate = chosen.inversion_scale != chosen.edit_scale or spec.family == "flux"
         phases = 3 if separate and edits else 2
         with tqdm(total=chosen.steps * phases, desc=f"{image.name} [{chosen.name}]", unit="step", file=sys.stderr) as bar:
-            result = engine.edit_item(photo, source_prompt, edit_list, chosen, progress=lambda phase: bar.update(1))
+            result = engine.edit_items([ItemRequest(photo, source_prompt, edit_list, regions=regions,
+                                                    pixels=decoded.pixels)], chosen,
+                                       progress=lambda phase: bar.update(1))[0]
+        if isinstance(result, BaseException):
+            raise result.cause if isinstance(result, BatchError) else result
     except (*_user_errors(), ValueError) as exc:
         _fail(str(exc))
+    from PIL import Image
+
     out.mkdir(parents=True, exist_ok=True)
-    result.reconstruction.save(out / "reconstruction.png")
-    for edit_id, img in result.edits.items():
+    full = output_size == "input" and result.full_reconstruction is not None
+    (Image.fromarray(result.full_reconstruction) if full else result.reconstruction).save(out / "reconstruction.png")
+    outputs = {e: Image.fromarray(result.full_edits[e]) if full else result.edits[e] for e, _ in edit_list}
+    for edit_id, img in outputs.items():
         img.save(out / f"{edit_id}.png")
-    sheet = sheets.side_by_side([("input", result.input), ("reconstruction", result.reconstruction)]
-                                + [(p, result.edits[e]) for e, p in edit_list])
+    tiles = []
+    for e, p in edit_list:
+        shown = outputs[e]
+        if full and result.edit_scores[e].get("region_source") != "whole":
+            shown = sheets.outline(shown, Image.fromarray(result.region_masks[e].astype("uint8") * 255))
+        tiles.append((p, shown))
+    sheet = sheets.side_by_side([("input", Image.fromarray(result.photo) if full else result.input),
+                                 ("reconstruction", Image.open(out / "reconstruction.png"))] + tiles)
     sheet.save(out / "sheet.png")
     report = {
         "image": str(image), "source_prompt": source_prompt, "preset": chosen.to_dict(), "model": spec.to_dict(),
@@ -285,6 +310,25 @@ def edit(
         typer.echo(f"warning: {w}", err=True)
     typer.echo(f"reconstruction PSNR {result.scores['psnr_vs_vae']:.2f} dB vs VAE round-trip, "
                f"{result.scores['psnr_vs_input']:.2f} dB vs input; wrote {out}/ (sheet.png, scores.json)")
+
+
+def _edit_regions(mask: Path | None, region: str | None, size: tuple[int, int], edit_list) -> dict:
+    """``edit``'s region for every edit: ``--mask`` (region mask unless ``--region`` says otherwise), or the
+    ``--region`` mode, or none (the preset's)."""
+    from tight_pipeline import storage
+    from tight_pipeline.engine.region import REGION_MODES, EditRegion
+
+    if region is not None and region not in REGION_MODES:
+        raise ValueError(f"--region {region!r} must be one of {', '.join(REGION_MODES)}")
+    if region == "mask" and mask is None:
+        raise ValueError("--region mask needs --mask FILE")
+    if mask is not None and not mask.exists():
+        raise FileNotFoundError(f"mask {mask} does not exist")
+    mode = region or ("mask" if mask is not None else None)
+    if mode is None:
+        return {}
+    pixels = storage.decode_mask(mask.read_bytes(), size, what=f"mask {mask}") if mode == "mask" else None
+    return {edit_id: EditRegion(mode, pixels) for edit_id, _ in edit_list}
 
 
 def _default_preset(preset: str | None, spec) -> str:
@@ -395,6 +439,8 @@ GPUS_PER_ACTOR = typer.Option(None, help="GPUs per actor (default: 1 for a devic
 BATCH_SIZE = typer.Option(0, help="items per model batch (0 = the model spec's max_batch)")
 ACTOR_WAIT = typer.Option(900.0, help="seconds to wait for the first actors (nodes scaling up, model loading) "
                           "before stopping with an error")
+OUTPUT_SIZE = typer.Option("input", "--output-size", help="input: output PNGs at each photo's own size, composited "
+                           "by each edit's region; working: the model's working-size images")
 
 
 @app.command()
@@ -413,6 +459,7 @@ def run(
     max_failure_rate: float = typer.Option(1.0, help="exit non-zero when more rows than this fraction fail"),
     item_timeout: float = typer.Option(0.0, help="per-item time limit in seconds (0 = none)"),
     max_pixels: int = typer.Option(40_000_000, help="refuse images with more pixels (checked before decoding)"),
+    output_size: str = OUTPUT_SIZE,
     dry_run: bool = typer.Option(False, "--dry-run", help="validate and plan only: print items to do / done before / "
                                  "invalid rows per preset, and exit without loading a model or starting Ray/Prefect"),
 ):
@@ -426,6 +473,8 @@ def run(
         if not dry_run:
             _ensure_default_model(model, spec)
         preset = _default_preset(preset, spec)
+        if output_size not in ("input", "working"):
+            _fail(f"--output-size {output_size!r} must be input or working")
         if dry_run:
             return _dry_run(manifest, output, preset, model)
         check_ray_address()
@@ -436,7 +485,8 @@ def run(
     summary = _run_flow(catalog_localization, manifest=manifest, output=output, preset=preset, model=model,
                         actors=actors, actor_cpus=actor_cpus, max_failure_rate=max_failure_rate,
                         item_timeout_s=item_timeout, max_pixels=max_pixels, min_actors=min_actors,
-                        gpus_per_actor=gpus_per_actor, batch_size=batch_size, actor_wait_s=actor_wait)
+                        gpus_per_actor=gpus_per_actor, batch_size=batch_size, actor_wait_s=actor_wait,
+                        output_size=output_size)
     _print_summary(summary)
     _fail_over_limit(summary, max_failure_rate)
 

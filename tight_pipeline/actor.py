@@ -79,7 +79,8 @@ class EditorActor:
     def __init__(self, *, spec: ModelSpec, digest: str, presets: dict[str, Preset], output: str, run_id: str,
                  manifest_uri: str, limits: storage.ImageLimits, torch_threads: int = 0, clip_model: str | None = None,
                  allowed_schemes: tuple[str, ...] = storage.DEFAULT_SCHEMES, item_timeout_s: float = 0.0,
-                 max_attempts: int = 3, ledger_name: str | None = None, rivals: tuple[str, ...] | None = None):
+                 max_attempts: int = 3, ledger_name: str | None = None, rivals: tuple[str, ...] | None = None,
+                 output_size: str = "input"):
         import torch
 
         from tight_pipeline.engine.factory import load_engine
@@ -98,6 +99,7 @@ class EditorActor:
         self.item_timeout_s = item_timeout_s
         self.max_attempts = max_attempts
         self.rivals = rivals  # the run's rival phrases for automatic strength (job.Plan.rivals)
+        self.output_size = output_size  # input: PNGs at the photo's size; working: the model's images
         self.ledger = ray.get_actor(ledger_name) if ledger_name else None
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.placement = {"node_id": context.get_node_id(), "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids())}
@@ -176,16 +178,18 @@ class EditorActor:
         t_start = time.perf_counter()
         rows: list[dict] = []
         fetched: list[tuple[Item, Any, list[str], float]] = []
+        requests = []
         for item in items:
             t0 = time.perf_counter()
             try:
-                image, notes = self.fetch(item)
+                photo = self.fetch(item)
+                regions = self.regions(item, photo)
             except Exception as exc:  # noqa: BLE001 - one bad item must never fail the block
                 rows.extend(self.error_rows(item, preset, exc, t0))
                 continue
-            fetched.append((item, image, notes, time.perf_counter() - t0))
-        requests = [ItemRequest(image, item.source_prompt, [(e.edit_id, e.prompt) for e in item.edits])
-                    for item, image, _, _ in fetched]
+            fetched.append((item, photo.image, photo.notes, time.perf_counter() - t0))
+            requests.append(ItemRequest(photo.image, item.source_prompt, [(e.edit_id, e.prompt) for e in item.edits],
+                                        regions=regions, pixels=photo.pixels))
         results = strength.run_items(self.engine, requests, preset, self._deadline(time.perf_counter(), len(requests)),
                                      self.rivals) if requests else []
         for (item, image, notes, fetch_s), request, result in zip(fetched, requests, results):
@@ -201,7 +205,7 @@ class EditorActor:
                 rows.extend(self.error_rows(item, preset, exc, t_start))
         return rows
 
-    def fetch(self, item: Item):
+    def fetch(self, item: Item) -> storage.Photo:
         from tight_pipeline.engine.runner import InputError
 
         storage.check_scheme(item.image_uri, self.allowed)
@@ -209,8 +213,38 @@ class EditorActor:
             data = storage.read_bytes(item.image_uri, self.limits.max_bytes)
         except FileNotFoundError:
             raise InputError(f"image {storage.redact(item.image_uri)} does not exist") from None
-        return storage.decode_image(data, self.limits)
+        return storage.decode_photo(data, self.limits)
 
+    def regions(self, item: Item, photo: storage.Photo) -> dict:
+        """Each edit's region: its own mask, else the item's (``mask`` unless the edit says ``auto``/``whole``);
+        edits without a mask or a region of their own get the preset's (absent from the dict). Masks are read
+        once per URL and must have the photo's upright size."""
+        from tight_pipeline.engine.region import EditRegion, RegionError
+        from tight_pipeline.engine.runner import InputError
+
+        masks: dict[str, Any] = {}
+
+        def mask(uri: str):
+            if uri not in masks:
+                storage.check_scheme(uri, self.allowed)
+                try:
+                    data = storage.read_bytes(uri, self.limits.max_bytes)
+                except FileNotFoundError:
+                    raise InputError(f"mask {storage.redact(uri)} does not exist") from None
+                masks[uri] = storage.decode_mask(data, photo.image.size, self.limits,
+                                                 what=f"mask {storage.redact(uri)}")
+            return masks[uri]
+
+        out = {}
+        try:
+            for e in item.edits:
+                uri = e.mask_uri or item.mask_uri
+                mode = e.region or ("mask" if uri else None)
+                if mode is not None:
+                    out[e.edit_id] = EditRegion(mode, mask(uri) if mode == "mask" else None)
+        except RegionError as exc:
+            raise InputError(str(exc)) from None
+        return out
     def error_rows(self, item: Item, preset: Preset, exc: BaseException, t_start: float) -> list[dict]:
         """One error row per edit of ``item``; the message names the item and the cause in one line."""
         kind = type(exc).__name__
@@ -241,7 +275,10 @@ class EditorActor:
         return sheets.side_by_side(tiles, tile=256)
 
     def write(self, item: Item, preset: Preset, result, notes: list[str], fetch_s: float, t_start: float) -> list[dict]:
-        """Write the item's PNGs (reconstruction last) and return its ok rows."""
+        """Write the item's PNGs (reconstruction last; at the photo's size unless ``output_size`` is ``working``)
+        and return its ok rows."""
+        from PIL import Image
+
         t0 = time.perf_counter()
         folder = storage.join(self.output, preset.hash, item.item_id)
         input_uri, recon_uri = storage.join(folder, "input.png"), storage.join(folder, "reconstruction.png")
@@ -252,17 +289,27 @@ class EditorActor:
                 encoded[id(image)] = storage.encode_png(image)
             return encoded[id(image)]
 
-        storage.write_bytes_atomic(input_uri, png(result.input))
-        edit_uris = {}
+        full = self.output_size == "input" and result.full_reconstruction is not None
+        storage.write_bytes_atomic(input_uri, png(Image.fromarray(result.photo) if full else result.input))
+        edit_uris, region_uris, sizes = {}, {}, {}
         for edit in item.edits:
             edit_uris[edit.edit_id] = storage.output_key(self.output, preset.hash, item.item_id, edit.edit_id)
-            storage.write_bytes_atomic(edit_uris[edit.edit_id], png(result.edits[edit.edit_id]))
+            image = Image.fromarray(result.full_edits[edit.edit_id]) if full else result.edits[edit.edit_id]
+            storage.write_bytes_atomic(edit_uris[edit.edit_id], png(image))
+            sizes[edit.edit_id] = image.size
+            mask = result.region_masks.get(edit.edit_id)
+            if mask is not None and result.edit_scores[edit.edit_id].get("region_source") != "whole":
+                # the region as a picture (white = changed; at the photo's size): sheets outline it
+                region_uris[edit.edit_id] = storage.join(folder, "regions", f"{edit.edit_id}.png")
+                storage.write_bytes_atomic(region_uris[edit.edit_id],
+                                           storage.encode_png(Image.fromarray(mask.astype("uint8") * 255)))
         variants = item.metadata.get("variants") if isinstance(item.metadata, dict) else None
         if variants:
             storage.write_bytes_atomic(storage.join(folder, "variants.png"),
                                        storage.encode_png(self.variant_sheet(item, preset, result, variants)))
         # The reconstruction is written last: its presence marks the item's images complete.
-        storage.write_bytes_atomic(recon_uri, png(result.reconstruction))
+        storage.write_bytes_atomic(recon_uri, png(Image.fromarray(result.full_reconstruction) if full
+                                                  else result.reconstruction))
         write_s = time.perf_counter() - t0
         t = result.timings
         timings = {
@@ -271,6 +318,7 @@ class EditorActor:
             "time_invert_s": t["invert_s"],
             "time_denoise_s": t["denoise_s"] + t["decode_s"],
             "time_write_s": write_s,
+            "time_region_s": t.get("region_s"),
             "time_judge_s": t.get("judge_s"),
             "time_total_s": time.perf_counter() - t_start,
         }
@@ -281,6 +329,8 @@ class EditorActor:
                 "edit_id": e.edit_id, "edit_prompt": e.prompt, "status": "ok", "error": None,
                 "warnings": "; ".join(notes + result.warnings) or None,
                 "input_uri": input_uri, "reconstruction_uri": recon_uri, "edit_uri": edit_uris[e.edit_id],
+                "region_uri": region_uris.get(e.edit_id), "output_width": sizes[e.edit_id][0],
+                "output_height": sizes[e.edit_id][1],
                 "finished_at": now(),
             }
             for e in item.edits

@@ -94,6 +94,8 @@ class JobConfig:
         lease_wait_s: when another live run holds the output (``lease.RunLease``), wait this long for it, then stop
             with an error naming it (0 = stop at once).
         lease_ttl_s: a run's claim on its output expires this long after its driver stopped renewing it.
+        output_size: ``input``: output PNGs at the photo's own size (after EXIF orientation), each edit composited
+            by its region (``engine/region.py``); ``working``: the model's working-size images as they came out.
     """
 
     manifest: str
@@ -120,6 +122,11 @@ class JobConfig:
     run_id: str = ""
     lease_wait_s: float = 0.0
     lease_ttl_s: float = 120.0
+    output_size: str = "input"
+
+    def __post_init__(self):
+        if self.output_size not in ("input", "working"):
+            raise ValueError(f"output_size {self.output_size!r} must be 'input' or 'working'")
 
     def variant_request(self) -> VariantRequest | None:
         """The variant job's request (``None`` when this is not a variant job); raises ``VariantError``."""
@@ -560,6 +567,7 @@ def _run_ray(config: JobConfig, spec: ModelSpec, digest: str, plan: Plan, progre
                 clip_model=config.clip_model or os.environ.get("TIGHT_PIPELINE_CLIP_MODEL"),
                 allowed_schemes=config.allowed_schemes, item_timeout_s=config.item_timeout_s,
                 max_attempts=config.max_attempts, ledger_name=ledger_name, rivals=plan.rivals,
+                output_size=config.output_size,
             ),
             batch_size=batch,
             compute=actor_pool(config),

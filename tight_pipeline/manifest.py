@@ -7,8 +7,12 @@ One record per product photo:
                                                  #   to the manifest's folder
      "source_prompt": "a white ceramic mug",     # required; describes the photo as it is ("" = the model's
                                                  #   empty prompt, as for an empty edit prompt)
-     "edits": [{"edit_id": "blue", "prompt": "a blue ceramic mug"}],   # list form, and/or
+     "edits": [{"edit_id": "blue", "prompt": "a blue ceramic mug"}],   # list form (an edit may add its own
+                                                 #   "mask_uri" and "region": whole | auto | mask), and/or
      "locales": {"de-DE": "a white ceramic mug on a Christmas table"}, # locale -> prompt (edit_id = locale)
+     "mask_uri": "masks/mug-001.png",            # optional; where the edits may change the photo (white = may
+                                                 #   change; the photo's size after EXIF orientation); outside
+                                                 #   it the output keeps the photo's own pixels
      "preset": "faithful",                       # optional; overrides the run's preset for this item
      "metadata": {"sku": "123"},                 # optional; passed through to the output (as are
                                                  #   any other columns)
@@ -43,7 +47,8 @@ from tight_pipeline import storage
 from tight_pipeline.variants import VariantRequest, item_request
 
 REQUIRED = ("item_id", "image_uri", "source_prompt")
-KNOWN = REQUIRED + ("edits", "locales", "preset", "metadata", "variants")
+KNOWN = REQUIRED + ("edits", "locales", "preset", "metadata", "variants", "mask_uri")
+REGIONS = ("whole", "auto", "mask")
 MAX_PROMPT_CHARS = 4000
 
 
@@ -55,6 +60,8 @@ class ManifestError(ValueError):
 class Edit:
     edit_id: str
     prompt: str
+    mask_uri: str | None = None  # this edit's own mask (else the item's)
+    region: str | None = None  # whole | auto | mask (None: "mask" when a mask is given, else the preset's)
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,7 @@ class Item:
     edits: tuple[Edit, ...]
     preset: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    mask_uri: str | None = None  # where the item's edits may change the photo
 
     def to_json(self) -> str:
         return json.dumps(
@@ -74,9 +82,10 @@ class Item:
                 "item_id": self.item_id,
                 "image_uri": self.image_uri,
                 "source_prompt": self.source_prompt,
-                "edits": [[e.edit_id, e.prompt] for e in self.edits],
+                "edits": [[e.edit_id, e.prompt, e.mask_uri, e.region] for e in self.edits],
                 "preset": self.preset,
                 "metadata": self.metadata,
+                "mask_uri": self.mask_uri,
             }
         )
 
@@ -84,7 +93,7 @@ class Item:
     def from_json(cls, text: str) -> "Item":
         d = json.loads(text)
         return cls(d["row"], d["item_id"], d["image_uri"], d["source_prompt"],
-                   tuple(Edit(a, b) for a, b in d["edits"]), d["preset"], d["metadata"])
+                   tuple(Edit(*e) for e in d["edits"]), d["preset"], d["metadata"], d.get("mask_uri"))
 
 
 @dataclass(frozen=True)
@@ -192,7 +201,8 @@ def _check_prompt(value: Any, what: str) -> str:
     return value
 
 
-def _edits(rec: dict) -> tuple[Edit, ...]:
+def _edits(rec: dict, resolve=lambda uri: uri) -> tuple[Edit, ...]:
+    """The record's edits; ``resolve`` turns an edit's ``mask_uri`` into a checked URL."""
     edits: list[Edit] = []
     raw = _maybe_json(rec.get("edits"), "edits")
     if raw is not None:
@@ -203,7 +213,15 @@ def _edits(rec: dict) -> tuple[Edit, ...]:
         for i, e in enumerate(raw):
             if not isinstance(e, dict) or "edit_id" not in e or "prompt" not in e:
                 raise ValueError(f"edits[{i}] must be an object with edit_id and prompt")
-            edits.append(Edit(storage.check_id(e["edit_id"], f"edits[{i}].edit_id"), _check_prompt(e["prompt"], f"edits[{i}].prompt")))
+            mask = e.get("mask_uri") or None
+            if mask is not None and not isinstance(mask, str):
+                raise ValueError(f"edits[{i}].mask_uri must be a string")
+            region = e.get("region") or None
+            if region is not None and region not in REGIONS:
+                raise ValueError(f"edits[{i}].region {region!r} is not one of {', '.join(REGIONS)}")
+            edits.append(Edit(storage.check_id(e["edit_id"], f"edits[{i}].edit_id"),
+                              _check_prompt(e["prompt"], f"edits[{i}].prompt"),
+                              resolve(mask) if mask else None, region))
     locales = _maybe_json(rec.get("locales"), "locales")
     if locales is not None:
         if not isinstance(locales, dict):
@@ -275,13 +293,21 @@ class _Validator:
             raise ValueError("metadata must be an object")
         extra = {k: v for k, v in rec.items() if k not in KNOWN and v not in (None, "")}
         source_prompt = _check_prompt(rec["source_prompt"], "source_prompt")
+        mask_uri = rec.get("mask_uri") or None
+        if mask_uri is not None and not isinstance(mask_uri, str):
+            raise ValueError("mask_uri must be a string")
+        mask_uri = _resolve_uri(mask_uri, source_uri, self.allowed, self.roots) if mask_uri else None
         if self.variants is None:
-            return Item(row, item_id, image_uri, source_prompt, _edits(rec), preset, {**extra, **metadata})
+            edits = _edits(rec, lambda uri: _resolve_uri(uri, source_uri, self.allowed, self.roots))
+            for e in edits:
+                if e.region == "mask" and not (e.mask_uri or mask_uri):
+                    raise ValueError(f"edit {e.edit_id!r} has region 'mask' but neither it nor the item has a mask_uri")
+            return Item(row, item_id, image_uri, source_prompt, edits, preset, {**extra, **metadata}, mask_uri)
         request = item_request(self.variants, _plain(rec.get("variants")))
         edits = tuple(Edit(e, _check_prompt(p, "variant prompt"))
                       for e, p in request.edits(item_id, source_prompt, {**extra, **metadata}))
         return Item(row, item_id, image_uri, source_prompt, edits, preset,
-                    {**extra, **metadata, "variants": request.metadata(item_id)})
+                    {**extra, **metadata, "variants": request.metadata(item_id)}, mask_uri)
 
 
 def parse_manifest(

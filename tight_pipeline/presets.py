@@ -26,7 +26,8 @@ _LATER_DEFAULTS = {"gamma": 0.0, "eta": 0.0, "eta_start": 0.0, "eta_stop": 0.25,
                    "auto_scales": (), "auto_min_landed": 0.6, "auto_min_kept_db": 26.0, "auto_max_rivals": 0,
                    "auto_rivals": (),
                    "renoise_early_t": 0, "renoise_early_average": 5, "renoise_reg_kl": 0.0, "renoise_reg_ac": 0.0,
-                   "renoise_reg_steps": 0, "renoise_reg_rolls": 5, "cfg_sharpening": 1.0}
+                   "renoise_reg_steps": 0, "renoise_reg_rolls": 5, "cfg_sharpening": 1.0,
+                   "region": "whole", "region_fill": "auto"}
 # ``name@auto``: the candidate adapter scales tried, strongest first (see engine/strength.py).
 DEFAULT_AUTO_SCALES = (1.0, 0.4, 0.0)
 
@@ -84,6 +85,13 @@ class Preset:
             judge prompt per judged image.
         auto_rivals: rival phrases the run may not ask about itself (a catalog's palette: ``[navy, teal]``),
             weighed first.
+        region: where an edit without its own region may change the photo (``engine/region.py``): ``whole`` (the
+            model's image, brought to the photo's size) or ``auto`` (where the edit departs from the reconstruction,
+            snapped to the photo's edges; outside it the photo's own pixels). A manifest edit's ``region`` /
+            ``mask_uri`` overrides it.
+        region_fill: inside a region that is not ``whole``: ``edit`` (the edit brought to the photo's size),
+            ``detail`` (the photo plus the edit's difference from the reconstruction: keeps labels and texture
+            under a recolour) or ``auto`` (``detail`` where the edit kept the structure, else ``edit``).
         description: one line for people choosing a preset.
     """
 
@@ -117,6 +125,8 @@ class Preset:
     renoise_reg_steps: int = 0
     renoise_reg_rolls: int = 5
     cfg_sharpening: float = 1.0
+    region: str = "whole"
+    region_fill: str = "auto"
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -170,6 +180,10 @@ class Preset:
                 or not 0.05 <= self.cfg_sharpening <= 10.0):
             problems.append(f"cfg_sharpening {self.cfg_sharpening!r} must be a number in 0.05..10 (1.0 = plain "
                             "classifier-free guidance; the authors' demo writes 0 for 'off', which is 1.0 here)")
+        if self.region not in ("whole", "auto"):
+            problems.append(f"region {self.region!r} must be 'whole' or 'auto' (a mask is given per item or edit)")
+        if self.region_fill not in ("auto", "edit", "detail"):
+            problems.append(f"region_fill {self.region_fill!r} must be 'auto', 'edit' or 'detail'")
         if not isinstance(self.negative_source, bool):
             problems.append(f"negative_source {self.negative_source!r} must be true or false")
         if self.inversion_prompt not in ("source", "empty"):

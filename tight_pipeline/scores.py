@@ -41,6 +41,13 @@ TIME_COLUMNS = ["time_fetch_s", "time_encode_s", "time_invert_s", "time_denoise_
 AUTO_COLUMNS = [("adapter_scale", pa.float64()), ("auto_landed", pa.float64()), ("auto_kept_db", pa.float64()),
                 ("auto_reason", pa.string()), ("auto_judge", pa.string()), ("auto_candidates", pa.string()),
                 ("auto_rivals", pa.int64()), ("time_judge_s", pa.float64())]
+# The region of each edit (engine/region.py): its source (given | auto | whole), the share of the photo it covers,
+# the fill used inside it (edit | detail), PSNR vs the photo at its own size outside and inside it, the region as a
+# picture, the output's size and the time the composite took.
+REGION_COLUMNS = [("region_source", pa.string()), ("region_fraction", pa.float64()), ("region_fill", pa.string()),
+                  ("psnr_outside_region", pa.float64()), ("psnr_inside_region", pa.float64()),
+                  ("region_uri", pa.string()), ("output_width", pa.int64()), ("output_height", pa.int64()),
+                  ("time_region_s", pa.float64())]
 SCHEMA = pa.schema(
     [
         ("run_id", pa.string()), ("manifest_uri", pa.string()), ("row", pa.int64()),
@@ -56,6 +63,7 @@ SCHEMA = pa.schema(
         *AUTO_COLUMNS,
         # where the item ran: the Ray node's id and the GPU ids Ray gave its actor ("" = none)
         ("node_id", pa.string()), ("gpu_ids", pa.string()),
+        *REGION_COLUMNS,
     ]
 )
 

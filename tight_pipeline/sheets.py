@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont
 
 TILE = 192
 LABEL_H = 18
@@ -42,3 +42,14 @@ def contact_sheet(rows: list[tuple[str, list[tuple[str, Image.Image]]]], tile: i
         sheet.paste(side_by_side(imgs, tile), (0, y + title_h))
         y += tile + LABEL_H + title_h
     return sheet
+
+
+def outline(image: Image.Image, mask: Image.Image, size: int = 384, colour=(255, 0, 200)) -> Image.Image:
+    """``image`` (at most ``size`` px) with the border of ``mask``'s white region drawn over it, 2 px wide."""
+    scale = min(1.0, size / max(image.size))
+    dims = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    out = image.convert("RGB").resize(dims, Image.Resampling.LANCZOS)
+    inside = mask.convert("L").resize(dims, Image.Resampling.NEAREST).point(lambda v: 255 if v >= 128 else 0)
+    border = ImageChops.subtract(inside.filter(ImageFilter.MaxFilter(3)), inside.filter(ImageFilter.MinFilter(3)))
+    out.paste(Image.new("RGB", dims, colour), (0, 0), border)
+    return out

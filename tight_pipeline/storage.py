@@ -173,12 +173,46 @@ def encode_png(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+@dataclass(frozen=True)
+class Photo:
+    """A decoded photo: ``image`` what the model sees (upright 8-bit RGB, transparency composited on white);
+    ``pixels`` what outputs are composited on: the upright photo's own 8-bit pixels, (H, W, 3), or (H, W, 4) with
+    its alpha channel (RGB as stored, not composited). 16-bit photos are reduced to 8 bits (a note says so)."""
+
+    image: Image.Image
+    pixels: np.ndarray
+    notes: list[str]
+
+
 def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> tuple[Image.Image, list[str]]:
-    """Bytes → an upright 8-bit RGB image, or ``ImageDecodeError`` naming the cause.
+    """Bytes → an upright 8-bit RGB image and notes about conversions (``decode_photo``)."""
+    photo = decode_photo(data, limits)
+    return photo.image, photo.notes
+
+
+def decode_mask(data: bytes, size: tuple[int, int], limits: ImageLimits = ImageLimits(), what: str = "mask"):
+    """Bytes of a mask image (white = may change) → bool (h, w), checked against the photo's upright ``size``."""
+    from tight_pipeline.engine.region import mask_from_image
+
+    if not data:
+        raise ImageDecodeError(f"{what}: empty file (0 bytes)")
+    try:
+        img = Image.open(io.BytesIO(data))
+        if img.width * img.height > limits.max_pixels:
+            raise ImageDecodeError(f"{what}: {img.width}x{img.height} exceeds max_pixels {limits.max_pixels}")
+        img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageDecodeError(f"{what}: cannot decode ({type(exc).__name__}: {exc})") from None
+    if img.getexif().get(0x0112, 1) != 1:
+        img = ImageOps.exif_transpose(img)
+    return mask_from_image(img, size, what)
+
+
+def decode_photo(data: bytes, limits: ImageLimits = ImageLimits()) -> Photo:
+    """Bytes → a ``Photo``, or ``ImageDecodeError`` naming the cause.
 
     The pixel count is checked from the header *before* decoding. EXIF orientation is applied; CMYK,
-    16-bit, palette, grayscale and alpha images are converted (alpha composited on white).
-    Returns the image and notes about conversions.
+    16-bit, palette, grayscale and alpha images are converted for the model (alpha composited on white).
     """
     notes: list[str] = []
     if not data:
@@ -207,6 +241,7 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> tuple[Imag
         img = ImageOps.exif_transpose(img)
         notes.append(f"applied EXIF orientation {orientation}")
     mode = img.mode
+    own = None  # the photo's own pixels when the model's image differs from them (alpha)
     if mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.float64)
         top = 65535.0 if arr.max() > 255 else 255.0
@@ -216,6 +251,7 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> tuple[Imag
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA"):
         rgba = img.convert("RGBA")
+        own = np.asarray(rgba)
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, rgba)
         notes.append("composited transparency on white")
@@ -225,7 +261,7 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> tuple[Imag
         img = img.convert("RGB")
     if min(img.size) < limits.min_side:
         raise ImageDecodeError(f"image is {img.width}x{img.height}, smaller than min_side {limits.min_side} px")
-    return img, notes
+    return Photo(img, own if own is not None else np.asarray(img), notes)
 
 
 def browser_url(uri: str, expires_s: int | None = None) -> str | None:

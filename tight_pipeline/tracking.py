@@ -216,7 +216,14 @@ def build_contact_sheet(rows: pd.DataFrame, max_items: int = 8, order: list[str]
         for label, uri in [("input", first["input_uri"]), (f"recon {first['psnr_vs_vae']:.1f} dB vs VAE", first["reconstruction_uri"])]:
             tiles.append((label, _load(uri)))
         for _, r in group.iterrows():
-            tiles.append((edit_label(r), _load(r["edit_uri"])))
+            image = _load(r["edit_uri"])
+            region_uri = r.get("region_uri")
+            if isinstance(region_uri, str) and region_uri:  # the edit's region outlined on it
+                try:
+                    image = sheets.outline(image, _load(region_uri))
+                except (FileNotFoundError, storage.StorageError, OSError):
+                    pass
+            tiles.append((edit_label(r), image))
         entries.append((f"{item_id}  [{first['preset']}]  \"{first['source_prompt']}\"", tiles))
     return sheets.contact_sheet(entries)
 

@@ -49,6 +49,7 @@ def denoise(
     noises: list[torch.Tensor] | None = None,
     max_batch: int = 0,
     sharpening: float = 1.0,
+    blend=None,
 ) -> torch.Tensor:
     """DDIM denoising of ``n_plain + n_guided`` latents that all start at ``z_T``.
 
@@ -63,6 +64,8 @@ def denoise(
     Per step from t down to t - Δ: ε̂ = ε_u + guidance (ε_c - ε_u) for guided rows (``guide``: with the
     authors' ``sharpening`` of the difference when it is not 1), ε for plain rows, then
     z ← sqrt(a_prev) x0 + sqrt(1 - a_prev) ε̂ (DDIM, eq. 12 with η = 0) or the DDPM step with the stored map.
+    With ``blend`` (``region.Blend``, one mask per guided row), the guided rows then keep the inversion's own
+    latent outside their regions (blended latent diffusion).
     """
     p, g = n_plain, n_guided
     z_T = z_T.float()
@@ -77,6 +80,8 @@ def denoise(
             z = ddim_move(z, combined, a_t, a_prev, schedule.prediction_type)
         else:
             z = ddpm_move(z, combined, a_t, a_prev, schedule.prediction_type, noises[i])
+        if blend is not None and g:
+            z = torch.cat([z[:p], blend.apply(z[p:], i)])
         if callback:
             callback(i)
     return z

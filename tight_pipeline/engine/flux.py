@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tight_pipeline.engine import editing, rf_inversion
+from tight_pipeline.engine import editing, region, rf_inversion
 from tight_pipeline.engine.runner import InputError, ItemResult, TightInversion
 from tight_pipeline.presets import Preset
 
@@ -247,8 +247,16 @@ class FluxTightInversion(TightInversion):
         # One target noise per item, drawn as a one-item run draws it.
         noise = torch.cat([torch.randn((1, *y0.shape[1:]), generator=torch.Generator().manual_seed(preset.seed),
                                        dtype=torch.float32) for _ in items]).to(self.device)
+        regions = [requests[k].region_of(edit_id, preset) for k in items for edit_id, _ in requests[k].edits]
+        trajectory = {} if any(r.mode == "mask" for r in regions) else None  # kept only for blending
         x1 = rf_inversion.invert_rf(plain, y0, sigmas, gamma=preset.gamma, target_noise=noise,
-                                    fixed_point_iterations=preset.fixed_point_iterations, callback=step("invert"))
+                                    fixed_point_iterations=preset.fixed_point_iterations, callback=step("invert"),
+                                    trajectory=trajectory)
+        blend = None
+        if trajectory is not None:  # masks as packed tokens: each token's features carry its 2x2 cells' shares
+            c, lh, lw = z0.shape[1:]
+            masks = torch.cat([self.pack(region.latent_mask(r.mask, lh, lw).expand(1, c, lh, lw)) for r in regions])
+            blend = region.Blend(masks.to(self.device), edit_owner, trajectory, y0, lambda i: i + 1)
         timings["invert_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -274,7 +282,7 @@ class FluxTightInversion(TightInversion):
 
             outs.append(rf_inversion.denoise_rf(
                 guided, x1[edit_owner], sigmas, y0=y0[edit_owner], eta=preset.eta,
-                eta_start=preset.eta_start, eta_stop=preset.eta_stop, callback=step("denoise"),
+                eta_start=preset.eta_start, eta_stop=preset.eta_stop, callback=step("denoise"), blend=blend,
             ))
         timings["denoise_s"] = time.perf_counter() - t0
 
@@ -282,7 +290,7 @@ class FluxTightInversion(TightInversion):
         decoded = (self.decode_packed(torch.cat(outs), h, w) if outs
                    else torch.zeros((0, h, w, 3), dtype=torch.uint8, device=self.device))
         timings["decode_s"] = time.perf_counter() - t0
-        return self.results(requests, fitted, pixels, roundtrip, decoded, edit_owner, timings, warnings, redo)
+        return self.results(requests, fitted, pixels, roundtrip, decoded, edit_owner, timings, warnings, preset, redo)
 
     def _set_scale(self, scale: float) -> None:
         if has_adapter(self.pipe):

@@ -77,13 +77,15 @@ def ddim_move(sample: torch.Tensor, output: torch.Tensor, alpha_from: float, alp
 
 @torch.no_grad()
 def invert_ddim(pipe, latents: torch.Tensor, schedule: Schedule, text: TextCondition, image_embeds, callback=None,
-                max_batch: int = 0):
+                max_batch: int = 0, trajectory: dict | None = None):
     """Plain DDIM inversion at guidance 1 (conditional branch only). Returns z_T.
 
     Args:
         latents: clean latents z_0, (B, C, h, w), float32; B items are inverted together, row by row.
         text, image_embeds: one row per latent row (the item's source prompt and positive image embeds).
         max_batch: at most this many rows per UNet call (0 = all).
+        trajectory: if given, filled with the latent reached at every timestep (``{t: z_t}``): what blended
+            denoising keeps outside an edit's region (``region.Blend``).
 
     Per step from level ``a_from`` (t - Δ) up to ``a_to`` (t), with ε = ε(z, t):
     x0 = (z - sqrt(1 - a_from) ε) / sqrt(a_from);  z ← sqrt(a_to) x0 + sqrt(1 - a_to) ε
@@ -94,6 +96,8 @@ def invert_ddim(pipe, latents: torch.Tensor, schedule: Schedule, text: TextCondi
         a_from, a_to = schedule.alpha(t - schedule.step_ratio), schedule.alpha(t)
         out = predict_noise(pipe, z, t, text, image_embeds, max_batch)
         z = ddim_move(z, out, a_from, a_to, schedule.prediction_type)
+        if trajectory is not None:
+            trajectory[t] = z
         if callback:
             callback(i)
     return z
@@ -114,6 +118,7 @@ def invert_renoise(
     early_average: int = 5,
     reg: NoiseRegularization = NoiseRegularization(),
     seed: int = 0,
+    trajectory: dict | None = None,
 ):
     """ReNoise / fixed-point inversion: every step iterated towards z_t = move(z_{t-Δ}, ε(z_t, t)).
 
@@ -170,6 +175,8 @@ def invert_renoise(
         if reg.on:
             mean = regularize(mean, target, reg, gens)
         z = ddim_move(z, mean, a_from, a_to, "epsilon")
+        if trajectory is not None:
+            trajectory[t] = z
         if callback:
             callback(i)
     return z
@@ -189,13 +196,14 @@ def ddpm_move(sample, output, alpha_t: float, alpha_prev: float, prediction_type
 
 @torch.no_grad()
 def invert_ddpm_ef(pipe, latents: torch.Tensor, schedule: Schedule, text: TextCondition, image_embeds,
-                   seed: int = 0, callback=None, max_batch: int = 0):
+                   seed: int = 0, callback=None, max_batch: int = 0, trajectory: dict | None = None):
     """Edit-friendly DDPM inversion. Returns (x_T, noise maps in denoising order, one per step).
 
     Each row of ``latents`` (one item) draws its noisy levels x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) n_t from its own
     generator seeded with ``seed``, so an item gets the same levels and maps alone or in a batch. Then per step
     z_t = (x_{t-Δ} - μ(x_t, ε(x_t, t))) / σ_t, with μ the DDPM (η = 1) posterior mean (Huberman-Spiegelglas et al.
-    2024, eq. 5). Maps are float32, shaped like ``latents``.
+    2024, eq. 5). Maps are float32, shaped like ``latents``. ``trajectory``, if given, gets the levels ``{t: x_t}``
+    (denoising with the maps lands on them exactly).
     """
     latents = latents.float()
     levels = {t: torch.empty_like(latents) for t in schedule.timesteps}
@@ -205,6 +213,8 @@ def invert_ddpm_ef(pipe, latents: torch.Tensor, schedule: Schedule, text: TextCo
             a = schedule.alpha(t)
             noise = torch.randn((1, *latents.shape[1:]), generator=gen, dtype=torch.float32).to(latents.device)
             levels[t][row : row + 1] = a**0.5 * latents[row : row + 1] + (1 - a) ** 0.5 * noise
+    if trajectory is not None:
+        trajectory.update(levels)
     noises = []
     for i, t in enumerate(schedule.timesteps):
         t_prev = t - schedule.step_ratio

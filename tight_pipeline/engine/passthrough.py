@@ -17,7 +17,7 @@ import time
 
 from PIL import Image
 
-from tight_pipeline.engine.runner import InputError, ItemRequest, ItemResult, fit_size
+from tight_pipeline.engine.runner import InputError, ItemRequest, ItemResult, check_regions, finish_regions, fit_size
 from tight_pipeline.presets import Preset
 
 
@@ -47,6 +47,7 @@ class PassthroughEngine:
                 for what, prompt in [("source prompt", req.source_prompt)] + [(f"edit {e!r} prompt", p) for e, p in req.edits]:
                     if not isinstance(prompt, str):
                         raise InputError(f"{what} must be text")
+                check_regions(req, preset)
                 w, h = fit_size(req.image.width, req.image.height, self.spec.resolution, self.multiple)
                 fitted = req.image.convert("RGB").resize((w, h), Image.Resampling.BILINEAR)
             except Exception as exc:  # noqa: BLE001 - the item's own result
@@ -59,5 +60,7 @@ class PassthroughEngine:
             empty = {k: None for k in ("psnr_vs_input", "ssim_vs_input", "psnr_vs_vae", "ssim_vs_vae",
                                        "vae_psnr_vs_input", "lpips_vs_input")}
             edit_scores = {e: {"edit_change": None, "edit_psnr_vs_input": None, "clip_score": None} for e, _ in req.edits}
-            out.append(ItemResult(fitted, fitted, fitted, {e: fitted for e, _ in req.edits}, empty, edit_scores, timings, []))
+            result = ItemResult(fitted, fitted, fitted, {e: fitted for e, _ in req.edits}, empty, edit_scores, timings, [])
+            finish_regions(result, req, preset)
+            out.append(result)
         return out

@@ -45,8 +45,10 @@ def invert_rf(
     target_noise: torch.Tensor | None = None,
     fixed_point_iterations: int = 0,
     callback=None,
+    trajectory: dict | None = None,
 ) -> torch.Tensor:
-    """Controlled forward ODE from the clean latent ``y0`` (level sigmas[-1] = 0) to level sigmas[0]."""
+    """Controlled forward ODE from the clean latent ``y0`` (level sigmas[-1] = 0) to level sigmas[0];
+    ``trajectory``, if given, gets the latent reached at every level index (``{i: Y_i}``)."""
     if gamma > 0 and target_noise is None:
         raise ValueError("RF-Inversion with gamma > 0 needs a target noise")
     y = y0
@@ -60,6 +62,8 @@ def invert_rf(
             u = velocity(guess, i)  # what the Euler step from s_high will see
             guess = y + (s_high - s_low) * (u if control is None else u + gamma * (control - u))
         y = guess
+        if trajectory is not None:
+            trajectory[i] = y
         if callback:
             callback(step)
     return y
@@ -75,10 +79,12 @@ def denoise_rf(
     eta_start: float = 0.0,
     eta_stop: float = 0.0,
     callback=None,
+    blend=None,
 ) -> torch.Tensor:
     """Controlled reverse ODE from ``x1`` (level sigmas[0]) to the clean latent.
 
-    ``eta`` may be a per-row tensor shaped like ``x1``'s batch (0 for reconstruction rows).
+    ``eta`` may be a per-row tensor shaped like ``x1``'s batch (0 for reconstruction rows). With ``blend``
+    (``region.Blend`` over packed tokens), every row keeps the inversion's latent outside its region.
     """
     x = x1
     n = len(sigmas) - 1
@@ -89,6 +95,8 @@ def denoise_rf(
         if y0 is not None and eta_start <= i / n < eta_stop and bool((eta_rows > 0).any()):
             d = d + eta_rows * ((y0 - x) / s_high - d)
         x = x + (s_high - s_low) * d
+        if blend is not None:
+            x = blend.apply(x, i)
         if callback:
             callback(i)
     return x

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tight_pipeline.engine import conditioning, editing, inversion, metrics
+from tight_pipeline.engine import conditioning, editing, inversion, metrics, region
 from tight_pipeline.engine.specs import ModelSpec
 from tight_pipeline.engine.models import load_pipeline
 from tight_pipeline.engine.regularization import NoiseRegularization
@@ -61,6 +61,18 @@ class ItemRequest:
     # A reconstruction of this item made before (automatic strength's later tries, at another scale): kept as the
     # item's reconstruction and its edits are scored against it; its denoising rows are not run again.
     reconstruction: Image.Image | None = None
+    # Per edit id, where the edit may change the photo (engine/region.py); an edit without one takes the preset's
+    # ``region`` (whole or auto).
+    regions: dict[str, region.EditRegion] = field(default_factory=dict)
+    # The photo's own upright pixels (uint8 (H, W, 3 or 4), alpha kept) that outputs are composited on; None = the
+    # pixels of ``image``.
+    pixels: np.ndarray | None = None
+
+    def photo(self) -> np.ndarray:
+        return self.pixels if self.pixels is not None else np.asarray(self.image.convert("RGB"))
+
+    def region_of(self, edit_id: str, preset: Preset) -> region.EditRegion:
+        return self.regions.get(edit_id) or region.EditRegion(preset.region)
 
 
 class BatchError(RuntimeError):
@@ -74,6 +86,10 @@ class BatchError(RuntimeError):
 
 @dataclass
 class ItemResult:
+    """An item's images at the working size (``input``: the photo fitted to it), its outputs at the photo's own
+    size (``full_*``: the reconstruction brought up, each edit composited by its region; ``photo``: the photo's
+    own pixels) and the scores (``edit_scores`` include each edit's region fields, ``region.finish``)."""
+
     input: Image.Image  # the photo fitted to the working resolution
     vae_roundtrip: Image.Image
     reconstruction: Image.Image
@@ -82,6 +98,10 @@ class ItemResult:
     edit_scores: dict[str, dict[str, float | None]]
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    photo: np.ndarray | None = None
+    full_reconstruction: np.ndarray | None = None
+    full_edits: dict[str, np.ndarray] = field(default_factory=dict)
+    region_masks: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def fit_size(width: int, height: int, resolution: int, multiple: int, max_aspect: float = 4.0) -> tuple[int, int]:
@@ -267,20 +287,23 @@ class TightInversion:
         n, limit = self.prompt_tokens(prompt)
         return [f"{what} has {n} tokens; the model reads the first {limit}, the rest is ignored"] if n > limit else []
 
-    def invert(self, z0, text, image_rows, schedule, preset: Preset, callback=None):
-        """z_0 → (z_T, noise maps or None) with the preset's method; one row per item."""
+    def invert(self, z0, text, image_rows, schedule, preset: Preset, callback=None, trajectory: dict | None = None):
+        """z_0 → (z_T, noise maps or None) with the preset's method; one row per item (``trajectory``: see
+        ``inversion.invert_ddim``)."""
         mb = self.spec.max_batch
         if preset.method == "ddim":
-            return inversion.invert_ddim(self.pipe, z0, schedule, text, image_rows, callback=callback, max_batch=mb), None
+            return inversion.invert_ddim(self.pipe, z0, schedule, text, image_rows, callback=callback, max_batch=mb,
+                                         trajectory=trajectory), None
         if preset.method == "ddpm_ef":
             return inversion.invert_ddpm_ef(self.pipe, z0, schedule, text, image_rows, seed=preset.seed,
-                                            callback=callback, max_batch=mb)
+                                            callback=callback, max_batch=mb, trajectory=trajectory)
         reg = NoiseRegularization(kl=preset.renoise_reg_kl, ac=preset.renoise_reg_ac, steps=preset.renoise_reg_steps,
                                   rolls=preset.renoise_reg_rolls)
         return inversion.invert_renoise(
             self.pipe, z0, schedule, text, image_rows, iterations=preset.renoise_iterations,
             average_last=preset.renoise_average_last, callback=callback, max_batch=mb,
             early_t=preset.renoise_early_t, early_average=preset.renoise_early_average, reg=reg, seed=preset.seed,
+            trajectory=trajectory,
         ), None
 
     def edit_item(
@@ -311,6 +334,7 @@ class TightInversion:
         for i, req in enumerate(requests):
             try:
                 warnings = self.check_inputs(preset, req.source_prompt, req.edits)
+                check_regions(req, preset)
                 fitted = self.prepare_image(req.image)
             except Exception as exc:  # noqa: BLE001 - an item's bad input is that item's result
                 results[i] = exc
@@ -364,7 +388,12 @@ class TightInversion:
         source = text_all.rows(items)
         t0 = time.perf_counter()
         conditioning.set_adapter_scale(pipe, preset.inversion_scale)
-        z_T, noises = self.invert(z0, source, image_rows((items, False)), schedule, preset, step("invert"))
+        regions = [requests[k].region_of(edit_id, preset) for k in items for edit_id, _ in requests[k].edits]
+        trajectory = {} if any(r.mode == "mask" for r in regions) else None  # kept only for blending
+        z_T, noises = self.invert(z0, source, image_rows((items, False)), schedule, preset, step("invert"), trajectory)
+        blend = None if trajectory is None else region.Blend(
+            torch.cat([region.latent_mask(r.mask, *z0.shape[-2:]) for r in regions]).to(z0.device), edit_owner,
+            trajectory, z0, lambda i: schedule.timesteps[i] - schedule.step_ratio)
         timings["invert_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -380,7 +409,7 @@ class TightInversion:
             text = conditioning.TextCondition.cat([text_all.rows(redo), guided_text]) if e else text_all.rows(redo)
             img = image_rows((redo, False), (edit_owner, True), (edit_owner, False))
             z = editing.denoise(pipe, z_T[rows], schedule, text, img, len(redo), e, preset.guidance, step("denoise"),
-                                _pick(noises, rows), max_batch=mb, sharpening=preset.cfg_sharpening)
+                                _pick(noises, rows), max_batch=mb, sharpening=preset.cfg_sharpening, blend=blend)
         else:
             z_rec = z_T[:0]
             if redo:
@@ -390,19 +419,20 @@ class TightInversion:
             z_edit = editing.denoise(pipe, z_T[edit_owner], schedule, guided_text,
                                      image_rows((edit_owner, True), (edit_owner, False)), 0, e, preset.guidance,
                                      step("denoise"), _pick(noises, edit_owner), max_batch=mb,
-                                     sharpening=preset.cfg_sharpening)
+                                     sharpening=preset.cfg_sharpening, blend=blend)
             z = torch.cat([z_rec, z_edit])
         timings["denoise_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         decoded = self.decode_tensor(z) if len(z) else torch.zeros((0, h, w, 3), dtype=torch.uint8, device=z.device)
         timings["decode_s"] = time.perf_counter() - t0
-        return self.results(requests, fitted, pixels, roundtrip, decoded, edit_owner, timings, warnings, redo)
+        return self.results(requests, fitted, pixels, roundtrip, decoded, edit_owner, timings, warnings, preset, redo)
 
-    def results(self, requests, fitted, pixels, roundtrip, decoded, edit_owner, timings, warnings,
+    def results(self, requests, fitted, pixels, roundtrip, decoded, edit_owner, timings, warnings, preset: Preset,
                 redo: list[int] | None = None) -> list[ItemResult]:
-        """Split a group's decoded rows ``[reconstruction x len(redo), edits...]`` per item and score each item;
-        items not in ``redo`` (all are, by default) bring their reconstruction in their request."""
+        """Split a group's decoded rows ``[reconstruction x len(redo), edits...]`` per item, score each item and
+        make its outputs at the photo's size (``finish_regions``); items not in ``redo`` (all are, by default)
+        bring their reconstruction in their request."""
         b = len(requests)
         if redo is not None and len(redo) < b:
             made = dict(zip(redo, decoded[: len(redo)]))
@@ -414,9 +444,43 @@ class TightInversion:
         for k, req in enumerate(requests):
             mine = [b + j for j, owner in enumerate(edit_owner) if owner == k]
             rows = decoded[[k] + mine]
-            out.append(self.result(fitted[k], pixels[k], roundtrip[k], rows, req.edits,
-                                   {**shared, "batch_items": timings["batch_items"]}, warnings[k]))
+            result = self.result(fitted[k], pixels[k], roundtrip[k], rows, req.edits,
+                                 {**shared, "batch_items": timings["batch_items"]}, warnings[k])
+            t0 = time.perf_counter()
+            finish_regions(result, req, preset)
+            result.timings["region_s"] = time.perf_counter() - t0
+            out.append(result)
         return out
+
+
+def check_regions(request: ItemRequest, preset: Preset) -> None:
+    """``InputError`` for a given mask whose size is not the photo's, or a region for an edit the item lacks."""
+    ids = {edit_id for edit_id, _ in request.edits}
+    height, width = request.photo().shape[:2]
+    for edit_id, reg in request.regions.items():
+        if edit_id not in ids:
+            raise InputError(f"a region is given for edit {edit_id!r}, which the item does not have")
+        if reg.mask is not None and reg.mask.shape != (height, width):
+            raise InputError(f"the mask of edit {edit_id!r} is {reg.mask.shape[1]}x{reg.mask.shape[0]}, the photo is "
+                             f"{width}x{height}: a mask must have the photo's size")
+
+
+def finish_regions(result: ItemResult, request: ItemRequest, preset: Preset) -> None:
+    """Fill ``result``'s outputs at the photo's own size: the reconstruction brought up; every edit composited by
+    its region (``region.finish``), its region fields added to its scores."""
+    photo = request.photo()
+    recon = np.asarray(result.reconstruction.convert("RGB"))
+    result.photo = photo
+    result.full_reconstruction = region.upsize(recon, photo)
+    for edit_id, _ in request.edits:
+        out, fields, mask = region.finish(photo, np.asarray(result.edits[edit_id].convert("RGB")), recon,
+                                          request.region_of(edit_id, preset), preset.region_fill)
+        result.full_edits[edit_id] = out
+        result.region_masks[edit_id] = mask
+        result.edit_scores[edit_id].update(fields)
+        if fields["region_source"] != "whole" and fields["region_fraction"] == 0.0:
+            result.warnings.append(f"edit {edit_id!r}: its region is empty ({fields['region_source']}): the output is "
+                                   "the photo unchanged")
 
 
 def to_images(pixels: torch.Tensor) -> list[Image.Image]:

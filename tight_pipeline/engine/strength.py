@@ -38,6 +38,8 @@ against it, so an edit's ``edit_change`` compares the two images its row shows, 
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import time
 from collections import Counter
@@ -205,8 +207,8 @@ def edit_items_auto(engine, requests: list[ItemRequest], preset: Preset, progres
         if not open_items:
             break
         # Later tries reuse the first try's reconstruction: only the open edits are denoised again.
-        outs = engine.edit_items([ItemRequest(requests[k].image, requests[k].source_prompt, pending[k],
-                                              first[k].reconstruction if k in first else None)
+        outs = engine.edit_items([dataclasses.replace(requests[k], edits=pending[k],
+                                                      reconstruction=first[k].reconstruction if k in first else None)
                                   for k in open_items], preset.at_candidate(s), progress)
         t0 = time.perf_counter()
         judged: list[tuple[int, str, str]] = []
@@ -220,7 +222,8 @@ def edit_items_auto(engine, requests: list[ItemRequest], preset: Preset, progres
                 spent[key] = value if key == "batch_items" else spent.get(key, 0.0) + value
             judged += [(k, edit_id, prompt) for edit_id, prompt in pending[k]]
             for edit_id, _ in pending[k]:
-                made.setdefault((k, edit_id), {})[s] = (out.edits[edit_id], out.edit_scores[edit_id])
+                made.setdefault((k, edit_id), {})[s] = (out.edits[edit_id], out.edit_scores[edit_id],
+                                                        out.full_edits.get(edit_id), out.region_masks.get(edit_id))
         if judged:
             # the photo's margin once per edit (first try), then the edited images'; one judge call
             new = [j for j in judged if (j[0], j[1]) not in photo_margin]
@@ -242,13 +245,15 @@ def edit_items_auto(engine, requests: list[ItemRequest], preset: Preset, progres
         if results[k] is not None:
             continue
         base = first[k]
-        edits, edit_scores, warnings = {}, {}, list(base.warnings)
+        edits, edit_scores, warnings, full_edits, masks = {}, {}, list(base.warnings), {}, {}
         for edit_id, _ in req.edits:
             cands = tried[(k, edit_id)]
             pick = final_choice(cands, preset.auto_min_landed, preset.auto_min_kept_db)
-            image, scores = made[(k, edit_id)][pick.scale]
+            image, scores, full, mask = made[(k, edit_id)][pick.scale]
             c = next(c for c in cands if c.scale == pick.scale)
             edits[edit_id] = image
+            if full is not None:
+                full_edits[edit_id], masks[edit_id] = full, mask
             edit_scores[edit_id] = {
                 **scores, "adapter_scale": pick.scale, "auto_landed": c.landed, "auto_kept_db": c.kept_db,
                 "auto_reason": pick.reason, "auto_judge": judge_name,
@@ -263,7 +268,7 @@ def edit_items_auto(engine, requests: list[ItemRequest], preset: Preset, progres
         t = timings[k]
         t["auto_tries"] = float(max((len(tried[(k, e)]) for e, _ in req.edits), default=1))
         results[k] = ItemResult(base.input, base.vae_roundtrip, base.reconstruction, edits, base.scores,
-                                edit_scores, t, warnings)
+                                edit_scores, t, warnings, base.photo, base.full_reconstruction, full_edits, masks)
     return results
 
 
