@@ -27,7 +27,7 @@ _LATER_DEFAULTS = {"gamma": 0.0, "eta": 0.0, "eta_start": 0.0, "eta_stop": 0.25,
                    "auto_rivals": (),
                    "renoise_early_t": 0, "renoise_early_average": 5, "renoise_reg_kl": 0.0, "renoise_reg_ac": 0.0,
                    "renoise_reg_steps": 0, "renoise_reg_rolls": 5, "cfg_sharpening": 1.0,
-                   "region": "whole", "region_fill": "auto"}
+                   "region": "whole", "region_fill": "auto", "region_blend_start": 1.0}
 # ``name@auto``: the candidate adapter scales tried, strongest first (see engine/strength.py).
 DEFAULT_AUTO_SCALES = (1.0, 0.4, 0.0)
 
@@ -92,6 +92,10 @@ class Preset:
         region_fill: inside a region that is not ``whole``: ``edit`` (the edit brought to the photo's size),
             ``detail`` (the photo plus the edit's difference from the reconstruction: keeps labels and texture
             under a recolour) or ``auto`` (``detail`` where the edit kept the structure, else ``edit``).
+        region_blend_start: with a given mask, the fraction of the denoising steps drawn freely before the edit's
+            latent starts keeping the inversion's outside its region (0 = blend at every step; 1, the default = never:
+            the composite alone keeps the photo; on the demo model any blending cost colour edits their colour,
+            docs/region.md).
         description: one line for people choosing a preset.
     """
 
@@ -127,6 +131,7 @@ class Preset:
     cfg_sharpening: float = 1.0
     region: str = "whole"
     region_fill: str = "auto"
+    region_blend_start: float = 1.0
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -184,6 +189,8 @@ class Preset:
             problems.append(f"region {self.region!r} must be 'whole' or 'auto' (a mask is given per item or edit)")
         if self.region_fill not in ("auto", "edit", "detail"):
             problems.append(f"region_fill {self.region_fill!r} must be 'auto', 'edit' or 'detail'")
+        if not isinstance(self.region_blend_start, (int, float)) or not 0.0 <= self.region_blend_start <= 1.0:
+            problems.append(f"region_blend_start {self.region_blend_start!r} must be a number in 0..1")
         if not isinstance(self.negative_source, bool):
             problems.append(f"negative_source {self.negative_source!r} must be true or false")
         if self.inversion_prompt not in ("source", "empty"):

@@ -256,7 +256,8 @@ class FluxTightInversion(TightInversion):
         if trajectory is not None:  # masks as packed tokens: each token's features carry its 2x2 cells' shares
             c, lh, lw = z0.shape[1:]
             masks = torch.cat([self.pack(region.latent_mask(r.mask, lh, lw).expand(1, c, lh, lw)) for r in regions])
-            blend = region.Blend(masks.to(self.device), edit_owner, trajectory, y0, lambda i: i + 1)
+            blend = region.Blend(masks.to(self.device), edit_owner, trajectory, y0, lambda i: i + 1,
+                                 int(round(preset.region_blend_start * preset.steps)))
         timings["invert_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()

@@ -121,8 +121,11 @@ class Blend:
     levels: dict
     clean: torch.Tensor
     key_after: object = None
+    start: int = 0  # the first step that blends (the steps before it draw the edit freely)
 
     def apply(self, z: torch.Tensor, step: int) -> torch.Tensor:
+        if step < self.start:
+            return z
         key = self.key_after(step)
         kept = self.levels.get(key, self.clean)[self.rows]
         m = self.masks.to(z)

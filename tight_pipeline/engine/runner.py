@@ -393,7 +393,8 @@ class TightInversion:
         z_T, noises = self.invert(z0, source, image_rows((items, False)), schedule, preset, step("invert"), trajectory)
         blend = None if trajectory is None else region.Blend(
             torch.cat([region.latent_mask(r.mask, *z0.shape[-2:]) for r in regions]).to(z0.device), edit_owner,
-            trajectory, z0, lambda i: schedule.timesteps[i] - schedule.step_ratio)
+            trajectory, z0, lambda i: schedule.timesteps[i] - schedule.step_ratio,
+            int(round(preset.region_blend_start * preset.steps)))
         timings["invert_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
