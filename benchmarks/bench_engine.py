@@ -40,13 +40,13 @@ def main() -> None:
     from PIL import Image
     from skimage import data
 
-    from tight_pipeline.engine.specs import resolve_model_spec
-    from tight_pipeline.engine.factory import load_engine
-    from tight_pipeline.presets import load_preset
+    from tight_pipeline.method.specs import resolve_model_spec
+    from tight_pipeline.method.factory import load_engine
+    from tight_pipeline.method.presets import load_preset
 
     spec = resolve_model_spec(args.model)
     if args.model is None and not os.path.exists(spec.base):
-        from tight_pipeline.tiny_models import make_tiny_model
+        from tight_pipeline.testing.tiny_models import make_tiny_model
 
         make_tiny_model(spec.base)
     photo = Image.fromarray(data.coffee())

@@ -70,8 +70,8 @@ def bench_items(engine, device: str, cases, steps: int) -> list[dict]:
     """Time each (preset, edits, batch) case: one warm-up at the same shapes with 2 steps (the kernels and
     allocations a 50-step run uses), then the timed run. Each row goes to stderr as soon as it is measured,
     so a run cut short still leaves its figures."""
-    from tight_pipeline.engine.runner import ItemRequest
-    from tight_pipeline.presets import load_preset
+    from tight_pipeline.method.sdxl import ItemRequest
+    from tight_pipeline.method.presets import load_preset
 
     rows = []
     images = photos(max(b for _, _, b in cases), engine.spec.resolution)
@@ -100,7 +100,7 @@ def bench_items(engine, device: str, cases, steps: int) -> list[dict]:
 
 
 def unet_floor(engine, device: str, batches, repeats: int) -> list[dict]:
-    from tight_pipeline.engine import conditioning
+    from tight_pipeline.method import conditioning
 
     pipe = engine.pipe
     res = engine.spec.resolution
@@ -125,7 +125,7 @@ def peers(folder: Path, spec, device: str, steps: int) -> dict:
     """diffusers' own pipelines on the same base weights (no adapter: LEDITS++'s invert() takes no image embeds)."""
     from diffusers import LEditsPPPipelineStableDiffusionXL, StableDiffusionXLPipeline
 
-    from tight_pipeline.engine.models import torch_dtype
+    from tight_pipeline.method.models import torch_dtype
 
     dtype = torch_dtype(spec.dtype)
     base = StableDiffusionXLPipeline.from_pretrained(folder, torch_dtype=dtype, local_files_only=True).to(device)
@@ -170,9 +170,9 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.device == "cpu":
         torch.set_num_threads(int(os.environ.get("TORCH_THREADS", os.cpu_count() or 1)))
-    from tight_pipeline.engine.specs import resolve_model_spec
-    from tight_pipeline.engine.factory import load_engine
-    from tight_pipeline.tiny_models import make_tiny_model
+    from tight_pipeline.method.specs import resolve_model_spec
+    from tight_pipeline.method.factory import load_engine
+    from tight_pipeline.testing.tiny_models import make_tiny_model
 
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     steps = args.steps or (50 if args.size == "full" else 4)

@@ -44,10 +44,10 @@ def write_manifest(folder: Path, n: int) -> Path:
 
 
 def bare_loop(manifest: Path, out: Path, preset_name: str, model) -> float:
-    from tight_pipeline import storage
-    from tight_pipeline.engine.factory import load_engine
-    from tight_pipeline.manifest import read_manifest
-    from tight_pipeline.presets import load_preset
+    from tight_pipeline.data import storage
+    from tight_pipeline.method.factory import load_engine
+    from tight_pipeline.data.manifest import read_manifest
+    from tight_pipeline.method.presets import load_preset
 
     t0 = time.perf_counter()
     engine = load_engine(model)
@@ -78,11 +78,11 @@ def main() -> None:
 
     apply_local_defaults()  # the same environment `tight-pipeline run` sets up
     fresh = not (state_dir() / "prefect").exists() or not (state_dir() / "mlflow.db").exists()
-    from tight_pipeline.engine.specs import resolve_model_spec
+    from tight_pipeline.method.specs import resolve_model_spec
 
     spec = resolve_model_spec(args.model)
     if args.model is None and not os.path.exists(spec.base):
-        from tight_pipeline.tiny_models import make_tiny_model
+        from tight_pipeline.testing.tiny_models import make_tiny_model
 
         make_tiny_model(spec.base)
     manifest = write_manifest(work / "in", args.items)

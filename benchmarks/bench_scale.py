@@ -27,8 +27,8 @@ PHASE = r"""
 import json, os, resource, sys, time
 os.environ.setdefault("TIGHT_PIPELINE_HOME", sys.argv[4])
 from tight_pipeline.settings import apply_local_defaults; apply_local_defaults()
-from tight_pipeline.job import JobConfig, plan_job, run_job
-from tight_pipeline import scores
+from tight_pipeline.pipeline.job import JobConfig, plan_job, run_job
+from tight_pipeline.data import scores
 cfg = JobConfig(manifest=sys.argv[2], output=sys.argv[3], preset="draft", model="passthrough",
                 actors=int(os.environ.get("ACTORS", "1")), actor_cpus=0.5, batch_size=int(os.environ.get("BATCH", "256")))
 t = time.perf_counter()
@@ -82,10 +82,10 @@ def mark_half_done(manifest: str, output: str, home: str) -> None:
     code = r"""
 import json, os, sys
 os.environ.setdefault("TIGHT_PIPELINE_HOME", sys.argv[3])
-from tight_pipeline import scores
-from tight_pipeline.engine.specs import resolve_model_spec
-from tight_pipeline.engine.fingerprints import model_digest
-from tight_pipeline.presets import load_preset
+from tight_pipeline.data import scores
+from tight_pipeline.method.specs import resolve_model_spec
+from tight_pipeline.method.fingerprints import model_digest
+from tight_pipeline.method.presets import load_preset
 digest, preset = model_digest(resolve_model_spec("passthrough")), load_preset("draft")
 rows = []
 with open(sys.argv[1]) as f:

@@ -4,7 +4,7 @@
 
 64 held-out shots (the evaluation's, seed 10000), one colour edit each (three steps round the palette), DDIM 10,
 CFG 7.5 — the automatic-strength evaluation's base — through ``engine.edit_items`` with the preset field
-``cfg_sharpening`` (``engine/editing.py::guide``). Scored by the evaluation's colour classifier (success), shape
+``cfg_sharpening`` (``method/editing.py::guide``). Scored by the evaluation's colour classifier (success), shape
 IoU and background PSNR (``demo_model/evaluate.py::score_edit``). The reconstruction runs at guidance 1 and is not
 affected by the factor, so only edits are scored.
 """
@@ -24,10 +24,10 @@ torch.set_num_threads(int(os.environ.get("TORCH_THREADS", os.cpu_count() or 1)))
 
 from tight_pipeline.demo_model.evaluate import score_edit, target_colour  # noqa: E402
 from tight_pipeline.demo_model.products import HELDOUT_SEED_OFFSET, ProductSpec, render_product  # noqa: E402
-from tight_pipeline.engine.factory import load_engine  # noqa: E402
-from tight_pipeline.engine.runner import ItemRequest  # noqa: E402
-from tight_pipeline.engine.specs import resolve_model_spec  # noqa: E402
-from tight_pipeline.presets import Preset  # noqa: E402
+from tight_pipeline.method.factory import load_engine  # noqa: E402
+from tight_pipeline.method.sdxl import ItemRequest  # noqa: E402
+from tight_pipeline.method.specs import resolve_model_spec  # noqa: E402
+from tight_pipeline.method.presets import Preset  # noqa: E402
 
 GRID = [(f, 0.4) for f in (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)] + [(f, s) for f in (1.0, 2.0) for s in (0.0, 1.0)]
 IMAGES = 64

@@ -20,11 +20,11 @@ import torch
 torch.set_num_threads(int(os.environ.get("TORCH_THREADS", os.cpu_count() or 1)))
 
 from tight_pipeline.demo_model.products import ProductSpec, render_product  # noqa: E402
-from tight_pipeline.engine import conditioning, editing, inversion, metrics  # noqa: E402
-from tight_pipeline.engine.specs import resolve_model_spec  # noqa: E402
-from tight_pipeline.engine.factory import load_engine
-from tight_pipeline.tiny_models import make_tiny_model  # noqa: E402
-from tight_pipeline.presets import Preset  # noqa: E402
+from tight_pipeline.method import conditioning, editing, inversion, metrics  # noqa: E402
+from tight_pipeline.method.specs import resolve_model_spec  # noqa: E402
+from tight_pipeline.method.factory import load_engine
+from tight_pipeline.testing.tiny_models import make_tiny_model  # noqa: E402
+from tight_pipeline.method.presets import Preset  # noqa: E402
 
 PRESET = Preset(name="renoise-20x8", method="renoise", steps=20, inversion_scale=0.6, edit_scale=0.6, guidance=5.0,
                 renoise_iterations=8)

@@ -27,9 +27,9 @@ def main() -> None:
     import torch
 
     from tight_pipeline.demo_model.evaluate import EvalConfig, heldout_shots
-    from tight_pipeline.engine import conditioning, editing, inversion
-    from tight_pipeline.engine.specs import resolve_model_spec
-    from tight_pipeline.engine.factory import load_engine
+    from tight_pipeline.method import conditioning, editing, inversion
+    from tight_pipeline.method.specs import resolve_model_spec
+    from tight_pipeline.method.factory import load_engine
 
     torch.set_grad_enabled(False)
     engine = load_engine(resolve_model_spec(args.model, device="cpu"))

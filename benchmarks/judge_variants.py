@@ -10,7 +10,7 @@ denoising errors of every photo and edit under the source and the edit prompt at
 thresholds chosen there did not carry over (session 9).
 
 Variants: timesteps x noises x weighting (``none``: every pixel; ``change``: pixels weighted by how much the edit
-changed them) x form (``ratio``: the edit's contrast over the photo's, what ``engine/strength.py`` computes with
+changed them) x form (``ratio``: the edit's contrast over the photo's, what ``method/auto/strength.py`` computes with
 ``auto_max_rivals: 0``; with rivals see ``benchmarks/rival_judge.py``;
 ``raw``: the edit's contrast alone). For each: AUC and best agreement on ``calib``, agreement on ``heldout`` at
 that threshold, and what the strongest-first rule would then choose on ``heldout`` (success, tries).
@@ -28,11 +28,12 @@ torch.set_num_threads(int(os.environ.get("TORCH_THREADS", os.cpu_count() or 1)))
 
 from tight_pipeline.demo_model.auto_eval import AutoEvalConfig, _shots, ranking_auc as auc  # noqa: E402
 from tight_pipeline.demo_model.evaluate import score_edit, target_colour  # noqa: E402
-from tight_pipeline.engine import conditioning, inversion, strength  # noqa: E402
-from tight_pipeline.engine.factory import load_engine  # noqa: E402
-from tight_pipeline.engine.runner import ItemRequest  # noqa: E402
-from tight_pipeline.engine.specs import resolve_model_spec  # noqa: E402
-from tight_pipeline.presets import Preset  # noqa: E402
+from tight_pipeline.method import conditioning, inversion
+from tight_pipeline.method.auto import strength  # noqa: E402
+from tight_pipeline.method.factory import load_engine  # noqa: E402
+from tight_pipeline.method.sdxl import ItemRequest  # noqa: E402
+from tight_pipeline.method.specs import resolve_model_spec  # noqa: E402
+from tight_pipeline.method.presets import Preset  # noqa: E402
 
 TIMESTEPS = (100, 200, 300, 400, 500, 600, 700, 800, 900)
 SEEDS = (0, 1, 2)

@@ -28,14 +28,14 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from tight_pipeline import sheets
+from tight_pipeline.reporting import sheets
 from tight_pipeline.demo_model.products import (BACKGROUNDS, COLOURS, HELDOUT_SEED_OFFSET, ProductSpec,
                                                 dominant_colour, iou, product_region, render_product)
-from tight_pipeline.engine import region
-from tight_pipeline.engine.factory import load_engine
-from tight_pipeline.engine.runner import ItemRequest
-from tight_pipeline.engine.specs import resolve_model_spec
-from tight_pipeline.presets import load_preset
+from tight_pipeline.method import region
+from tight_pipeline.method.factory import load_engine
+from tight_pipeline.method.sdxl import ItemRequest
+from tight_pipeline.method.specs import resolve_model_spec
+from tight_pipeline.method.presets import load_preset
 
 SIZE = 256
 SEED = 7

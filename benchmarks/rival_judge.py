@@ -8,9 +8,9 @@ base) on the shipped demo model, labelled by the evaluation's colour classifier.
 evaluation's shots) is printed beside it only to show how the choice carries over.
 
 The diffusion judge (the text-only model's denoising error, ``engine.prompt_errors``) scores every photo and edit
-under its edit prompt, its source prompt and the rivals — the run's other colours, as ``engine/rivals.py``
+under its edit prompt, its source prompt and the rivals — the run's other colours, as ``method/auto/rivals.py``
 derives them from the 64 edits' prompts. For timesteps {500} (the default) and {300, 500, 700} (the earlier
-default), one noise: the landed score (edit margin over the photo's margin, what ``engine/strength.py``
+default), one noise: the landed score (edit margin over the photo's margin, what ``method/auto/strength.py``
 computes) and, for comparison, the earlier source-vs-edit score (no rivals). For each: AUC, agreement with the
 classifier at thresholds 0..0.3, and what the strongest-first rule over scales 1, 0.4, 0 then lands (success,
 tries per item).
@@ -29,12 +29,12 @@ torch.set_num_threads(int(os.environ.get("TORCH_THREADS", os.cpu_count() or 1)))
 
 from tight_pipeline.demo_model.auto_eval import AutoEvalConfig, _shots, ranking_auc  # noqa: E402
 from tight_pipeline.demo_model.evaluate import score_edit, target_colour  # noqa: E402
-from tight_pipeline.engine import strength  # noqa: E402
-from tight_pipeline.engine.factory import load_engine  # noqa: E402
-from tight_pipeline.engine.rivals import rival_phrases, rival_prompts, run_vocabulary  # noqa: E402
-from tight_pipeline.engine.runner import ItemRequest  # noqa: E402
-from tight_pipeline.engine.specs import resolve_model_spec  # noqa: E402
-from tight_pipeline.presets import Preset  # noqa: E402
+from tight_pipeline.method.auto import strength  # noqa: E402
+from tight_pipeline.method.factory import load_engine  # noqa: E402
+from tight_pipeline.method.auto.rivals import rival_phrases, rival_prompts, run_vocabulary  # noqa: E402
+from tight_pipeline.method.sdxl import ItemRequest  # noqa: E402
+from tight_pipeline.method.specs import resolve_model_spec  # noqa: E402
+from tight_pipeline.method.presets import Preset  # noqa: E402
 
 SCALES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 RULE = (1.0, 0.4, 0.0)

@@ -13,9 +13,9 @@ from prefect.runtime import flow_run
 
 from flows.tasks import (edit_items, flow_timeout_s, open_tracking, publish_summary, track_run, validate_manifest,
                          write_contact_sheet)
-from tight_pipeline import tracking
-from tight_pipeline.engine.specs import resolve_model_spec
-from tight_pipeline.job import JobConfig, check_compute, default_preset
+from tight_pipeline.reporting import tracking
+from tight_pipeline.method.specs import resolve_model_spec
+from tight_pipeline.pipeline.job import JobConfig, check_compute, default_preset
 
 
 @flow(name="catalog-localization", log_prints=True, timeout_seconds=flow_timeout_s())

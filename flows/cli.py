@@ -7,6 +7,7 @@ one line naming the cause.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -23,6 +24,10 @@ def _prepare_env() -> None:
     from tight_pipeline.settings import apply_local_defaults
 
     apply_local_defaults()
+
+
+class UsageError(ValueError):
+    """An option's value cannot be used (the message names the option)."""
 
 
 def _fail(message: str) -> None:
@@ -55,8 +60,8 @@ def _run_flow(flow, **kwargs) -> dict:
     """Run a Prefect flow; bad input and failures to start a service end in one line (exit status 2)."""
     try:
         return flow(**kwargs)
-    except _user_errors() as exc:
-        _fail(str(exc))
+    except _user_errors():
+        raise  # the command's own rule (``command``) says it in one line
     except Exception as exc:  # noqa: BLE001 - services: say which one and what to do; anything else is a bug
         message = _service_failure(exc)
         if message is None:
@@ -64,26 +69,44 @@ def _run_flow(flow, **kwargs) -> dict:
         _fail(message)
 
 
+def command(name: str | None = None, **kwargs):
+    """``app.command`` with the CLI's one error rule: bad input (``_user_errors``) ends in one ``error:`` line and
+    exit status 2, never a traceback; anything else is a bug and is raised."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def run(*args, **kw):
+            try:
+                return fn(*args, **kw)
+            except _user_errors() as exc:
+                _fail(str(exc))
+
+        return app.command(name, **kwargs)(run)
+
+    return wrap
+
+
 def _user_errors():
-    from tight_pipeline.engine.specs import ModelError
-    from tight_pipeline.engine.runner import InputError
-    from tight_pipeline.job import ClusterError, ComputeSettingError
-    from tight_pipeline.lease import RunLeaseHeld
-    from tight_pipeline.manifest import ManifestError
-    from tight_pipeline.presets import PresetError
-    from tight_pipeline.storage import ImageDecodeError, StorageError
-    from tight_pipeline.variants import VariantError
+    from tight_pipeline.method.specs import ModelError
+    from tight_pipeline.method.sdxl import InputError
+    from tight_pipeline.pipeline.job import ClusterError, ComputeSettingError
+    from tight_pipeline.pipeline.lease import RunLeaseHeld
+    from tight_pipeline.data.manifest import ManifestError
+    from tight_pipeline.method.presets import PresetError
+    from tight_pipeline.data.storage import ImageDecodeError, StorageError
+    from tight_pipeline.data.variants import VariantError
+    from tight_pipeline.method.region import RegionError
 
     return (ModelError, InputError, ManifestError, PresetError, ImageDecodeError, StorageError, FileNotFoundError,
-            VariantError, ClusterError, ComputeSettingError, RunLeaseHeld)
+            VariantError, ClusterError, ComputeSettingError, RunLeaseHeld, RegionError, UsageError)
 
 
-@app.command("make-tiny-model")
+@command("make-tiny-model")
 def make_tiny_model_cmd(out_dir: Path = typer.Argument(..., help="folder to write"), seed: int = typer.Option(0),
                         family: str = typer.Option("sdxl", help="sdxl (h94 IP-Adapter) or flux (XLabs IP-Adapter)")):
     """Write a tiny model with random weights in the real folder layout (for tests and first runs)."""
     _prepare_env()
-    from tight_pipeline.tiny_models import make_tiny_flux_model, make_tiny_model
+    from tight_pipeline.testing.tiny_models import make_tiny_flux_model, make_tiny_model
 
     if family not in ("sdxl", "flux"):
         _fail(f"--family {family!r}: choose sdxl or flux")
@@ -91,7 +114,7 @@ def make_tiny_model_cmd(out_dir: Path = typer.Argument(..., help="folder to writ
     typer.echo(f"tiny model written to {path} (load it with --model {path})")
 
 
-@app.command("train-demo-model")
+@command("train-demo-model")
 def train_demo_model_cmd(
     out: Path = typer.Option(Path("tight_pipeline/demo_model/weights"), help="model folder to write"),
     work: Path = typer.Option(Path(".tight-pipeline/demo-train"), help="checkpoints; run again to resume"),
@@ -118,7 +141,7 @@ def train_demo_model_cmd(
     typer.echo(f"training wall time {record['train_wall_s']} s; final loss {record['final_loss']}")
 
 
-@app.command("train-demo-clip")
+@command("train-demo-clip")
 def train_demo_clip_cmd(
     out: Path = typer.Option(Path("tight_pipeline/demo_model/clip_weights"), help="CLIP folder to write"),
     tokenizer: Path = typer.Option(Path("tight_pipeline/demo_model/weights/tokenizer"), help="the demo model's tokenizer"),
@@ -134,7 +157,7 @@ def train_demo_clip_cmd(
                f"or TIGHT_PIPELINE_CLIP_MODEL={out}")
 
 
-@app.command("evaluate-demo-model")
+@command("evaluate-demo-model")
 def evaluate_demo_model_cmd(
     model: str = typer.Option("catalog-demo", help="model folder / spec / name"),
     report: Path = typer.Option(Path("docs/demo-model"), help="folder for evaluation.md/.json, tradeoff.png, examples.png"),
@@ -146,16 +169,13 @@ def evaluate_demo_model_cmd(
     _prepare_env()
     from tight_pipeline.demo_model.calibration import apply_presets as write_presets
     from tight_pipeline.demo_model.evaluate import EvalConfig, evaluate_demo_model
-    from tight_pipeline.tracking import log_demo_evaluation
+    from tight_pipeline.reporting.tracking import log_demo_evaluation
     from tight_pipeline.settings import configs_dir
 
     config = EvalConfig(images=images)
     if quick:
         config = EvalConfig(images=images, runs=(("ddim", 10), ("ddim", 20)), scales=(0.0, 0.4, 1.0))
-    try:
-        result = evaluate_demo_model(model, report, config, log=typer.echo)
-    except _user_errors() as exc:
-        _fail(str(exc))
+    result = evaluate_demo_model(model, report, config, log=typer.echo)
     run_id = log_demo_evaluation(result, report)
     for name, p in result["presets"].items():
         typer.echo(f"  {name:18s} {p['method']} {p['steps']} steps, scale {p['scale']}")
@@ -165,7 +185,7 @@ def evaluate_demo_model_cmd(
     typer.echo(f"report in {report}/ ; mlflow run {run_id}")
 
 
-@app.command("evaluate-auto-strength")
+@command("evaluate-auto-strength")
 def evaluate_auto_strength_cmd(
     model: str = typer.Option("catalog-demo", help="model folder / spec / name"),
     report: Path = typer.Option(Path("docs/demo-model/auto"), help="folder for auto.md/.json and auto.png"),
@@ -180,7 +200,7 @@ def evaluate_auto_strength_cmd(
     """Automatic strength vs every fixed scale on the demo model, and the landed check vs the colour classifier."""
     _prepare_env()
     from tight_pipeline.demo_model.auto_eval import AutoEvalConfig, evaluate_auto_strength
-    from tight_pipeline.tracking import log_auto_evaluation
+    from tight_pipeline.reporting.tracking import log_auto_evaluation
 
     try:
         scales = tuple(float(v) for v in fixed_scales.split(","))
@@ -189,10 +209,7 @@ def evaluate_auto_strength_cmd(
     if not set(AutoEvalConfig.auto_scales) <= set(scales):
         _fail(f"--fixed-scales must include the auto candidates {', '.join(f'{s:g}' for s in AutoEvalConfig.auto_scales)}")
     config = AutoEvalConfig(images=images, steps=steps, heldout=not training_shots, seed=seed, fixed_scales=scales)
-    try:
-        result = evaluate_auto_strength(model, report, config, log=typer.echo)
-    except _user_errors() as exc:
-        _fail(str(exc))
+    result = evaluate_auto_strength(model, report, config, log=typer.echo)
     run_id = log_auto_evaluation(result, report)
     auto = result["table"][-1]
     typer.echo(f"auto: success {auto['edit_success']:.3f}, IoU {auto['iou']:.3f}, background {auto['background_psnr']:.1f} dB, "
@@ -200,7 +217,7 @@ def evaluate_auto_strength_cmd(
     typer.echo(f"report in {report}/ ; mlflow run {run_id}")
 
 
-@app.command("evaluate-renoise-parity")
+@command("evaluate-renoise-parity")
 def evaluate_renoise_parity_cmd(
     model: str = typer.Option("catalog-demo", help="model folder / spec / name"),
     report: Path = typer.Option(Path("docs/demo-model/renoise"), help="folder for renoise.md/.json"),
@@ -210,20 +227,17 @@ def evaluate_renoise_parity_cmd(
     """ReNoise with and without its authors' schedule and noise regularisation on the demo model."""
     _prepare_env()
     from tight_pipeline.demo_model.renoise_eval import RenoiseEvalConfig, evaluate_renoise_parity
-    from tight_pipeline.tracking import log_renoise_evaluation
+    from tight_pipeline.reporting.tracking import log_renoise_evaluation
 
-    try:
-        result = evaluate_renoise_parity(model, report, RenoiseEvalConfig(images=images, steps=steps), log=typer.echo)
-    except _user_errors() as exc:
-        _fail(str(exc))
+    result = evaluate_renoise_parity(model, report, RenoiseEvalConfig(images=images, steps=steps), log=typer.echo)
     run_id = log_renoise_evaluation(result, report)
     typer.echo(f"report in {report}/ ; mlflow run {run_id}")
 
 
-@app.command()
+@command()
 def presets():
     """List the presets with their settings and hashes."""
-    from tight_pipeline.presets import load_presets
+    from tight_pipeline.method.presets import load_presets
 
     presets = load_presets()
     width = max(len(name) for name in presets)
@@ -233,7 +247,7 @@ def presets():
                    f"cfg={p.guidance:g}  {p.description}")
 
 
-@app.command()
+@command()
 def edit(
     image: Path = typer.Argument(..., help="photo to edit (PNG/JPEG/WebP...)"),
     source_prompt: str = typer.Option(..., "--source-prompt", help="what the photo shows"),
@@ -253,35 +267,34 @@ def edit(
     _prepare_env()
     from tqdm import tqdm
 
-    from tight_pipeline import sheets, storage
-    from tight_pipeline.engine.specs import resolve_model_spec
-    from tight_pipeline.engine.factory import load_engine
-    from tight_pipeline.engine.runner import BatchError, ItemRequest
-    from tight_pipeline.presets import load_preset
+    from tight_pipeline.reporting import sheets
 
-    try:
-        spec = resolve_model_spec(model)
-        chosen = load_preset(_default_preset(preset, spec))
-        if not image.exists():
-            raise FileNotFoundError(f"image {image} does not exist")
-        if output_size not in ("input", "working"):
-            raise ValueError(f"--output-size {output_size!r} must be input or working")
-        decoded = storage.decode_photo(image.read_bytes())
-        photo, notes = decoded.image, decoded.notes
-        edit_list = [(f"edit_{i + 1:02d}", p) for i, p in enumerate(edits)]
-        regions = _edit_regions(mask, region, photo.size, edit_list)
-        _ensure_default_model(model, spec)
-        engine = load_engine(spec, clip_model=os.environ.get("TIGHT_PIPELINE_CLIP_MODEL"))
-        separate = chosen.inversion_scale != chosen.edit_scale or spec.family == "flux"
-        phases = 3 if separate and edits else 2
-        with tqdm(total=chosen.steps * phases, desc=f"{image.name} [{chosen.name}]", unit="step", file=sys.stderr) as bar:
-            result = engine.edit_items([ItemRequest(photo, source_prompt, edit_list, regions=regions,
-                                                    pixels=decoded.pixels)], chosen,
-                                       progress=lambda phase: bar.update(1))[0]
-        if isinstance(result, BaseException):
-            raise result.cause if isinstance(result, BatchError) else result
-    except (*_user_errors(), ValueError) as exc:
-        _fail(str(exc))
+    from tight_pipeline.data import storage
+    from tight_pipeline.method.specs import resolve_model_spec
+    from tight_pipeline.method.factory import load_engine
+    from tight_pipeline.method.sdxl import BatchError, ItemRequest
+    from tight_pipeline.method.presets import load_preset
+
+    spec = resolve_model_spec(model)
+    chosen = load_preset(_default_preset(preset, spec))
+    if not image.exists():
+        raise FileNotFoundError(f"image {image} does not exist")
+    if output_size not in ("input", "working"):
+        raise UsageError(f"--output-size {output_size!r} must be input or working")
+    decoded = storage.decode_photo(image.read_bytes())
+    photo, notes = decoded.image, decoded.notes
+    edit_list = [(f"edit_{i + 1:02d}", p) for i, p in enumerate(edits)]
+    regions = _edit_regions(mask, region, photo.size, edit_list)
+    _ensure_default_model(model, spec)
+    engine = load_engine(spec, clip_model=os.environ.get("TIGHT_PIPELINE_CLIP_MODEL"))
+    separate = chosen.inversion_scale != chosen.edit_scale or spec.family == "flux"
+    phases = 3 if separate and edits else 2
+    with tqdm(total=chosen.steps * phases, desc=f"{image.name} [{chosen.name}]", unit="step", file=sys.stderr) as bar:
+        result = engine.edit_items([ItemRequest(photo, source_prompt, edit_list, regions=regions,
+                                                pixels=decoded.pixels)], chosen,
+                                   progress=lambda phase: bar.update(1))[0]
+    if isinstance(result, BaseException):
+        raise result.cause if isinstance(result, BatchError) else result
     from PIL import Image
 
     out.mkdir(parents=True, exist_ok=True)
@@ -315,13 +328,13 @@ def edit(
 def _edit_regions(mask: Path | None, region: str | None, size: tuple[int, int], edit_list) -> dict:
     """``edit``'s region for every edit: ``--mask`` (region mask unless ``--region`` says otherwise), or the
     ``--region`` mode, or none (the preset's)."""
-    from tight_pipeline import storage
-    from tight_pipeline.engine.region import REGION_MODES, EditRegion
+    from tight_pipeline.data import storage
+    from tight_pipeline.method.region import REGION_MODES, EditRegion
 
     if region is not None and region not in REGION_MODES:
-        raise ValueError(f"--region {region!r} must be one of {', '.join(REGION_MODES)}")
+        raise UsageError(f"--region {region!r} must be one of {', '.join(REGION_MODES)}")
     if region == "mask" and mask is None:
-        raise ValueError("--region mask needs --mask FILE")
+        raise UsageError("--region mask needs --mask FILE")
     if mask is not None and not mask.exists():
         raise FileNotFoundError(f"mask {mask} does not exist")
     mode = region or ("mask" if mask is not None else None)
@@ -332,7 +345,7 @@ def _edit_regions(mask: Path | None, region: str | None, size: tuple[int, int], 
 
 
 def _default_preset(preset: str | None, spec) -> str:
-    from tight_pipeline.job import default_preset
+    from tight_pipeline.pipeline.job import default_preset
 
     return default_preset(preset, spec)
 
@@ -340,7 +353,7 @@ def _default_preset(preset: str | None, spec) -> str:
 def _ensure_default_model(ref: str | None, spec) -> None:
     """The built-in tiny model is written on first use; any other model must already be on the machine."""
     if ref in (None, "tiny-sdxl", "tiny-flux") and not Path(spec.base).exists():
-        from tight_pipeline.tiny_models import make_tiny_flux_model, make_tiny_model
+        from tight_pipeline.testing.tiny_models import make_tiny_flux_model, make_tiny_model
 
         typer.echo(f"writing the built-in tiny model to {spec.base} (random weights: plumbing, not quality)", err=True)
         (make_tiny_flux_model if spec.family == "flux" else make_tiny_model)(spec.base)
@@ -363,7 +376,7 @@ def _print_summary(summary: dict) -> None:
                    f"`python infra/local/services.py start prefect` with PREFECT_HOME={os.environ.get('PREFECT_HOME')} shows it)")
 
 
-@app.command()
+@command()
 def deploy(serve: bool = typer.Option(False, "--serve", help="register without a work pool and run the flows from "
                                       "this process when due (blocks)")):
     """Register the scheduled flows of infra/prefect/prefect.yaml (nightly localization, weekly variants, monthly
@@ -413,7 +426,7 @@ def _fail_over_limit(summary: dict, max_failure_rate: float) -> None:
 def _dry_run(manifest: str, output: str, preset: str, model: str | None, variants: int = 0, styles: str = "") -> None:
     import resource
 
-    from tight_pipeline.job import JobConfig, plan_job
+    from tight_pipeline.pipeline.job import JobConfig, plan_job
 
     plan = plan_job(JobConfig(manifest=manifest, output=output, preset=preset, model=model, variants=variants, styles=styles))
     for message in plan.invalid_sample[:20]:
@@ -443,7 +456,7 @@ OUTPUT_SIZE = typer.Option("input", "--output-size", help="input: output PNGs at
                            "by each edit's region; working: the model's working-size images")
 
 
-@app.command()
+@command()
 def run(
     manifest: str = typer.Option(..., help="manifest URL: JSONL/CSV/Parquet on file://, s3://, gs://, ..."),
     output: str = typer.Option(..., help="output prefix URL"),
@@ -465,21 +478,18 @@ def run(
 ):
     """Run the catalog-localization flow over a manifest (a file, or a prefix ending in / of many files)."""
     _prepare_env()
-    from tight_pipeline.engine.specs import resolve_model_spec
-    from tight_pipeline.job import check_ray_address
+    from tight_pipeline.method.specs import resolve_model_spec
+    from tight_pipeline.pipeline.job import check_ray_address
 
-    try:
-        spec = resolve_model_spec(model)
-        if not dry_run:
-            _ensure_default_model(model, spec)
-        preset = _default_preset(preset, spec)
-        if output_size not in ("input", "working"):
-            _fail(f"--output-size {output_size!r} must be input or working")
-        if dry_run:
-            return _dry_run(manifest, output, preset, model)
-        check_ray_address()
-    except _user_errors() as exc:
-        _fail(str(exc))
+    spec = resolve_model_spec(model)
+    if not dry_run:
+        _ensure_default_model(model, spec)
+    preset = _default_preset(preset, spec)
+    if output_size not in ("input", "working"):
+        _fail(f"--output-size {output_size!r} must be input or working")
+    if dry_run:
+        return _dry_run(manifest, output, preset, model)
+    check_ray_address()
     from flows.catalog_localization import catalog_localization
 
     summary = _run_flow(catalog_localization, manifest=manifest, output=output, preset=preset, model=model,
@@ -491,7 +501,7 @@ def run(
     _fail_over_limit(summary, max_failure_rate)
 
 
-@app.command()
+@command()
 def variants(
     manifest: str = typer.Option(..., help="manifest URL (items need item_id, image_uri, source_prompt; edits are "
                                  "not needed)"),
@@ -513,22 +523,19 @@ def variants(
     """N styled variants of every item (one inversion per item serves all its variants). Re-runs skip done
     variants; a larger --n adds only the new ones. Writes <item>/variants.png (input + variants) per item."""
     _prepare_env()
-    from tight_pipeline.engine.specs import resolve_model_spec
-    from tight_pipeline.job import check_ray_address
-    from tight_pipeline.variants import VariantRequest, load_style_set
+    from tight_pipeline.method.specs import resolve_model_spec
+    from tight_pipeline.pipeline.job import check_ray_address
+    from tight_pipeline.data.variants import VariantRequest, load_style_set
 
-    try:
-        spec = resolve_model_spec(model)
-        style_set = load_style_set(styles or None)
-        VariantRequest(n, style_set)
-        if not dry_run:
-            _ensure_default_model(model, spec)
-        preset = _default_preset(preset, spec)
-        if dry_run:
-            return _dry_run(manifest, output, preset, model, n, styles)
-        check_ray_address()
-    except _user_errors() as exc:
-        _fail(str(exc))
+    spec = resolve_model_spec(model)
+    style_set = load_style_set(styles or None)
+    VariantRequest(n, style_set)
+    if not dry_run:
+        _ensure_default_model(model, spec)
+    preset = _default_preset(preset, spec)
+    if dry_run:
+        return _dry_run(manifest, output, preset, model, n, styles)
+    check_ray_address()
     from flows.variant_generation import variant_generation
 
     typer.echo(f"{n} variants per item from style set {style_set.name!r} ({style_set.hash}): "
@@ -542,7 +549,7 @@ def variants(
     _fail_over_limit(summary, max_failure_rate)
 
 
-@app.command()
+@command()
 def demo(
     preset: Optional[str] = typer.Option(None, help="preset (default: catalog-balanced, or balanced with --photos)"),
     output: Optional[str] = typer.Option(None, help="output prefix (default: $TIGHT_PIPELINE_HOME/demo/out)"),
@@ -553,15 +560,12 @@ def demo(
     """End to end on bundled inputs: Prefect + Ray + Parquet + MLflow, contact sheet at the end."""
     _prepare_env()
     from tight_pipeline.demo import write_catalog_demo_inputs, write_demo_inputs
-    from tight_pipeline.engine.specs import resolve_model_spec
-    from tight_pipeline.presets import load_presets
+    from tight_pipeline.method.specs import resolve_model_spec
+    from tight_pipeline.method.presets import load_presets
     from tight_pipeline.settings import state_dir
 
-    try:
-        spec = resolve_model_spec(model)
-        _ensure_default_model(model, spec)
-    except _user_errors() as exc:
-        _fail(str(exc))
+    spec = resolve_model_spec(model)
+    _ensure_default_model(model, spec)
     if preset is None:
         preset = "catalog-balanced" if not photos and "catalog-balanced" in load_presets() else "balanced"
         if spec.family == "flux":
@@ -576,7 +580,7 @@ def demo(
     _print_summary(summary)
 
 
-@app.command()
+@command()
 def tradeoff(
     manifest: str = typer.Option(..., help="manifest URL"),
     output: str = typer.Option(..., help="output prefix URL"),
@@ -588,11 +592,15 @@ def tradeoff(
     """Sweep the adapter scale on a sample; logs the reconstruction-vs-edit curve to MLflow."""
     _prepare_env()
     from flows.tradeoff_benchmark import tradeoff_benchmark
-    from tight_pipeline.engine.specs import resolve_model_spec
+    from tight_pipeline.method.specs import resolve_model_spec
 
+    try:
+        values = [float(s) for s in scales.split(",")]
+    except ValueError:
+        raise UsageError(f"--scales {scales!r} must be comma-separated numbers, e.g. 0,0.4,1.0") from None
     _ensure_default_model(model, resolve_model_spec(model))
     result = _run_flow(tradeoff_benchmark, manifest=manifest, output=output,
-                       scales=[float(s) for s in scales.split(",")], sample=sample, base_preset=preset, model=model)
+                       scales=values, sample=sample, base_preset=preset, model=model)
     for row in result["table"]:
         typer.echo(f"scale {row['scale']:.2f}: recon {row['psnr_vs_vae']:.2f} dB vs VAE, edit change {row['edit_change']:.4f}")
     typer.echo(f"mlflow run {result['mlflow_run_id']}")

@@ -13,8 +13,10 @@ import pandas as pd
 from tqdm import tqdm
 import pyarrow.compute as pc
 
-from tight_pipeline import scores, storage, tracking
-from tight_pipeline.job import JobConfig, JobResult, plan_job, run_job
+from tight_pipeline.data import scores, storage
+
+from tight_pipeline.reporting import tracking
+from tight_pipeline.pipeline.job import JobConfig, JobResult, plan_job, run_job
 
 IO_RETRIES = dict(retries=3, retry_delay_seconds=[2, 10, 30])
 

@@ -16,9 +16,10 @@ from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 
 from flows.tasks import IO_RETRIES, flow_timeout_s
-from tight_pipeline import plots, storage, tracking
-from tight_pipeline.job import JobConfig, run_job
-from tight_pipeline.manifest import read_manifest
+from tight_pipeline.reporting import plots, tracking
+from tight_pipeline.data import storage
+from tight_pipeline.pipeline.job import JobConfig, run_job
+from tight_pipeline.data.manifest import read_manifest
 
 
 @task(name="write-sweep-manifest", **IO_RETRIES)

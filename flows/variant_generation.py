@@ -2,7 +2,7 @@
 
     tight-pipeline variants --manifest URL --output URL --n 4 [--styles product]
 
-Variants are derived while the manifest streams through planning (``tight_pipeline.variants``): no derived
+Variants are derived while the manifest streams through planning (``tight_pipeline.data.variants``): no derived
 manifest is written, items may override ``n`` and the style set, and each variant's key is named after its
 style, so a resumed run skips done variants and a larger ``n`` adds only the new ones.
 """
@@ -13,8 +13,8 @@ from prefect import flow
 
 from flows.catalog_localization import run_tracked
 from flows.tasks import flow_timeout_s
-from tight_pipeline.engine.specs import resolve_model_spec
-from tight_pipeline.job import JobConfig, default_preset
+from tight_pipeline.method.specs import resolve_model_spec
+from tight_pipeline.pipeline.job import JobConfig, default_preset
 
 
 @flow(name="variant-generation", log_prints=True, timeout_seconds=flow_timeout_s())

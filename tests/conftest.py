@@ -47,21 +47,21 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> Path:
-    from tight_pipeline.tiny_models import make_tiny_model
+    from tight_pipeline.testing.tiny_models import make_tiny_model
 
     return make_tiny_model(_SESSION_HOME / "models" / "tiny-sdxl")
 
 
 @pytest.fixture(scope="session")
 def tiny_spec(tiny_model_dir):
-    from tight_pipeline.engine.specs import resolve_model_spec
+    from tight_pipeline.method.specs import resolve_model_spec
 
     return resolve_model_spec(str(tiny_model_dir), device="cpu")
 
 
 @pytest.fixture(scope="session")
 def engine(tiny_spec):
-    from tight_pipeline.engine.factory import load_engine
+    from tight_pipeline.method.factory import load_engine
 
     return load_engine(tiny_spec)
 
@@ -94,7 +94,7 @@ def s3():
 
 @pytest.fixture(scope="session")
 def ray_session(s3):
-    from tight_pipeline.job import connect_ray
+    from tight_pipeline.pipeline.job import connect_ray
 
     ray = connect_ray(num_cpus=2)
     yield ray

@@ -38,19 +38,52 @@ def test_the_library_never_imports_the_application_layer():
     assert not wrong, f"tight_pipeline must not import flows/: {wrong}"
 
 
-def test_the_engine_knows_nothing_of_services_jobs_or_tracking():
-    banned = [*SERVICES, "tight_pipeline.job", "tight_pipeline.tracking", "tight_pipeline.actor",
-              "tight_pipeline.demo_model", "tight_pipeline.tiny_models", "tight_pipeline.scores"]
-    wrong = {m: _hits(found, banned) for m, found in imports().items()
-             if m.startswith("tight_pipeline.engine") and _hits(found, banned)}
-    assert not wrong, f"engine/ imports above itself: {wrong}"
+# Each folder of tight_pipeline/ is one layer; a module may import its own layer and the ones this table allows
+# (the package root holds settings, shared by all). flows/ (the app) sits on top and may import any of them.
+P = "tight_pipeline."
+LAYERS = {
+    "method": {"method"},  # the engines, presets, automatic strength: the method only
+    "data": {"data"},  # manifests, variants, storage, the scores dataset
+    "reporting": {"reporting", "method", "data"},  # MLflow, sheets, plots
+    "pipeline": {"pipeline", "method", "data", "reporting"},  # the Ray job and its worker
+    "testing": {"testing", "method", "data", "demo_model"},  # random models of the real layouts
+}
+# the services each layer may talk to (no other layer imports Ray, Prefect or MLflow)
+SERVICES_ALLOWED = {"pipeline": {"ray"}, "reporting": {"mlflow"}}
+
+
+def _layer(module: str) -> str | None:
+    rest = module.removeprefix(P)
+    head = rest.split(".")[0]
+    return head if module.startswith(P) and head in LAYERS else None
+
+
+def test_every_layer_imports_only_the_layers_below_it():
+    wrong = {}
+    for module, found in imports().items():
+        layer = _layer(module)
+        if layer is None:
+            continue
+        bad = {m for m in found if m.startswith(P) and _layer(m) is not None and _layer(m) not in LAYERS[layer]}
+        bad |= {m for m in found if m.startswith(P + "demo_model") and "demo_model" not in LAYERS[layer]}
+        bad |= _hits(found, [s for s in SERVICES if s not in SERVICES_ALLOWED.get(layer, set())])
+        if bad:
+            wrong[module] = sorted(bad)
+    assert not wrong, f"imports that run against the layers: {wrong}"
+
+
+def test_the_package_root_holds_at_most_four_modules_and_every_layer_is_a_folder():
+    root = ROOT / "tight_pipeline"
+    modules = sorted(p.name for p in root.glob("*.py"))
+    assert len(modules) <= 4, modules
+    assert all((root / layer / "__init__.py").exists() for layer in LAYERS)
 
 
 def test_only_the_factory_knows_every_engine():
     graph = imports()
-    engines = ["tight_pipeline.engine.flux", "tight_pipeline.engine.passthrough", "tight_pipeline.engine.factory"]
-    assert not _hits(graph["tight_pipeline.engine.runner"], engines)
-    assert all(e in graph["tight_pipeline.engine.factory"] for e in engines[:2])
+    engines = ["tight_pipeline.method.flux", "tight_pipeline.method.passthrough", "tight_pipeline.method.factory"]
+    assert not _hits(graph["tight_pipeline.method.sdxl"], engines)
+    assert all(e in graph["tight_pipeline.method.factory"] for e in engines[:2])
 
 
 def test_no_import_cycles_between_library_modules():
@@ -75,5 +108,5 @@ def test_no_import_cycles_between_library_modules():
 
 def test_tracking_takes_plain_values_not_job_types():
     graph = imports()
-    wrong = _hits(graph["tight_pipeline.tracking"], ["tight_pipeline.job", "tight_pipeline.actor", *SERVICES[:2]])
-    assert not wrong, f"tracking.py reaches into the job or the services: {wrong}"
+    wrong = _hits(graph["tight_pipeline.reporting.tracking"], ["tight_pipeline.pipeline.job", "tight_pipeline.pipeline.actor", *SERVICES[:2]])
+    assert not wrong, f"reporting/tracking.py reaches into the job or the services: {wrong}"

@@ -10,11 +10,11 @@ import torch
 from PIL import Image
 
 from tight_pipeline.demo_model.products import ProductSpec, render_product
-from tight_pipeline.engine import metrics
-from tight_pipeline.engine.specs import resolve_model_spec
-from tight_pipeline.engine.runner import BatchError, InputError, ItemRequest, TightInversion
-from tight_pipeline.engine.factory import load_engine
-from tight_pipeline.presets import Preset
+from tight_pipeline.method import metrics
+from tight_pipeline.method.specs import resolve_model_spec
+from tight_pipeline.method.sdxl import BatchError, InputError, ItemRequest, TightInversion
+from tight_pipeline.method.factory import load_engine
+from tight_pipeline.method.presets import Preset
 
 
 def _requests() -> list[ItemRequest]:
@@ -117,7 +117,7 @@ def test_bfloat16_renoise_reconstructs_the_trained_model_above_30_db():
 
 
 def test_bfloat16_rf_fixed_point_reconstructs_above_30_db(tmp_path):
-    from tight_pipeline.tiny_models import make_tiny_flux_model
+    from tight_pipeline.testing.tiny_models import make_tiny_flux_model
 
     folder = make_tiny_flux_model(tmp_path / "tiny-flux")
     engine = load_engine(resolve_model_spec(str(folder), device="cpu", dtype="bfloat16"))
@@ -154,7 +154,7 @@ def test_channels_last_changes_nothing_but_the_layout(tiny_spec, engine, photo):
 
 
 def test_speed_settings_do_not_change_the_model_digest(tiny_spec):
-    from tight_pipeline.engine.specs import ModelError
+    from tight_pipeline.method.specs import ModelError
 
     same = dataclasses.replace(tiny_spec, max_batch=16, vae_batch=1, tf32=True, channels_last=True, compile="default")
     assert same.digest == tiny_spec.digest
@@ -166,7 +166,7 @@ def test_speed_settings_do_not_change_the_model_digest(tiny_spec):
 def test_a_reconstruction_brought_by_the_request_is_kept_and_not_made_again(engine, monkeypatch):
     """Automatic strength's later tries bring the first try's reconstruction: the engine keeps it, scores the
     edits against it, and denoises only the edit rows (and the reconstructions nobody brought)."""
-    from tight_pipeline.engine import editing
+    from tight_pipeline.method import editing
 
     preset = Preset(name="t", method="ddim", steps=4, inversion_scale=0.4, edit_scale=0.4, guidance=5.0)
     requests = _requests()[:3]  # same size: 2, 0 and 1 edits

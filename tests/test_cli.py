@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tight_pipeline import scores
+from tight_pipeline.data import scores
 
 import json
 import os
@@ -15,7 +15,7 @@ import pytest
 import pandas as pd
 from PIL import Image
 
-from tight_pipeline.presets import load_preset
+from tight_pipeline.method.presets import load_preset
 
 from tests.corpus import image_files, write_corpus
 

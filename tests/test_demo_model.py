@@ -49,8 +49,8 @@ def test_saved_model_loads_through_load_pipeline_unchanged(tmp_path):
 
     from tight_pipeline.demo_model.architecture import (adapter_state_h94, build_components, build_tokenizer,
                                                         init_adapter, save_demo_model)
-    from tight_pipeline.engine.specs import resolve_model_spec
-    from tight_pipeline.engine.models import load_pipeline
+    from tight_pipeline.method.specs import resolve_model_spec
+    from tight_pipeline.method.models import load_pipeline
 
     parts, encoder = build_components(0, build_tokenizer(tmp_path / "tok"))
     pipe = StableDiffusionXLPipeline(**parts, image_encoder=None, feature_extractor=None, force_zeros_for_empty_prompt=False)
@@ -104,8 +104,8 @@ IOU_MIN = 0.75
 
 @pytest.fixture(scope="module")
 def demo_engine():
-    from tight_pipeline.engine.specs import resolve_model_spec
-    from tight_pipeline.engine.factory import load_engine
+    from tight_pipeline.method.specs import resolve_model_spec
+    from tight_pipeline.method.factory import load_engine
 
     return load_engine(resolve_model_spec("catalog-demo", device="cpu"))
 
@@ -133,7 +133,7 @@ def _heldout_batch(n):
 def test_trained_model_inverts_near_its_vae_ceiling_and_the_adapter_is_live(demo_engine):
     """DDIM 20 steps on held-out shots: reconstruction within a few dB of the VAE round-trip (a random model
     gets ~13 dB), and the adapter scale changes the reconstruction (the image pathway is wired in)."""
-    from tight_pipeline.engine import conditioning, editing, inversion, metrics
+    from tight_pipeline.method import conditioning, editing, inversion, metrics
 
     shots = _heldout_batch(12)
     pipe = demo_engine.pipe
@@ -154,9 +154,9 @@ def test_trained_model_inverts_near_its_vae_ceiling_and_the_adapter_is_live(demo
 
 def test_colour_edits_land_and_keep_the_shape_at_catalog_balanced(demo_engine):
     from tight_pipeline.demo_model.evaluate import score_edit, target_colour
-    from tight_pipeline.presets import load_preset
+    from tight_pipeline.method.presets import load_preset
 
-    from tight_pipeline.engine.runner import ItemRequest
+    from tight_pipeline.method.sdxl import ItemRequest
 
     preset = load_preset("catalog-balanced")
     shots = _heldout_batch(6)
@@ -175,7 +175,7 @@ def test_evaluation_writes_the_report_and_calibrated_presets(tmp_path, demo_engi
 
     from tight_pipeline.demo_model.calibration import apply_presets
     from tight_pipeline.demo_model.evaluate import EvalConfig, evaluate_demo_model
-    from tight_pipeline.presets import load_presets
+    from tight_pipeline.method.presets import load_presets
     from tight_pipeline.settings import configs_dir
 
     config = EvalConfig(images=4, runs=(("ddim", 5), ("renoise", 3)), scales=(0.0, 1.0), batch=4)
@@ -203,7 +203,7 @@ def test_evaluation_writes_the_report_and_calibrated_presets(tmp_path, demo_engi
 
 def test_condition_probe_compares_own_and_other_images_and_leaves_the_adapter_off(demo_engine):
     from tight_pipeline.demo_model.probes import condition_probe
-    from tight_pipeline.engine import conditioning
+    from tight_pipeline.method import conditioning
 
     shots = _heldout_batch(3)
     pipe = demo_engine.pipe
@@ -254,7 +254,7 @@ def test_token_probe_sees_the_product_position_in_the_encoder_states(demo_engine
     from tight_pipeline.demo_model.probes import token_probe
 
     from tight_pipeline.demo_model.products import ProductSpec, render_product
-    from tight_pipeline.engine import conditioning
+    from tight_pipeline.method import conditioning
 
     pipe = demo_engine.pipe
     image = render_product(ProductSpec.sample(0, 3)).image  # the probe's batched features = the engine's embeds
@@ -275,10 +275,10 @@ def test_the_demo_clip_reads_colours_and_judges_edits_as_the_spec_configures_it(
     colour from the six others on held-out shots (measured: 32/32), and automatic strength's judge becomes CLIP:
     a perfect recolour (the same shot rendered in the target colour) lands, the unedited photo does not."""
     from tight_pipeline.demo_model.evaluate import target_colour
-    from tight_pipeline.engine import strength
-    from tight_pipeline.engine.factory import load_engine
-    from tight_pipeline.engine.fingerprints import model_digest
-    from tight_pipeline.engine.specs import resolve_model_spec
+    from tight_pipeline.method.auto import strength
+    from tight_pipeline.method.factory import load_engine
+    from tight_pipeline.method.fingerprints import model_digest
+    from tight_pipeline.method.specs import resolve_model_spec
 
     spec = resolve_model_spec("catalog-demo-clip")
     assert Path(spec.clip).is_dir() and spec.digest != resolve_model_spec("catalog-demo").digest
@@ -304,8 +304,8 @@ def test_the_demo_clip_reads_colours_and_judges_edits_as_the_spec_configures_it(
 
 
 def test_a_spec_clip_path_is_relative_to_its_folder_and_a_missing_one_is_named(tmp_path):
-    from tight_pipeline.engine import metrics
-    from tight_pipeline.engine.specs import ModelSpec, resolve_model_spec
+    from tight_pipeline.method import metrics
+    from tight_pipeline.method.specs import ModelSpec, resolve_model_spec
 
     # a spec without a CLIP keeps the digest it had before the field existed (value from the previous version)
     assert ModelSpec(name="pinned", base="/models/sdxl", adapter="/models/ip").digest == "7c3f4b92ec47"
@@ -318,7 +318,7 @@ def test_a_spec_clip_path_is_relative_to_its_folder_and_a_missing_one_is_named(t
 
 def test_train_demo_clip_writes_a_clip_folder_the_scorer_loads(tmp_path):
     from tight_pipeline.demo_model.clip import ClipTrainConfig, train_demo_clip
-    from tight_pipeline.engine import metrics
+    from tight_pipeline.method import metrics
 
     tokenizer = Path(products.__file__).parent / "weights" / "tokenizer"
     record = train_demo_clip(tmp_path / "clip", tokenizer, ClipTrainConfig(steps=6, images=96, batch=32), log=lambda *_: None)

@@ -8,11 +8,11 @@ import pytest
 import torch
 from diffusers import DDIMInverseScheduler
 
-from tight_pipeline.engine import conditioning, editing, inversion
-from tight_pipeline.engine.specs import ModelError, resolve_model_spec
-from tight_pipeline.engine.models import load_pipeline
-from tight_pipeline.engine.runner import InputError, TightInversion, fit_size
-from tight_pipeline.presets import load_preset
+from tight_pipeline.method import conditioning, editing, inversion
+from tight_pipeline.method.specs import ModelError, resolve_model_spec
+from tight_pipeline.method.models import load_pipeline
+from tight_pipeline.method.sdxl import InputError, TightInversion, fit_size
+from tight_pipeline.method.presets import load_preset
 
 
 def _setup(engine, photo, scale=0.4, steps=10):
@@ -81,7 +81,7 @@ def test_adapter_scale_changes_prediction_and_scale_zero_equals_no_adapter(engin
 
 
 def test_saved_and_offline_loaded_model_matches_in_memory(tiny_model_dir, engine, photo, monkeypatch):
-    from tight_pipeline.tiny_models import build_tiny_pipeline
+    from tight_pipeline.testing.tiny_models import build_tiny_pipeline
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     pipe, vision, state = build_tiny_pipeline(0, tokenizer_dir=tiny_model_dir / "tokenizer")
@@ -198,7 +198,7 @@ def test_source_as_negative_equals_the_source_prompt_as_negative_prompt(engine, 
 
     import numpy as np
 
-    from tight_pipeline.presets import load_preset
+    from tight_pipeline.method.presets import load_preset
 
     base = dataclasses.replace(load_preset("balanced"), steps=4)
     edits = [("tea", "a cup of green tea")]
@@ -219,7 +219,7 @@ def test_cfg_sharpening_reaches_the_edits_and_leaves_the_reconstruction(engine, 
 
     import numpy as np
 
-    from tight_pipeline.presets import load_preset
+    from tight_pipeline.method.presets import load_preset
 
     base = dataclasses.replace(load_preset("balanced"), steps=4)
     edits = [("tea", "a cup of green tea")]

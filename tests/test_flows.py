@@ -30,7 +30,7 @@ def test_catalog_localization_on_s3_tracks_everything_and_leaks_nothing(s3, ray_
     from prefect.client.orchestration import get_client
 
     from flows.catalog_localization import catalog_localization
-    from tight_pipeline import tracking
+    from tight_pipeline.reporting import tracking
 
     fs = s3.filesystem()
     manifest = _upload_manifest(fs, "catalog")
@@ -39,7 +39,7 @@ def test_catalog_localization_on_s3_tracks_everything_and_leaks_nothing(s3, ray_
     assert summary["items_processed"] == 4
 
     # Parquet and images are on S3, under deterministic keys.
-    from tight_pipeline import scores as scores_dataset
+    from tight_pipeline.data import scores as scores_dataset
 
     assert fs.glob("catalog/out/scores/*/part-*.parquet")  # parts written by the workers, straight to S3
     scores = scores_dataset.read_latest("s3://catalog/out")
@@ -116,7 +116,7 @@ def test_variant_generation_and_tradeoff_benchmark(tmp_path, ray_session, prefec
 
     from flows.tradeoff_benchmark import tradeoff_benchmark
     from flows.variant_generation import variant_generation
-    from tight_pipeline import tracking
+    from tight_pipeline.reporting import tracking
 
     (tmp_path / "img").mkdir()
     (tmp_path / "img" / "a.png").write_bytes(image_files()["good.png"])
@@ -127,8 +127,8 @@ def test_variant_generation_and_tradeoff_benchmark(tmp_path, ray_session, prefec
     out = str(tmp_path / "out")
     summary = variant_generation(manifest=str(manifest), output=out, n=2, preset="smoke", model=str(tiny_model_dir))
     assert summary["status_ok"] == 4 and summary["items_processed"] == 2  # 2 items x 2 variants
-    from tight_pipeline import scores as scores_dataset
-    from tight_pipeline.variants import VariantRequest, load_style_set
+    from tight_pipeline.data import scores as scores_dataset
+    from tight_pipeline.data.variants import VariantRequest, load_style_set
 
     first = scores_dataset.read_latest(out)
     request = VariantRequest(2, load_style_set("product"))
@@ -208,7 +208,7 @@ def test_deploy_without_a_server_says_what_to_start(tmp_path):
 def test_an_mlflow_run_that_fails_is_closed_as_failed(tmp_path, monkeypatch):
     import mlflow
 
-    from tight_pipeline import tracking
+    from tight_pipeline.reporting import tracking
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     opened = tracking.open_run("catalog-localization", "run-x", {"prefect_flow_run_id": "abc"})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tight_pipeline import scores
+from tight_pipeline.data import scores
 
 import dataclasses
 
@@ -12,23 +12,23 @@ import torch
 from PIL import Image
 
 from tight_pipeline.demo_model.products import ProductSpec, render_product
-from tight_pipeline.engine import flux, rf_inversion
-from tight_pipeline.engine.metrics import psnr
-from tight_pipeline.engine.runner import InputError
-from tight_pipeline.presets import Preset, load_preset
+from tight_pipeline.method import flux, rf_inversion
+from tight_pipeline.method.metrics import psnr
+from tight_pipeline.method.sdxl import InputError
+from tight_pipeline.method.presets import Preset, load_preset
 
 
 @pytest.fixture(scope="session")
 def flux_dir(tmp_path_factory):
-    from tight_pipeline.tiny_models import make_tiny_flux_model
+    from tight_pipeline.testing.tiny_models import make_tiny_flux_model
 
     return make_tiny_flux_model(tmp_path_factory.mktemp("models") / "tiny-flux")
 
 
 @pytest.fixture(scope="session")
 def flux_engine(flux_dir):
-    from tight_pipeline.engine.specs import resolve_model_spec
-    from tight_pipeline.engine.factory import load_engine
+    from tight_pipeline.method.specs import resolve_model_spec
+    from tight_pipeline.method.factory import load_engine
 
     return load_engine(resolve_model_spec(str(flux_dir), device="cpu"))
 
@@ -145,7 +145,7 @@ def test_run_with_a_flux_spec_end_to_end(tmp_path, flux_dir, ray_session, prefec
     import mlflow
 
     from flows.catalog_localization import catalog_localization
-    from tight_pipeline import tracking
+    from tight_pipeline.reporting import tracking
     from tight_pipeline.demo import write_demo_inputs
 
     manifest = write_demo_inputs(str(tmp_path / "in"))
@@ -163,9 +163,9 @@ def test_run_with_a_flux_spec_end_to_end(tmp_path, flux_dir, ray_session, prefec
 
 def test_batched_flux_items_equal_one_item_runs(flux_engine, flux_dir):
     """RF-Inversion of three same-size items (2, 0 and 1 edits) in one batch, transformer calls of 2 rows."""
-    from tight_pipeline.engine.specs import resolve_model_spec
-    from tight_pipeline.engine.runner import ItemRequest
-    from tight_pipeline.engine.factory import load_engine
+    from tight_pipeline.method.specs import resolve_model_spec
+    from tight_pipeline.method.sdxl import ItemRequest
+    from tight_pipeline.method.factory import load_engine
 
     chunked = load_engine(resolve_model_spec(str(flux_dir), device="cpu", max_batch=2, vae_batch=2))
     preset = _preset(steps=6, gamma=0.5, eta=0.7, eta_stop=0.5, fixed_point_iterations=1)
@@ -183,9 +183,9 @@ def test_batched_flux_items_equal_one_item_runs(flux_engine, flux_dir):
 
 
 def test_the_zero_shot_judge_of_automatic_strength_on_flux(flux_engine, shot):
-    from tight_pipeline.engine import strength
-    from tight_pipeline.engine.runner import ItemRequest
-    from tight_pipeline.presets import load_preset
+    from tight_pipeline.method.auto import strength
+    from tight_pipeline.method.sdxl import ItemRequest
+    from tight_pipeline.method.presets import load_preset
 
     image, caption = shot.image, shot.caption
     flipped = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
@@ -199,7 +199,7 @@ def test_the_zero_shot_judge_of_automatic_strength_on_flux(flux_engine, shot):
 
 
 def test_a_flux_reconstruction_brought_by_the_request_is_kept(flux_engine, shot):
-    from tight_pipeline.engine.runner import ItemRequest
+    from tight_pipeline.method.sdxl import ItemRequest
 
     preset = _preset(steps=4)
     request = ItemRequest(shot.image, shot.caption, [("b", "a blue mug")])

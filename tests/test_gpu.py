@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from tight_pipeline.presets import load_preset
+from tight_pipeline.method.presets import load_preset
 
 pytestmark = pytest.mark.gpu
 
@@ -19,8 +19,8 @@ def test_half_precision_renoise_on_cuda_reconstructs_the_trained_model(dtype):
     import numpy as np
 
     from tight_pipeline.demo_model.products import ProductSpec, render_product
-    from tight_pipeline.engine.specs import resolve_model_spec
-    from tight_pipeline.engine.factory import load_engine
+    from tight_pipeline.method.specs import resolve_model_spec
+    from tight_pipeline.method.factory import load_engine
 
     gpu = load_engine(resolve_model_spec("catalog-demo", device="cuda", dtype=dtype))
     cpu = load_engine(resolve_model_spec("catalog-demo", device="cpu"))
@@ -45,8 +45,8 @@ def test_half_precision_renoise_on_cuda_reconstructs_the_trained_model(dtype):
 def test_batched_items_on_cuda_equal_one_item_runs(tiny_spec, photo):
     import numpy as np
 
-    from tight_pipeline.engine.runner import ItemRequest
-    from tight_pipeline.engine.factory import load_engine
+    from tight_pipeline.method.sdxl import ItemRequest
+    from tight_pipeline.method.factory import load_engine
 
     gpu = load_engine(dataclasses.replace(tiny_spec, device="cuda", max_batch=4))
     preset = dataclasses.replace(load_preset("balanced"), steps=10)
@@ -63,8 +63,8 @@ def test_cuda_ddim_inversion_equals_inverse_scheduler(tiny_spec, photo):
     import torch
     from diffusers import DDIMInverseScheduler
 
-    from tight_pipeline.engine import conditioning, inversion
-    from tight_pipeline.engine.factory import load_engine
+    from tight_pipeline.method import conditioning, inversion
+    from tight_pipeline.method.factory import load_engine
 
     # The spec's TF32 policy (off by default) also turns off cuDNN's TF32 convolutions, which PyTorch enables.
     eng = load_engine(dataclasses.replace(tiny_spec, device="cuda", dtype="float32"))
@@ -87,9 +87,9 @@ def test_cuda_ddim_inversion_equals_inverse_scheduler(tiny_spec, photo):
 def test_tiny_flux_rf_inversion_on_cuda_bf16(tmp_path, photo):
     import numpy as np
 
-    from tight_pipeline.engine.specs import resolve_model_spec
-    from tight_pipeline.engine.factory import load_engine
-    from tight_pipeline.tiny_models import make_tiny_flux_model
+    from tight_pipeline.method.specs import resolve_model_spec
+    from tight_pipeline.method.factory import load_engine
+    from tight_pipeline.testing.tiny_models import make_tiny_flux_model
 
     folder = make_tiny_flux_model(tmp_path / "tiny-flux")
     gpu = load_engine(resolve_model_spec(str(folder), device="cuda", dtype="bfloat16"))

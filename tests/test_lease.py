@@ -1,4 +1,4 @@
-"""The run lease of an output (tight_pipeline/lease.py): a second live run refuses or waits; dead claims expire."""
+"""The run lease of an output (tight_pipeline/pipeline/lease.py): a second live run refuses or waits; dead claims expire."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import time
 
 import pytest
 
-from tight_pipeline.lease import RunLease, RunLeaseHeld, lease_url
+from tight_pipeline.pipeline.lease import RunLease, RunLeaseHeld, lease_url
 
 
 def _claim(output, **fields):
-    from tight_pipeline import storage
+    from tight_pipeline.data import storage
 
     claim = {"run_id": "run-a", "host": "another-host", "pid": 1, "started": time.time(), "renewed": time.time(),
              "ttl_s": 120.0, **fields}

@@ -7,8 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from tight_pipeline.manifest import ManifestError, read_manifest
-from tight_pipeline.presets import PresetError, Preset, load_preset, load_presets
+from tight_pipeline.data.manifest import ManifestError, read_manifest
+from tight_pipeline.method.presets import PresetError, Preset, load_preset, load_presets
 
 
 def _records():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tight_pipeline.engine import metrics
+from tight_pipeline.method import metrics
 
 
 def test_psnr_and_ssim_move_the_right_way(photo):

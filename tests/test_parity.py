@@ -9,10 +9,10 @@ import math
 import pytest
 import torch
 
-from tight_pipeline.engine.conditioning import TextCondition
-from tight_pipeline.engine.inversion import Schedule, invert_renoise
-from tight_pipeline.engine.regularization import NoiseRegularization, autocorrelation, patch_kl, regularize
-from tight_pipeline.presets import Preset, load_preset, load_presets
+from tight_pipeline.method.conditioning import TextCondition
+from tight_pipeline.method.inversion import Schedule, invert_renoise
+from tight_pipeline.method.regularization import NoiseRegularization, autocorrelation, patch_kl, regularize
+from tight_pipeline.method.presets import Preset, load_preset, load_presets
 
 
 class _ScriptedUNet:
@@ -142,7 +142,7 @@ def test_parity_fields_keep_existing_hashes_and_are_validated():
 
 
 def test_cfg_sharpening_matches_the_hand_computed_case_row_by_row():
-    from tight_pipeline.engine.editing import guide
+    from tight_pipeline.method.editing import guide
 
     uncond = torch.tensor([[1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]]).view(2, 1, 2, 2)
     diff = torch.tensor([[-2.0, 1.0, 0.5, 0.0], [0.0, 0.0, 0.0, 0.0]]).view(2, 1, 2, 2)

@@ -1,4 +1,4 @@
-"""Region-true edits (engine/region.py): outside a given mask the output is the photo's own pixels, byte for byte,
+"""Region-true edits (method/region.py): outside a given mask the output is the photo's own pixels, byte for byte,
 at the photo's own size — through the engine, `edit` and `run`, on photos of odd sizes and kinds."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tight_pipeline import storage
-from tight_pipeline.engine import region
-from tight_pipeline.engine.runner import ItemRequest
-from tight_pipeline.presets import Preset, load_preset
+from tight_pipeline.data import storage
+from tight_pipeline.method import region
+from tight_pipeline.method.sdxl import ItemRequest
+from tight_pipeline.method.presets import Preset, load_preset
 
 
 # -- the composite, by hand ---------------------------------------------------------------------------------------
@@ -68,10 +68,10 @@ def test_detail_fill_keeps_the_photo_s_own_detail_under_a_colour_change():
 def test_a_mask_must_have_the_photo_s_size_and_white_means_may_change():
     mask = Image.new("L", (40, 30), 0)
     mask.paste(255, (10, 5, 20, 15))
-    got = region.mask_from_image(mask, (40, 30))
+    got = storage.mask_from_image(mask, (40, 30))
     assert got.sum() == 100 and got[5, 10] and not got[0, 0]
-    with pytest.raises(region.RegionError, match="mask is 40x30, the photo is 30x40"):
-        region.mask_from_image(mask, (30, 40))
+    with pytest.raises(storage.ImageDecodeError, match="mask is 40x30, the photo is 30x40"):
+        storage.mask_from_image(mask, (30, 40))
     with pytest.raises(region.RegionError, match="needs a mask"):
         region.EditRegion("mask")
     with pytest.raises(region.RegionError, match="not one of"):
@@ -94,8 +94,8 @@ def test_automatic_region_follows_where_the_edit_changed_and_snaps_to_the_photo_
 # -- the engine: every method, batched == alone -----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def demo():
-    from tight_pipeline.engine.factory import load_engine
-    from tight_pipeline.engine.specs import resolve_model_spec
+    from tight_pipeline.method.factory import load_engine
+    from tight_pipeline.method.specs import resolve_model_spec
 
     return load_engine(resolve_model_spec("catalog-demo"))
 
@@ -111,7 +111,7 @@ def shots():
 def test_given_mask_keeps_the_photo_outside_and_blending_keeps_the_inversion_s_latent(demo, shots, method):
     import torch
 
-    from tight_pipeline.engine import conditioning, editing, inversion
+    from tight_pipeline.method import conditioning, editing, inversion
 
     shot = shots[0]
     preset = Preset(name="t", method=method, steps=6, inversion_scale=1.0, edit_scale=1.0,
@@ -166,7 +166,7 @@ def test_regions_batched_equal_one_item_runs(demo, shots):
 
 
 def test_automatic_strength_keeps_the_chosen_scale_s_region_output(demo, shots):
-    from tight_pipeline.engine import strength
+    from tight_pipeline.method.auto import strength
 
     shot = shots[1]
     preset = dataclasses.replace(load_preset("catalog-draft"), steps=5).with_auto((1.0, 0.0))
@@ -181,9 +181,9 @@ def test_automatic_strength_keeps_the_chosen_scale_s_region_output(demo, shots):
 
 def test_flux_rf_inversion_with_a_given_mask(tmp_path_factory):
     from tight_pipeline.demo_model.products import ProductSpec, render_product
-    from tight_pipeline.engine.factory import load_engine
-    from tight_pipeline.engine.specs import resolve_model_spec
-    from tight_pipeline.tiny_models import make_tiny_flux_model
+    from tight_pipeline.method.factory import load_engine
+    from tight_pipeline.method.specs import resolve_model_spec
+    from tight_pipeline.testing.tiny_models import make_tiny_flux_model
 
     engine = load_engine(resolve_model_spec(str(make_tiny_flux_model(tmp_path_factory.mktemp("m") / "flux")),
                                             device="cpu"))
@@ -269,8 +269,8 @@ def test_edit_with_a_mask_on_odd_photos(tmp_path):
 
 
 def test_run_with_masks_on_odd_photos(tmp_path, tiny_model_dir, ray_session):
-    from tight_pipeline import scores
-    from tight_pipeline.job import JobConfig, run_job
+    from tight_pipeline.data import scores
+    from tight_pipeline.pipeline.job import JobConfig, run_job
 
     files = _odd_photos(tmp_path)
     lines = [{"item_id": name, "image_uri": photo.name, "source_prompt": "a woman", "mask_uri": mask.name,

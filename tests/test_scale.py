@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 
 from tests.corpus import image_files
-from tight_pipeline import scores
-from tight_pipeline.job import JobConfig, plan_job, run_job
-from tight_pipeline.manifest import iter_manifest, read_manifest
+from tight_pipeline.data import scores
+from tight_pipeline.pipeline.job import JobConfig, plan_job, run_job
+from tight_pipeline.data.manifest import iter_manifest, read_manifest
 
 
 def _write(folder: Path, n: int, poison: set[int] = frozenset(), start: int = 0) -> list[dict]:

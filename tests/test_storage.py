@@ -7,7 +7,7 @@ import os
 import pytest
 
 from tests.corpus import image_files
-from tight_pipeline import storage
+from tight_pipeline.data import storage
 
 
 @pytest.mark.parametrize(

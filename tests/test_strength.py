@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tight_pipeline.engine.runner import InputError, ItemRequest, ItemResult
-from tight_pipeline.engine.rivals import changed_span, rival_phrases, rival_prompts, run_vocabulary
-from tight_pipeline.engine.strength import Candidate, choose, edit_items_auto, final_choice, kept_psnr, landed_score
-from tight_pipeline.presets import PresetError, Preset, load_preset
+from tight_pipeline.method.sdxl import InputError, ItemRequest, ItemResult
+from tight_pipeline.method.auto.rivals import changed_span, rival_phrases, rival_prompts, run_vocabulary
+from tight_pipeline.method.auto.strength import Candidate, choose, edit_items_auto, final_choice, kept_psnr, landed_score
+from tight_pipeline.method.presets import PresetError, Preset, load_preset
 
 
 def C(scale, landed, kept=35.0):

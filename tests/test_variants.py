@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from tight_pipeline.manifest import read_manifest
-from tight_pipeline.variants import (StyleSet, VariantError, VariantRequest, item_request, load_style_set,
+from tight_pipeline.data.manifest import read_manifest
+from tight_pipeline.data.variants import (StyleSet, VariantError, VariantRequest, item_request, load_style_set,
                                      load_style_sets, prompt_for, style_id)
 
 

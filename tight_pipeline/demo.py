@@ -12,7 +12,7 @@ import json
 
 from PIL import Image
 
-from tight_pipeline import storage
+from tight_pipeline.data import storage
 
 # (item_id, scikit-image loader, crop box or None, source prompt, locale -> edit prompt)
 DEMO_ITEMS = [

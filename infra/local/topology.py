@@ -142,7 +142,7 @@ class Topology:
     # -- the scenario -----------------------------------------------------------------------------------------
     def write_inputs(self) -> None:
         from tests.corpus import image_files
-        from tight_pipeline.tiny_models import make_tiny_model
+        from tight_pipeline.testing.tiny_models import make_tiny_model
 
         self.model = str(make_tiny_model(self.dir / "models" / "tiny-sdxl"))
         fs = self.s3.filesystem()
@@ -252,7 +252,7 @@ class Topology:
         self.collect_rows("s3://drill/jobout", "job_rows")
 
     def collect_rows(self, output: str, key: str) -> None:
-        from tight_pipeline import scores
+        from tight_pipeline.data import scores
 
         os.environ.update(self.env)
         every = scores.read(output).to_pandas()  # every version of every row, not only the latest

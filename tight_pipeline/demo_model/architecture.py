@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from tight_pipeline.demo_model.products import SIZE, vocabulary
-from tight_pipeline.engine.models import cross_attention_layers
+from tight_pipeline.method.models import cross_attention_layers
 
 ADAPTER_WEIGHT = "ip-adapter-plus_catalog-demo.safetensors"
 IMAGE_TOKENS = 16

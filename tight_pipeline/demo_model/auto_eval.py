@@ -7,10 +7,10 @@ On held-out synthetic shots (the evaluation's: never trained on), colour edits (
 
 - at every fixed scale of the base schedule (DDIM 10 by default), scored with the evaluation's colour
   classifier (success), shape IoU and background PSNR (``evaluate.score_edit``), and timed;
-- with automatic strength (``engine/strength.py``) over the same base schedule, scored the same way.
+- with automatic strength (``method/auto/strength.py``) over the same base schedule, scored the same way.
 
 The landed check sees only the photo, the two prompts and the run's rival phrases (every phrase the 64 edits
-take out or put in, as the job planner collects them from a manifest: ``engine/rivals.py``); its verdict on
+take out or put in, as the job planner collects them from a manifest: ``method/auto/rivals.py``); its verdict on
 every fixed-scale edit is compared with the colour classifier's (agreement, and the confusion counts), never
 fitted to it. ``--seed`` picks the
 shots: the default is the held-out set; seed 0 with ``--training-shots`` reads training shots (for choosing
@@ -30,7 +30,7 @@ import numpy as np
 
 from tight_pipeline.demo_model.evaluate import score_edit, target_colour
 from tight_pipeline.demo_model.products import HELDOUT_SEED_OFFSET, ProductSpec, render_product
-from tight_pipeline.engine.rivals import rival_phrases, run_vocabulary
+from tight_pipeline.method.auto.rivals import rival_phrases, run_vocabulary
 
 
 @dataclass(frozen=True)
@@ -55,11 +55,11 @@ def evaluate_auto_strength(model: str, report_dir: str | Path, config: AutoEvalC
                            log=print) -> dict:
     import torch
 
-    from tight_pipeline.engine import strength
-    from tight_pipeline.engine.factory import load_engine
-    from tight_pipeline.engine.specs import resolve_model_spec
-    from tight_pipeline.engine.runner import ItemRequest
-    from tight_pipeline.presets import Preset
+    from tight_pipeline.method.auto import strength
+    from tight_pipeline.method.factory import load_engine
+    from tight_pipeline.method.specs import resolve_model_spec
+    from tight_pipeline.method.sdxl import ItemRequest
+    from tight_pipeline.method.presets import Preset
 
     t_start = time.perf_counter()
     engine = load_engine(resolve_model_spec(model))
@@ -134,10 +134,10 @@ def _judge_settings(engine) -> dict:
     if getattr(engine, "clip", None) is not None:
         return {"clip": Path(engine.clip.path).name}
     if engine.spec.family == "flux":
-        from tight_pipeline.engine import flux
+        from tight_pipeline.method import flux
 
         return {"family": "flux", "sigmas": list(flux.JUDGE_SIGMAS), "seeds": list(flux.JUDGE_SEEDS)}
-    from tight_pipeline.engine import runner
+    from tight_pipeline.method import sdxl as runner
 
     return {"family": engine.spec.family, "timesteps": list(runner.JUDGE_TIMESTEPS), "seeds": list(runner.JUDGE_SEEDS)}
 
@@ -214,7 +214,7 @@ def markdown(report: dict) -> str:
 
 
 def plot(report: dict) -> bytes:
-    from tight_pipeline import plots
+    from tight_pipeline.reporting import plots
 
     fixed = [r for r in report["table"] if r["scale"] is not None]
     auto = report["table"][-1]

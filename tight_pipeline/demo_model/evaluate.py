@@ -95,9 +95,9 @@ def evaluate_demo_model(model: str, report_dir: str | Path, config: EvalConfig =
     import torch
     from tqdm import tqdm
 
-    from tight_pipeline.engine import conditioning, editing, inversion, metrics
-    from tight_pipeline.engine.specs import resolve_model_spec
-    from tight_pipeline.engine.factory import load_engine
+    from tight_pipeline.method import conditioning, editing, inversion, metrics
+    from tight_pipeline.method.specs import resolve_model_spec
+    from tight_pipeline.method.factory import load_engine
 
     t_start = time.perf_counter()
     engine = load_engine(resolve_model_spec(model))

@@ -21,7 +21,7 @@ def condition_probe(pipe, z0, text, image_embeds, timesteps=PROBE_TIMESTEPS, see
     The adapter scale is left at 0 afterwards."""
     import torch
 
-    from tight_pipeline.engine import conditioning, inversion
+    from tight_pipeline.method import conditioning, inversion
 
     prediction_type = pipe.scheduler.config.prediction_type
     noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(seed)).to(z0)

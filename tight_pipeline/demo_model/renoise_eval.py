@@ -57,10 +57,10 @@ def evaluate_renoise_parity(model: str, report_dir: str | Path, config: RenoiseE
                             log=print) -> dict:
     import torch
 
-    from tight_pipeline.engine.factory import load_engine
-    from tight_pipeline.engine.runner import ItemRequest
-    from tight_pipeline.engine.specs import resolve_model_spec
-    from tight_pipeline.presets import Preset
+    from tight_pipeline.method.factory import load_engine
+    from tight_pipeline.method.sdxl import ItemRequest
+    from tight_pipeline.method.specs import resolve_model_spec
+    from tight_pipeline.method.presets import Preset
 
     t_start = time.perf_counter()
     engine = load_engine(resolve_model_spec(model))

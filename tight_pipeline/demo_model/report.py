@@ -43,7 +43,7 @@ def markdown_report(report: dict) -> str:
 
 
 def plot_tradeoff(table: list[dict]) -> bytes:
-    from tight_pipeline import plots
+    from tight_pipeline.reporting import plots
 
     with plots.figure(1, 2, size=(11, 4.2)) as (fig, (ax1, ax2)):
         _draw_tradeoff(table, ax1, ax2)

@@ -20,7 +20,7 @@ One record per product photo:
                                                  #   set (a name in configs/variants.yaml, or a list of phrases)
 
 In a variant job (``tight-pipeline variants``) an item's edits are its variants (``edits``/``locales`` are
-not needed and are ignored): see ``tight_pipeline.variants``.
+not needed and are ignored): see ``tight_pipeline.data.variants``.
 
 In CSV, ``edits``, ``locales`` and ``metadata`` hold JSON text. Validation never stops at the first problem:
 every bad record becomes an ``InvalidRow`` with its 1-based row number and the reason, and the run goes on
@@ -43,8 +43,8 @@ from typing import Any, Iterator
 
 import pandas as pd
 
-from tight_pipeline import storage
-from tight_pipeline.variants import VariantRequest, item_request
+from tight_pipeline.data import storage
+from tight_pipeline.data.variants import VariantRequest, item_request
 
 REQUIRED = ("item_id", "image_uri", "source_prompt")
 KNOWN = REQUIRED + ("edits", "locales", "preset", "metadata", "variants", "mask_uri")

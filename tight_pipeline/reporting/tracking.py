@@ -24,8 +24,10 @@ from PIL import Image
 from dataclasses import dataclass, field
 from typing import Any
 
-from tight_pipeline import scores, sheets, storage
-from tight_pipeline.presets import Preset
+from tight_pipeline.data import scores, storage
+
+from tight_pipeline.reporting import sheets
+from tight_pipeline.method.presets import Preset
 from tight_pipeline.settings import state_dir
 
 PRESETS_EXPERIMENT = "tight-pipeline-presets"

@@ -21,7 +21,7 @@ import threading
 import time
 from datetime import datetime, timezone
 
-from tight_pipeline import storage
+from tight_pipeline.data import storage
 
 NAME = "_lease.json"
 

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tight_pipeline.engine.specs import ModelError, ModelSpec
+from tight_pipeline.method.specs import ModelError, ModelSpec
 
 
 def torch_dtype(name: str):

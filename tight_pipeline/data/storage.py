@@ -192,8 +192,6 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> tuple[Imag
 
 def decode_mask(data: bytes, size: tuple[int, int], limits: ImageLimits = ImageLimits(), what: str = "mask"):
     """Bytes of a mask image (white = may change) → bool (h, w), checked against the photo's upright ``size``."""
-    from tight_pipeline.engine.region import mask_from_image
-
     if not data:
         raise ImageDecodeError(f"{what}: empty file (0 bytes)")
     try:
@@ -206,6 +204,24 @@ def decode_mask(data: bytes, size: tuple[int, int], limits: ImageLimits = ImageL
     if img.getexif().get(0x0112, 1) != 1:
         img = ImageOps.exif_transpose(img)
     return mask_from_image(img, size, what)
+
+
+def mask_from_image(image: Image.Image, size: tuple[int, int], what: str = "mask") -> np.ndarray:
+    """A mask image (white = may change; any mode, upright) → bool (h, w); ``ImageDecodeError`` unless its size is
+    the photo's upright ``size`` (w, h): a mask drawn for another size or orientation would keep the wrong pixels,
+    so it is refused rather than stretched. Transparent pixels of a mask with alpha are "keep"."""
+    if image.size != tuple(size):
+        raise ImageDecodeError(f"{what} is {image.width}x{image.height}, the photo is {size[0]}x{size[1]} (after its "
+                               "EXIF orientation): a mask must have the photo's size")
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = np.asarray(image.convert("RGBA"))
+        values = np.where(rgba[..., 3] > 0, rgba[..., :3].mean(-1), 0.0)
+    else:
+        arr = np.asarray(image)
+        values = arr.astype(np.float64) / (257.0 if arr.dtype == np.uint16 or arr.max(initial=0) > 255 else 1.0)
+        if values.ndim == 3:
+            values = values.mean(-1)
+    return values >= 128
 
 
 def decode_photo(data: bytes, limits: ImageLimits = ImageLimits()) -> Photo:

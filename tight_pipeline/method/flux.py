@@ -1,6 +1,6 @@
 """Tight Inversion on FLUX: RF-Inversion conditioned on the image itself through an XLabs IP-Adapter.
 
-    engine = load_engine(resolve_model_spec("tiny-flux"))      # engine/factory.py -> FluxTightInversion
+    engine = load_engine(resolve_model_spec("tiny-flux"))      # method/factory.py -> FluxTightInversion
     result = engine.edit_item(image, "a red mug", [("blue", "a blue mug")], load_preset("flux-balanced"))
 
 The recipe is the SDXL one with FLUX's parts:
@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tight_pipeline.engine import editing, region, rf_inversion
-from tight_pipeline.engine.runner import InputError, ItemResult, TightInversion
-from tight_pipeline.presets import Preset
+from tight_pipeline.method import editing, region, rf_inversion
+from tight_pipeline.method.sdxl import InputError, ItemResult, TightInversion
+from tight_pipeline.method.presets import Preset
 
 # The zero-shot judge's noise levels (sigma) for ``FluxTightInversion.prompt_errors``.
 JUDGE_SIGMAS = (0.3, 0.5, 0.7)
@@ -106,8 +106,8 @@ class FluxTightInversion(TightInversion):
 
     @classmethod
     def from_spec(cls, spec, clip_model: str | None = None) -> "FluxTightInversion":
-        from tight_pipeline.engine import metrics
-        from tight_pipeline.engine.models import load_pipeline
+        from tight_pipeline.method import metrics
+        from tight_pipeline.method.models import load_pipeline
 
         pipe = load_pipeline(spec)
         scorer = metrics.ClipScorer(clip_model, device=str(pipe.transformer.device)) if clip_model else None

@@ -3,7 +3,7 @@
     result = run_job(JobConfig(manifest="s3://bucket/m.jsonl", output="s3://bucket/out", preset="balanced"))
     plan = plan_job(config)            # what --dry-run prints: to do / done before / invalid, per preset
 
-No Prefect or MLflow in here (flows/ and tracking.py add those). The driver coordinates and never holds the
+No Prefect or MLflow in here (flows/ and reporting/tracking.py add those). The driver coordinates and never holds the
 catalog: it streams the manifest in chunks (``manifest.iter_manifest``), marks each item *to do* or *resume
 candidate* by an anti-join of its keys against the ``scores/`` dataset's key columns (``scores.done_keys``), and
 writes the plan as Parquet files that Ray Data reads. Workers check the candidates' PNGs (``actor.DoneFilter``),
@@ -42,17 +42,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tight_pipeline import scores, storage
-from tight_pipeline.actor import SUMMARY_COLUMNS, AttemptLedger, DoneFilter, EditorActor, now
-from tight_pipeline.engine.specs import ModelSpec, resolve_model_spec
-from tight_pipeline.engine.fingerprints import WeightsNotFound, model_digest
-from tight_pipeline.engine.rivals import rival_phrases, run_vocabulary
-from tight_pipeline.lease import RunLease
-from tight_pipeline.manifest import InvalidRow, iter_manifest
-from tight_pipeline.presets import Preset, load_preset, load_presets
-from tight_pipeline.variants import VariantRequest, load_style_set
+from tight_pipeline.data import scores, storage
+from tight_pipeline.pipeline.actor import SUMMARY_COLUMNS, AttemptLedger, DoneFilter, EditorActor, now
+from tight_pipeline.method.specs import ModelSpec, resolve_model_spec
+from tight_pipeline.method.fingerprints import WeightsNotFound, model_digest
+from tight_pipeline.method.auto.rivals import rival_phrases, run_vocabulary
+from tight_pipeline.pipeline.lease import RunLease
+from tight_pipeline.data.manifest import InvalidRow, iter_manifest
+from tight_pipeline.method.presets import Preset, load_preset, load_presets
+from tight_pipeline.data.variants import VariantRequest, load_style_set
 
-log = logging.getLogger("tight_pipeline.job")
+log = logging.getLogger("tight_pipeline.pipeline.job")
 
 KEY = scores.KEY
 
@@ -95,7 +95,7 @@ class JobConfig:
             with an error naming it (0 = stop at once).
         lease_ttl_s: a run's claim on its output expires this long after its driver stopped renewing it.
         output_size: ``input``: output PNGs at the photo's own size (after EXIF orientation), each edit composited
-            by its region (``engine/region.py``); ``working``: the model's working-size images as they came out.
+            by its region (``method/region.py``); ``working``: the model's working-size images as they came out.
     """
 
     manifest: str
@@ -158,7 +158,7 @@ class Plan:
     presets: dict[str, Preset] = field(default_factory=dict)
     plan_s: float = 0.0
     # what the edits of ``auto`` items take out and put in, over the whole manifest (done items too, so a resumed
-    # run weighs its edits against the same rivals): automatic strength's landed check (``engine/rivals.py``)
+    # run weighs its edits against the same rivals): automatic strength's landed check (``method/auto/rivals.py``)
     vocabulary: Counter = field(default_factory=Counter)
 
     @property

@@ -1,6 +1,6 @@
 """Items end to end: the Tight Inversion recipe, with scores and per-phase timings, batched across items.
 
-    engine = load_engine(resolve_model_spec("catalog-demo"))      # engine/factory.py
+    engine = load_engine(resolve_model_spec("catalog-demo"))      # method/factory.py
     result = engine.edit_item(image, "a coffee cup", [("blue", "a blue coffee cup")], load_preset("balanced"))
     results = engine.edit_items([ItemRequest(image, "a mug", [("red", "a red mug")]), ...], preset)
 
@@ -30,17 +30,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tight_pipeline.engine import conditioning, editing, inversion, metrics, region
-from tight_pipeline.engine.specs import ModelSpec
-from tight_pipeline.engine.models import load_pipeline
-from tight_pipeline.engine.regularization import NoiseRegularization
-from tight_pipeline.presets import Preset
+from tight_pipeline.method import conditioning, editing, inversion, metrics, region
+from tight_pipeline.method.specs import ModelSpec
+from tight_pipeline.method.models import load_pipeline
+from tight_pipeline.method.regularization import NoiseRegularization
+from tight_pipeline.method.presets import Preset
 
 
 # The zero-shot judge's fixed timesteps and noise seeds (``prompt_errors``): mid-range noise, where the
 # prompt decides colour and material but the layout is already fixed by the image. On the demo model's training
 # shots single timesteps from 300 to 700 separated landed from missed edits about equally (AUC 0.88-0.90 with
-# two noises each); with rival prompts (engine/rivals.py) one timestep separated them as well as three or four
+# two noises each); with rival prompts (method/auto/rivals.py) one timestep separated them as well as three or four
 # did on the calibration shots (AUC 0.985 at t=500 vs 0.986), so one row per prompt: the rivals multiply the
 # prompts, not the cost of each.
 JUDGE_TIMESTEPS = (500,)
@@ -61,7 +61,7 @@ class ItemRequest:
     # A reconstruction of this item made before (automatic strength's later tries, at another scale): kept as the
     # item's reconstruction and its edits are scored against it; its denoising rows are not run again.
     reconstruction: Image.Image | None = None
-    # Per edit id, where the edit may change the photo (engine/region.py); an edit without one takes the preset's
+    # Per edit id, where the edit may change the photo (method/region.py); an edit without one takes the preset's
     # ``region`` (whole or auto).
     regions: dict[str, region.EditRegion] = field(default_factory=dict)
     # The photo's own upright pixels (uint8 (H, W, 3 or 4), alpha kept) that outputs are composited on; None = the
@@ -131,7 +131,7 @@ class TightInversion:
         """This class's engine for an SD / SDXL ``spec`` (``engine.factory.load_engine`` picks the class by family)."""
         if spec.family not in ("sdxl", "sd"):
             raise ValueError(f"model {spec.name!r} is a {spec.family} model: load it with "
-                             "tight_pipeline.engine.factory.load_engine")
+                             "tight_pipeline.method.factory.load_engine")
         pipe = load_pipeline(spec)
         scorer = metrics.ClipScorer(clip_model, device=str(pipe.unet.device)) if clip_model else None
         return cls(pipe, spec, scorer)
@@ -210,7 +210,7 @@ class TightInversion:
         }
         return scores, edit_scores
 
-    # -- the zero-shot judge of automatic strength (engine/strength.py) -----------------------------------
+    # -- the zero-shot judge of automatic strength (method/auto/strength.py) -----------------------------------
     @torch.no_grad()
     def prompt_errors(self, images: list[Image.Image], prompts: list[str], timesteps: tuple[int, ...] = JUDGE_TIMESTEPS,
                       seeds: tuple[int, ...] = JUDGE_SEEDS) -> list[float]:

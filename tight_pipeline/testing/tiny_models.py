@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from tight_pipeline.engine.models import cross_attention_layers
+from tight_pipeline.method.models import cross_attention_layers
 
 TINY_WEIGHT_NAME = "ip-adapter_tiny.safetensors"
 TINY_RESOLUTION = 64

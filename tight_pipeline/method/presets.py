@@ -28,7 +28,7 @@ _LATER_DEFAULTS = {"gamma": 0.0, "eta": 0.0, "eta_start": 0.0, "eta_stop": 0.25,
                    "renoise_early_t": 0, "renoise_early_average": 5, "renoise_reg_kl": 0.0, "renoise_reg_ac": 0.0,
                    "renoise_reg_steps": 0, "renoise_reg_rolls": 5, "cfg_sharpening": 1.0,
                    "region": "whole", "region_fill": "auto", "region_blend_start": 1.0}
-# ``name@auto``: the candidate adapter scales tried, strongest first (see engine/strength.py).
+# ``name@auto``: the candidate adapter scales tried, strongest first (see method/auto/strength.py).
 DEFAULT_AUTO_SCALES = (1.0, 0.4, 0.0)
 
 
@@ -56,14 +56,14 @@ class Preset:
             theirs: 250) each inversion step averages its first ``renoise_early_average`` predictions (the DDIM
             guess's included; theirs: 5) instead of iterating ``renoise_iterations`` times.
         renoise_reg_kl, renoise_reg_ac, renoise_reg_steps, renoise_reg_rolls: ReNoise's noise regularisation
-            (``engine/regularization.py``): weights of the patch-KL and autocorrelation terms, gradient rounds
+            (``method/regularization.py``): weights of the patch-KL and autocorrelation terms, gradient rounds
             (0 = off) and autocorrelation steps per round (theirs: 0.065, 20, 4, 5).
         negative_prompt: text of the unconditional branch for edits ("" = the model's empty prompt).
         negative_source: use each item's source prompt as its edits' negative prompt (the authors' demo
             switch "use source as negative"; overrides ``negative_prompt``): guidance then pushes away from
             what the photo shows towards what the edit asks.
         cfg_sharpening: the authors' demo "sharpening factor" of classifier-free guidance for edits
-            (``engine/editing.py::guide``): each edit's guidance difference is normalised to its largest magnitude,
+            (``method/editing.py::guide``): each edit's guidance difference is normalised to its largest magnitude,
             raised to this power (sign kept) and scaled back. 1.0 = plain CFG (the default); in 0.05..10.
         gamma: RF-Inversion forward control: 0 = plain flow-ODE inversion, 1 = straight to the target noise.
         eta: RF-Inversion reverse control: pull of edits back towards the input's latent (0 = none).
@@ -74,18 +74,18 @@ class Preset:
             inversion and reconstruction.
         distilled_guidance: FLUX-dev's guidance embedding for edits (ignored by models without one; inversion
             and reconstruction use 1.0).
-        auto_scales: automatic strength (``engine/strength.py``) when not empty: the candidate adapter scales
+        auto_scales: automatic strength (``method/auto/strength.py``) when not empty: the candidate adapter scales
             (inversion and edit alike); each item's edits are tried strongest first and each keeps the strongest
             scale whose edit *landed* (the judge prefers the edit prompt to the source prompt and to every rival
             by at least ``auto_min_landed`` of the margin by which it prefers the source prompt for the photo)
             and stayed *faithful* (its least-changed half is at least ``auto_min_kept_db`` dB PSNR from the
             photo). ``inversion_scale`` / ``edit_scale`` are then unused.
-        auto_max_rivals: the most rival answers the landed check weighs an edit against (``engine/rivals.py``:
+        auto_max_rivals: the most rival answers the landed check weighs an edit against (``method/auto/rivals.py``:
             the phrases the run's edits take out and put in; 0 = the source prompt only); each costs one more
             judge prompt per judged image.
         auto_rivals: rival phrases the run may not ask about itself (a catalog's palette: ``[navy, teal]``),
             weighed first.
-        region: where an edit without its own region may change the photo (``engine/region.py``): ``whole`` (the
+        region: where an edit without its own region may change the photo (``method/region.py``): ``whole`` (the
             model's image, brought to the photo's size) or ``auto`` (where the edit departs from the reconstruction,
             snapped to the photo's edges; outside it the photo's own pixels). A manifest edit's ``region`` /
             ``mask_uri`` overrides it.

@@ -10,8 +10,8 @@ imports both, and everything above the engine loads models through it.
 
 from __future__ import annotations
 
-from tight_pipeline.engine.specs import ModelSpec
-from tight_pipeline.engine.runner import TightInversion
+from tight_pipeline.method.specs import ModelSpec
+from tight_pipeline.method.sdxl import TightInversion
 
 
 def load_engine(spec: ModelSpec, clip_model: str | None = None) -> TightInversion:
@@ -21,11 +21,11 @@ def load_engine(spec: ModelSpec, clip_model: str | None = None) -> TightInversio
     own ``clip`` (if any) is used."""
     clip_model = clip_model or spec.clip
     if spec.family == "flux":
-        from tight_pipeline.engine.flux import FluxTightInversion
+        from tight_pipeline.method.flux import FluxTightInversion
 
         return FluxTightInversion.from_spec(spec, clip_model)
     if spec.family == "passthrough":
-        from tight_pipeline.engine.passthrough import PassthroughEngine
+        from tight_pipeline.method.passthrough import PassthroughEngine
 
         return PassthroughEngine.from_spec(spec, clip_model)
     return TightInversion.from_spec(spec, clip_model)

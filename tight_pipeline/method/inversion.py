@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
-from tight_pipeline.engine.conditioning import TextCondition, predict_noise
-from tight_pipeline.engine.regularization import NoiseRegularization, regularize
+from tight_pipeline.method.conditioning import TextCondition, predict_noise
+from tight_pipeline.method.regularization import NoiseRegularization, regularize
 
 
 @dataclass(frozen=True)

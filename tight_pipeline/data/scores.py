@@ -10,7 +10,7 @@ rows, and the latest ``finished_at`` wins::
 
     duckdb -c "SELECT * FROM read_parquet('out/scores/**/*.parquet') QUALIFY row_number() OVER
                (PARTITION BY preset_hash, item_id, edit_id ORDER BY finished_at DESC) = 1"
-    pandas:  tight_pipeline.scores.read_latest("out")   (or pd.read_parquet("out/scores") + sort + drop_duplicates)
+    pandas:  tight_pipeline.data.scores.read_latest("out")   (or pd.read_parquet("out/scores") + sort + drop_duplicates)
 
 Resume is an anti-join on the key columns only (``done_keys``): the driver never loads score columns to plan.
 """
@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from tight_pipeline import storage
+from tight_pipeline.data import storage
 
 KEY = ["preset_hash", "item_id", "edit_id"]
 SCORE_COLUMNS = [
@@ -35,13 +35,13 @@ SCORE_COLUMNS = [
     "edit_change", "edit_psnr_vs_input", "clip_score", "lpips_vs_input",
 ]
 TIME_COLUMNS = ["time_fetch_s", "time_encode_s", "time_invert_s", "time_denoise_s", "time_write_s", "time_total_s"]
-# Automatic strength (engine/strength.py): the scale each edit got (a fixed preset's edit_scale otherwise), the
+# Automatic strength (method/auto/strength.py): the scale each edit got (a fixed preset's edit_scale otherwise), the
 # checks' scores at that scale, why it was chosen, the judge (clip | diffusion), every tried scale (JSON) and how
-# many rival prompts the landed check weighed the edit prompt against (engine/rivals.py).
+# many rival prompts the landed check weighed the edit prompt against (method/auto/rivals.py).
 AUTO_COLUMNS = [("adapter_scale", pa.float64()), ("auto_landed", pa.float64()), ("auto_kept_db", pa.float64()),
                 ("auto_reason", pa.string()), ("auto_judge", pa.string()), ("auto_candidates", pa.string()),
                 ("auto_rivals", pa.int64()), ("time_judge_s", pa.float64())]
-# The region of each edit (engine/region.py): its source (given | auto | whole), the share of the photo it covers,
+# The region of each edit (method/region.py): its source (given | auto | whole), the share of the photo it covers,
 # the fill used inside it (edit | detail), PSNR vs the photo at its own size outside and inside it, the region as a
 # picture, the output's size and the time the composite took.
 REGION_COLUMNS = [("region_source", pa.string()), ("region_fraction", pa.float64()), ("region_fill", pa.string()),

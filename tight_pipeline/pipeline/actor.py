@@ -22,12 +22,14 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from tight_pipeline import scores, sheets, storage
-from tight_pipeline.engine.specs import ModelSpec
-from tight_pipeline.manifest import Item
-from tight_pipeline.presets import Preset
+from tight_pipeline.data import scores, storage
 
-log = logging.getLogger("tight_pipeline.actor")
+from tight_pipeline.reporting import sheets
+from tight_pipeline.method.specs import ModelSpec
+from tight_pipeline.data.manifest import Item
+from tight_pipeline.method.presets import Preset
+
+log = logging.getLogger("tight_pipeline.pipeline.actor")
 
 SUMMARY_COLUMNS = ["item_id", "rows", "ok", "error", "candidate"]
 
@@ -83,7 +85,7 @@ class EditorActor:
                  output_size: str = "input"):
         import torch
 
-        from tight_pipeline.engine.factory import load_engine
+        from tight_pipeline.method.factory import load_engine
 
         import ray
 
@@ -172,8 +174,8 @@ class EditorActor:
         """Fetch every item, edit the fetched ones as one batch, write each item's PNGs; rows per item.
 
         A batch that fails as a whole is run again one item at a time, so only the bad item ends as an error."""
-        from tight_pipeline.engine import strength
-        from tight_pipeline.engine.runner import BatchError, ItemRequest
+        from tight_pipeline.method.auto import strength
+        from tight_pipeline.method.sdxl import BatchError, ItemRequest
 
         t_start = time.perf_counter()
         rows: list[dict] = []
@@ -206,7 +208,7 @@ class EditorActor:
         return rows
 
     def fetch(self, item: Item) -> storage.Photo:
-        from tight_pipeline.engine.runner import InputError
+        from tight_pipeline.method.sdxl import InputError
 
         storage.check_scheme(item.image_uri, self.allowed)
         try:
@@ -219,8 +221,8 @@ class EditorActor:
         """Each edit's region: its own mask, else the item's (``mask`` unless the edit says ``auto``/``whole``);
         edits without a mask or a region of their own get the preset's (absent from the dict). Masks are read
         once per URL and must have the photo's upright size."""
-        from tight_pipeline.engine.region import EditRegion, RegionError
-        from tight_pipeline.engine.runner import InputError
+        from tight_pipeline.method.region import EditRegion, RegionError
+        from tight_pipeline.method.sdxl import InputError
 
         masks: dict[str, Any] = {}
 

@@ -7,7 +7,7 @@ import hashlib
 import socket
 from pathlib import Path
 
-from tight_pipeline.engine.specs import ModelError, ModelSpec
+from tight_pipeline.method.specs import ModelError, ModelSpec
 
 
 class WeightsNotFound(ModelError):

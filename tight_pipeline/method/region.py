@@ -78,25 +78,6 @@ def band_px(width: int, height: int) -> int:
     return max(4, int(round(0.01 * min(width, height))))
 
 
-def mask_from_image(image: Image.Image, size: tuple[int, int], what: str = "mask") -> np.ndarray:
-    """A mask image (white = may change; any mode, EXIF orientation applied by the caller) → bool (h, w).
-
-    Its size must be the photo's upright ``size`` (w, h): a mask drawn for another size or orientation would
-    keep the wrong pixels, so it is refused rather than stretched."""
-    if image.size != tuple(size):
-        raise RegionError(f"{what} is {image.width}x{image.height}, the photo is {size[0]}x{size[1]} (after its "
-                          "EXIF orientation): a mask must have the photo's size")
-    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-        gray = np.asarray(image.convert("RGBA"))
-        values = np.where(gray[..., 3] > 0, gray[..., :3].mean(-1), 0.0)  # transparent = keep
-    else:
-        arr = np.asarray(image)
-        values = arr.astype(np.float64) / (257.0 if arr.dtype == np.uint16 or arr.max(initial=0) > 255 else 1.0)
-        if values.ndim == 3:
-            values = values.mean(-1)
-    return values >= 128
-
-
 def latent_mask(mask: np.ndarray | None, height: int, width: int) -> torch.Tensor:
     """The region at latent size (1, 1, h, w), float: the share of each latent cell the mask covers (area mean);
     all ones without a mask."""

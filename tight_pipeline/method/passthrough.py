@@ -17,8 +17,8 @@ import time
 
 from PIL import Image
 
-from tight_pipeline.engine.runner import InputError, ItemRequest, ItemResult, check_regions, finish_regions, fit_size
-from tight_pipeline.presets import Preset
+from tight_pipeline.method.sdxl import InputError, ItemRequest, ItemResult, check_regions, finish_regions, fit_size
+from tight_pipeline.method.presets import Preset
 
 
 class PassthroughEngine:

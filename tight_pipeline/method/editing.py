@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from tight_pipeline.engine.conditioning import TextCondition, predict_noise
-from tight_pipeline.engine.inversion import Schedule, ddim_move, ddpm_move
+from tight_pipeline.method.conditioning import TextCondition, predict_noise
+from tight_pipeline.method.inversion import Schedule, ddim_move, ddpm_move
 
 
 def guide(uncond: torch.Tensor, cond: torch.Tensor, guidance: float, sharpening: float = 1.0) -> torch.Tensor:

@@ -11,7 +11,7 @@ has (the photo, the source prompt, the edit prompt, the run's other prompts) —
 evaluation's classifier:
 
 - *landed*: the edited image shows the edit prompt rather than the source prompt **or any rival** — the other
-  answers the run asks about (``engine/rivals.py``: every phrase the run's edits take out or put in, "red",
+  answers the run asks about (``method/auto/rivals.py``: every phrase the run's edits take out or put in, "red",
   "teal", "blue", ...; plus the preset's ``auto_rivals``). A judge scores how well each prompt explains the
   image (``fits``): with a local CLIP (``ModelSpec.clip`` or ``TIGHT_PIPELINE_CLIP_MODEL``) the cosine
   similarity; without one the diffusion model itself (Li et al. 2023, "Your diffusion model is secretly a
@@ -47,9 +47,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tight_pipeline.engine.rivals import rival_phrases, rival_prompts, run_vocabulary
-from tight_pipeline.engine.runner import InputError, ItemRequest, ItemResult
-from tight_pipeline.presets import Preset
+from tight_pipeline.method.auto.rivals import rival_phrases, rival_prompts, run_vocabulary
+from tight_pipeline.method.sdxl import InputError, ItemRequest, ItemResult
+from tight_pipeline.method.presets import Preset
 
 KEEP_FRACTION = 0.5  # the least-changed share of pixels the faithfulness check reads
 
