@@ -11,6 +11,11 @@ affected by the factor, so only edits are scored.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the lab package, beside the product
+
 import json
 import os
 import sys
@@ -22,7 +27,7 @@ import torch
 
 torch.set_num_threads(int(os.environ.get("TORCH_THREADS", os.cpu_count() or 1)))
 
-from tight_pipeline.demo_model.evaluate import score_edit, target_colour  # noqa: E402
+from lab.demo_model.evaluate import score_edit, target_colour  # noqa: E402
 from tight_pipeline.demo_model.products import HELDOUT_SEED_OFFSET, ProductSpec, render_product  # noqa: E402
 from tight_pipeline.method.factory import load_engine  # noqa: E402
 from tight_pipeline.method.sdxl import ItemRequest  # noqa: E402

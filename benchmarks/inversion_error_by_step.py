@@ -10,6 +10,11 @@ scale 0 vs 1 says how much of it the image condition removes.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the lab package, beside the product
+
 import argparse
 import os
 
@@ -26,7 +31,7 @@ def main() -> None:
 
     import torch
 
-    from tight_pipeline.demo_model.evaluate import EvalConfig, heldout_shots
+    from lab.demo_model.evaluate import EvalConfig, heldout_shots
     from tight_pipeline.method import conditioning, editing, inversion
     from tight_pipeline.method.specs import resolve_model_spec
     from tight_pipeline.method.factory import load_engine

@@ -18,6 +18,11 @@ that threshold, and what the strongest-first rule would then choose on ``heldout
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the lab package, beside the product
+
 import json
 import os
 
@@ -26,8 +31,8 @@ import torch
 
 torch.set_num_threads(int(os.environ.get("TORCH_THREADS", os.cpu_count() or 1)))
 
-from tight_pipeline.demo_model.auto_eval import AutoEvalConfig, _shots, ranking_auc as auc  # noqa: E402
-from tight_pipeline.demo_model.evaluate import score_edit, target_colour  # noqa: E402
+from lab.demo_model.auto_eval import AutoEvalConfig, _shots, ranking_auc as auc  # noqa: E402
+from lab.demo_model.evaluate import score_edit, target_colour  # noqa: E402
 from tight_pipeline.method import conditioning, inversion
 from tight_pipeline.method.auto import strength  # noqa: E402
 from tight_pipeline.method.factory import load_engine  # noqa: E402

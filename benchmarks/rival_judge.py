@@ -18,6 +18,11 @@ tries per item).
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the lab package, beside the product
+
 import json
 import os
 import time
@@ -27,8 +32,8 @@ import torch
 
 torch.set_num_threads(int(os.environ.get("TORCH_THREADS", os.cpu_count() or 1)))
 
-from tight_pipeline.demo_model.auto_eval import AutoEvalConfig, _shots, ranking_auc  # noqa: E402
-from tight_pipeline.demo_model.evaluate import score_edit, target_colour  # noqa: E402
+from lab.demo_model.auto_eval import AutoEvalConfig, _shots, ranking_auc  # noqa: E402
+from lab.demo_model.evaluate import score_edit, target_colour  # noqa: E402
 from tight_pipeline.method.auto import strength  # noqa: E402
 from tight_pipeline.method.factory import load_engine  # noqa: E402
 from tight_pipeline.method.auto.rivals import rival_phrases, rival_prompts, run_vocabulary  # noqa: E402

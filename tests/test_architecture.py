@@ -72,6 +72,21 @@ def test_every_layer_imports_only_the_layers_below_it():
     assert not wrong, f"imports that run against the layers: {wrong}"
 
 
+def test_the_product_never_imports_the_lab():
+    """Training, evaluations and probes live in lab/ (``python -m lab``); the product and its CLI never reach them."""
+    wrong = {}
+    for path in [*sorted((ROOT / "tight_pipeline").rglob("*.py")), *sorted((ROOT / "flows").rglob("*.py"))]:
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found.add(node.module)
+        if _hits(found, ["lab"]):
+            wrong[str(path.relative_to(ROOT))] = sorted(_hits(found, ["lab"]))
+    assert not wrong, f"the product imports the lab: {wrong}"
+
+
 def test_the_package_root_holds_at_most_four_modules_and_every_layer_is_a_folder():
     root = ROOT / "tight_pipeline"
     modules = sorted(p.name for p in root.glob("*.py"))

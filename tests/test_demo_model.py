@@ -34,7 +34,7 @@ def test_colour_and_shape_scores_read_the_truth_from_clean_shots():
 
 
 def test_tokenizer_has_every_caption_word_as_one_token(tmp_path):
-    from tight_pipeline.demo_model.architecture import build_tokenizer
+    from lab.demo_model.architecture import build_tokenizer
 
     tok = build_tokenizer(tmp_path / "tok")
     for word in products.vocabulary():
@@ -47,7 +47,7 @@ def test_saved_model_loads_through_load_pipeline_unchanged(tmp_path):
     """In-memory model == what load_pipeline reads back (h94 adapter file, separate image encoder)."""
     from diffusers import StableDiffusionXLPipeline
 
-    from tight_pipeline.demo_model.architecture import (adapter_state_h94, build_components, build_tokenizer,
+    from lab.demo_model.architecture import (adapter_state_h94, build_components, build_tokenizer,
                                                         init_adapter, save_demo_model)
     from tight_pipeline.method.specs import resolve_model_spec
     from tight_pipeline.method.models import load_pipeline
@@ -75,7 +75,7 @@ def test_saved_model_loads_through_load_pipeline_unchanged(tmp_path):
 def test_training_is_resumable_to_the_same_weights(tmp_path):
     from safetensors.torch import load_file
 
-    from tight_pipeline.demo_model.train import Paused, TrainConfig, train_demo_model
+    from lab.demo_model.train import Paused, TrainConfig, train_demo_model
 
     config = TrainConfig(train_images=48, vae_steps=2, unet_steps=3, decoder_steps=2, vae_batch=4, unet_batch=4,
                          warmup=1, checkpoint_every=100)
@@ -124,7 +124,7 @@ def test_shipped_model_is_small_safetensors_in_the_sdxl_and_h94_layout(demo_engi
 
 
 def _heldout_batch(n):
-    from tight_pipeline.demo_model.evaluate import EvalConfig, heldout_shots
+    from lab.demo_model.evaluate import EvalConfig, heldout_shots
 
     return heldout_shots(EvalConfig(images=n))
 
@@ -153,7 +153,7 @@ def test_trained_model_inverts_near_its_vae_ceiling_and_the_adapter_is_live(demo
 
 
 def test_colour_edits_land_and_keep_the_shape_at_catalog_balanced(demo_engine):
-    from tight_pipeline.demo_model.evaluate import score_edit, target_colour
+    from lab.demo_model.evaluate import score_edit, target_colour
     from tight_pipeline.method.presets import load_preset
 
     from tight_pipeline.method.sdxl import ItemRequest
@@ -173,8 +173,8 @@ def test_evaluation_writes_the_report_and_calibrated_presets(tmp_path, demo_engi
     import json
     import shutil
 
-    from tight_pipeline.demo_model.calibration import apply_presets
-    from tight_pipeline.demo_model.evaluate import EvalConfig, evaluate_demo_model
+    from lab.demo_model.calibration import apply_presets
+    from lab.demo_model.evaluate import EvalConfig, evaluate_demo_model
     from tight_pipeline.method.presets import load_presets
     from tight_pipeline.settings import configs_dir
 
@@ -202,7 +202,7 @@ def test_evaluation_writes_the_report_and_calibrated_presets(tmp_path, demo_engi
 
 
 def test_condition_probe_compares_own_and_other_images_and_leaves_the_adapter_off(demo_engine):
-    from tight_pipeline.demo_model.probes import condition_probe
+    from lab.demo_model.probes import condition_probe
     from tight_pipeline.method import conditioning
 
     shots = _heldout_batch(3)
@@ -221,7 +221,7 @@ def test_condition_probe_compares_own_and_other_images_and_leaves_the_adapter_of
 
 
 def test_balanced_is_picked_over_every_schedule_by_the_edit_targets():
-    from tight_pipeline.demo_model.calibration import calibrate_presets
+    from lab.demo_model.calibration import calibrate_presets
 
     def row(method, steps, scale, success, iou, psnr=28.0):
         return {"method": method, "steps": steps, "scale": scale, "edit_success": success, "iou": iou,
@@ -239,7 +239,7 @@ def test_balanced_is_picked_over_every_schedule_by_the_edit_targets():
 
 
 def test_ridge_probe_scores_a_linear_fact_high_and_noise_low():
-    from tight_pipeline.demo_model.probes import ridge_r2
+    from lab.demo_model.probes import ridge_r2
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(400, 300))
@@ -251,7 +251,7 @@ def test_ridge_probe_scores_a_linear_fact_high_and_noise_low():
 
 
 def test_token_probe_sees_the_product_position_in_the_encoder_states(demo_engine):
-    from tight_pipeline.demo_model.probes import token_probe
+    from lab.demo_model.probes import token_probe
 
     from tight_pipeline.demo_model.products import ProductSpec, render_product
     from tight_pipeline.method import conditioning
@@ -274,7 +274,7 @@ def test_the_demo_clip_reads_colours_and_judges_edits_as_the_spec_configures_it(
     """``catalog-demo-clip`` = the demo model + its shipped CLIP (``ModelSpec.clip``): the CLIP tells the product's
     colour from the six others on held-out shots (measured: 32/32), and automatic strength's judge becomes CLIP:
     a perfect recolour (the same shot rendered in the target colour) lands, the unedited photo does not."""
-    from tight_pipeline.demo_model.evaluate import target_colour
+    from tight_pipeline.demo_model.products import target_colour
     from tight_pipeline.method.auto import strength
     from tight_pipeline.method.factory import load_engine
     from tight_pipeline.method.fingerprints import model_digest
@@ -317,7 +317,7 @@ def test_a_spec_clip_path_is_relative_to_its_folder_and_a_missing_one_is_named(t
 
 
 def test_train_demo_clip_writes_a_clip_folder_the_scorer_loads(tmp_path):
-    from tight_pipeline.demo_model.clip import ClipTrainConfig, train_demo_clip
+    from lab.demo_model.clip import ClipTrainConfig, train_demo_clip
     from tight_pipeline.method import metrics
 
     tokenizer = Path(products.__file__).parent / "weights" / "tokenizer"

@@ -56,7 +56,7 @@ def write_catalog_demo_inputs(folder: str, count: int = 8, seed: int = 0) -> str
     Shots come from the held-out stream the evaluation also draws from (indices from 1000 on, so they are
     not the evaluation's images either).
     """
-    from tight_pipeline.demo_model.evaluate import target_colour
+    from tight_pipeline.demo_model.products import target_colour
     from tight_pipeline.demo_model.products import BACKGROUNDS, ProductSpec, caption, render_product
     from tight_pipeline.demo_model.products import HELDOUT_SEED_OFFSET
 

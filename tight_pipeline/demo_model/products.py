@@ -53,6 +53,12 @@ def vocabulary() -> list[str]:
     return sorted(words)
 
 
+def target_colour(colour: str) -> str:
+    """The colour an evaluation edit asks for: three steps round the palette (always a different hue)."""
+    names = list(COLOURS)
+    return names[(names.index(colour) + 3) % len(names)]
+
+
 @dataclass(frozen=True)
 class ProductSpec:
     """Everything that determines one shot; ``render_product`` is a pure function of it."""

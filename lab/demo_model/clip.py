@@ -1,6 +1,6 @@
 """A small CLIP for the catalog demo model: the local CLIP that scores its edits and judges automatic strength.
 
-    tight-pipeline train-demo-clip            # ~14 min on 2 CPU cores; writes tight_pipeline/demo_model/clip_weights
+    python -m lab train-demo-clip            # ~14 min on 2 CPU cores; writes tight_pipeline/demo_model/clip_weights
 
 A real ``transformers.CLIPModel`` (ViT image tower on 64 px with 8 px patches, text tower over the demo
 tokenizer's caption words) with its ``CLIPProcessor``, saved in the layout of ``openai/clip-vit-*`` folders, so
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tight_pipeline.demo_model.architecture import MAX_TOKENS
+from lab.demo_model.architecture import MAX_TOKENS
 from tight_pipeline.demo_model.products import SIZE, ProductSpec, render_product
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)  # openai CLIP's normalisation, kept so the processor is the usual one

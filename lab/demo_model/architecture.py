@@ -225,6 +225,6 @@ def save_demo_model(pipe, image_encoder, out_dir: Path, dtype=None, note: str = 
     spec = dict(name="catalog-demo", family="sdxl", base=".", adapter="ip_adapter", adapter_subfolder="sdxl_models",
                 adapter_weight=ADAPTER_WEIGHT, image_encoder="models/image_encoder", resolution=SIZE,
                 dtype="float32", device="auto")
-    header = "# The catalog demo model, trained by `tight-pipeline train-demo-model`.\n"
+    header = "# The catalog demo model, trained by `python -m lab train-demo-model`.\n"
     (out / "model.yaml").write_text(header + "".join(f"# {line}\n" for line in note.splitlines()) + yaml.safe_dump(spec, sort_keys=False))
     return out

@@ -1,6 +1,6 @@
 """Automatic strength on the catalog demo model: auto vs every fixed scale, and how often the judge is right.
 
-    tight-pipeline evaluate-auto-strength --report docs/demo-model/auto
+    python -m lab evaluate-auto-strength --report docs/demo-model/auto
 
 On held-out synthetic shots (the evaluation's: never trained on), colour edits ("a red mug ..." -> "a teal mug
 ...") are made through the engine as a catalog run makes them (``engine.edit_items``, the preset's settings):
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tight_pipeline.demo_model.evaluate import score_edit, target_colour
+from lab.demo_model.evaluate import score_edit, target_colour
 from tight_pipeline.demo_model.products import HELDOUT_SEED_OFFSET, ProductSpec, render_product
 from tight_pipeline.method.auto.rivals import rival_phrases, run_vocabulary
 

@@ -1,6 +1,6 @@
 """What the demo model's image condition carries: the denoising probe and the ridge probes of the adapter tokens.
 
-Both are part of ``tight-pipeline evaluate-demo-model``'s report (``evaluate.py`` runs them on held-out shots).
+Both are part of ``python -m lab evaluate-demo-model``'s report (``evaluate.py`` runs them on held-out shots).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Train the catalog demo model from scratch on synthetic product shots (CPU is enough; uses CUDA if present).
 
-    tight-pipeline train-demo-model --out tight_pipeline/demo_model/weights --work .tight-pipeline/demo-train
+    python -m lab train-demo-model --out tight_pipeline/demo_model/weights --work .tight-pipeline/demo-train
 
 Three phases, each an explicit loop with a progress bar, checkpointed to ``--work`` every
 ``checkpoint_every`` steps (run the same command again to resume; batches and noise depend only on the
@@ -145,7 +145,7 @@ def train_demo_model(out_dir: str | Path, work_dir: str | Path, config: TrainCon
     from diffusers import StableDiffusionXLPipeline
     from transformers import CLIPImageProcessor
 
-    from tight_pipeline.demo_model.architecture import build_components, build_tokenizer, init_adapter
+    from lab.demo_model.architecture import build_components, build_tokenizer, init_adapter
 
     t_start = time.perf_counter()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -360,7 +360,7 @@ def _export(run: _Run, pipe, image_encoder, modules, ema, config: TrainConfig, o
     """Phase 4: the EMA weights in the diffusers + h94 layout (float16 storage) and ``training.json``."""
     import torch
 
-    from tight_pipeline.demo_model.architecture import save_demo_model
+    from lab.demo_model.architecture import save_demo_model
 
     modules.load_state_dict(ema.state_dict())
     modules.eval()

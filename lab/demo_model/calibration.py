@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-PRESET_BEGIN = "  # >>> catalog-demo presets: written by `tight-pipeline evaluate-demo-model --apply-presets`"
+PRESET_BEGIN = "  # >>> catalog-demo presets: written by `python -m lab evaluate-demo-model --apply-presets`"
 PRESET_END = "  # <<< catalog-demo presets"
 
 

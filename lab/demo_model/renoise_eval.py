@@ -1,7 +1,7 @@
 """ReNoise as its authors run it vs ours, on the catalog demo model: does their schedule or their noise
 regularisation change reconstruction or edit success?
 
-    tight-pipeline evaluate-renoise-parity --report docs/demo-model/renoise
+    python -m lab evaluate-renoise-parity --report docs/demo-model/renoise
 
 On held-out synthetic shots (never trained on), one colour edit per shot, through the engine as a catalog run
 makes it (``engine.edit_items``), at the catalog presets' schedule (ReNoise, 10 steps, adapter scale 1.0,
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tight_pipeline.demo_model.evaluate import score_edit, target_colour
+from lab.demo_model.evaluate import score_edit, target_colour
 from tight_pipeline.demo_model.products import HELDOUT_SEED_OFFSET, ProductSpec, render_product
 
 REFERENCE = dict(renoise_iterations=9, renoise_average_last=2)
@@ -107,7 +107,7 @@ def markdown(report: dict) -> str:
         "",
         f"{c['images']} held-out shots (seed {report['shot_seed']}), one colour edit each; ReNoise, {c['steps']} steps, "
         f"adapter scale {c['scale']:g}, CFG {c['guidance']:g}; model `{report['model']}`. Produced by "
-        "`tight-pipeline evaluate-renoise-parity` (`tight_pipeline/demo_model/renoise_eval.py`).",
+        "`python -m lab evaluate-renoise-parity` (`lab/demo_model/renoise_eval.py`).",
         "",
         "| variant | reconstruction vs VAE (dB) | edit success | IoU | background (dB) | s/item |",
         "| --- | --- | --- | --- | --- | --- |",

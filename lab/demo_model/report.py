@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tight_pipeline.demo_model.calibration import calibrate_presets
+from lab.demo_model.calibration import calibrate_presets
 
 
 def markdown_report(report: dict) -> str:

@@ -1,6 +1,6 @@
 """Measure what the image condition buys on the catalog demo model: reconstruction vs editability by scale.
 
-    tight-pipeline evaluate-demo-model --report docs/demo-model
+    python -m lab evaluate-demo-model --report docs/demo-model
 
 On held-out synthetic shots (never trained on), for every inversion schedule (``ddim`` and ``renoise`` at
 10/20/50 steps) and adapter scale (0 ... 1), the Tight Inversion recipe is run exactly as the engine runs it
@@ -31,11 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tight_pipeline.demo_model.calibration import calibrate_presets
-from tight_pipeline.demo_model.probes import condition_probe, token_probe
-from tight_pipeline.demo_model.products import (COLOURS, HELDOUT_SEED_OFFSET, ProductSpec, dominant_colour, iou,
+from lab.demo_model.calibration import calibrate_presets
+from lab.demo_model.probes import condition_probe, token_probe
+from tight_pipeline.demo_model.products import (target_colour, COLOURS, HELDOUT_SEED_OFFSET, ProductSpec, dominant_colour, iou,
                                                  product_region, render_product)
-from tight_pipeline.demo_model.report import examples_sheet, markdown_report, plot_tradeoff
+from lab.demo_model.report import examples_sheet, markdown_report, plot_tradeoff
 
 
 
@@ -50,10 +50,6 @@ class EvalConfig:
     batch: int = 64
 
 
-def target_colour(colour: str) -> str:
-    """The colour an evaluation edit asks for: three steps round the palette (always a different hue)."""
-    names = list(COLOURS)
-    return names[(names.index(colour) + 3) % len(names)]
 
 
 def heldout_shots(config: EvalConfig):

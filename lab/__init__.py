@@ -1,0 +1,1 @@
+"""The lab: the demo model's training and evaluations, outside the product (``python -m lab``)."""
