@@ -27,7 +27,9 @@ PHASE = r"""
 import json, os, resource, sys, time
 os.environ.setdefault("TIGHT_PIPELINE_HOME", sys.argv[4])
 from tight_pipeline.settings import apply_local_defaults; apply_local_defaults()
-from tight_pipeline.pipeline.job import JobConfig, plan_job, run_job
+from tight_pipeline.pipeline.config import JobConfig
+from tight_pipeline.pipeline.planner import plan_job
+from tight_pipeline.pipeline.job import run_job
 from tight_pipeline.data import scores
 cfg = JobConfig(manifest=sys.argv[2], output=sys.argv[3], preset="draft", model="passthrough",
                 actors=int(os.environ.get("ACTORS", "1")), actor_cpus=0.5, batch_size=int(os.environ.get("BATCH", "256")))

@@ -15,7 +15,8 @@ from flows.tasks import (edit_items, flow_timeout_s, open_tracking, publish_summ
                          write_contact_sheet)
 from tight_pipeline.reporting import tracking
 from tight_pipeline.method.specs import resolve_model_spec
-from tight_pipeline.pipeline.job import JobConfig, check_compute, default_preset
+from tight_pipeline.pipeline.config import JobConfig, default_preset
+from tight_pipeline.pipeline.cluster import check_compute
 
 
 @flow(name="catalog-localization", log_prints=True, timeout_seconds=flow_timeout_s())

@@ -95,7 +95,7 @@ command = command_of(app)
 def _user_errors():
     from tight_pipeline.method.specs import ModelError
     from tight_pipeline.method.sdxl import InputError
-    from tight_pipeline.pipeline.job import ClusterError, ComputeSettingError
+    from tight_pipeline.pipeline.cluster import ClusterError, ComputeSettingError
     from tight_pipeline.pipeline.lease import RunLeaseHeld
     from tight_pipeline.data.manifest import ManifestError
     from tight_pipeline.method.presets import PresetError
@@ -231,7 +231,7 @@ def _edit_regions(mask: Path | None, region: str | None, size: tuple[int, int], 
 
 
 def _default_preset(preset: str | None, spec) -> str:
-    from tight_pipeline.pipeline.job import default_preset
+    from tight_pipeline.pipeline.config import default_preset
 
     return default_preset(preset, spec)
 
@@ -312,7 +312,9 @@ def _fail_over_limit(summary: dict, max_failure_rate: float) -> None:
 def _dry_run(manifest: str, output: str, preset: str, model: str | None, variants: int = 0, styles: str = "") -> None:
     import resource
 
-    from tight_pipeline.pipeline.job import JobConfig, plan_job
+    from tight_pipeline.pipeline.config import JobConfig
+
+    from tight_pipeline.pipeline.planner import plan_job
 
     plan = plan_job(JobConfig(manifest=manifest, output=output, preset=preset, model=model, variants=variants, styles=styles))
     for message in plan.invalid_sample[:20]:
@@ -365,7 +367,7 @@ def run(
     """Run the catalog-localization flow over a manifest (a file, or a prefix ending in / of many files)."""
     _prepare_env()
     from tight_pipeline.method.specs import resolve_model_spec
-    from tight_pipeline.pipeline.job import check_ray_address
+    from tight_pipeline.pipeline.cluster import check_ray_address
 
     spec = resolve_model_spec(model)
     if not dry_run:
@@ -410,7 +412,7 @@ def variants(
     variants; a larger --n adds only the new ones. Writes <item>/variants.png (input + variants) per item."""
     _prepare_env()
     from tight_pipeline.method.specs import resolve_model_spec
-    from tight_pipeline.pipeline.job import check_ray_address
+    from tight_pipeline.pipeline.cluster import check_ray_address
     from tight_pipeline.data.variants import VariantRequest, load_style_set
 
     spec = resolve_model_spec(model)

@@ -16,7 +16,9 @@ import pyarrow.compute as pc
 from tight_pipeline.data import scores, storage
 
 from tight_pipeline.reporting import tracking
-from tight_pipeline.pipeline.job import JobConfig, JobResult, plan_job, run_job
+from tight_pipeline.pipeline.config import JobConfig
+from tight_pipeline.pipeline.job import JobResult, run_job
+from tight_pipeline.pipeline.planner import plan_job
 
 IO_RETRIES = dict(retries=3, retry_delay_seconds=[2, 10, 30])
 

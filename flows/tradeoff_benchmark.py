@@ -18,7 +18,8 @@ from prefect.artifacts import create_table_artifact
 from flows.tasks import IO_RETRIES, flow_timeout_s
 from tight_pipeline.reporting import plots, tracking
 from tight_pipeline.data import storage
-from tight_pipeline.pipeline.job import JobConfig, run_job
+from tight_pipeline.pipeline.config import JobConfig
+from tight_pipeline.pipeline.job import run_job
 from tight_pipeline.data.manifest import read_manifest
 
 

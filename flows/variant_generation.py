@@ -14,7 +14,7 @@ from prefect import flow
 from flows.catalog_localization import run_tracked
 from flows.tasks import flow_timeout_s
 from tight_pipeline.method.specs import resolve_model_spec
-from tight_pipeline.pipeline.job import JobConfig, default_preset
+from tight_pipeline.pipeline.config import JobConfig, default_preset
 
 
 @flow(name="variant-generation", log_prints=True, timeout_seconds=flow_timeout_s())

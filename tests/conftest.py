@@ -94,7 +94,7 @@ def s3():
 
 @pytest.fixture(scope="session")
 def ray_session(s3):
-    from tight_pipeline.pipeline.job import connect_ray
+    from tight_pipeline.pipeline.cluster import connect_ray
 
     ray = connect_ray(num_cpus=2)
     yield ray

@@ -130,7 +130,7 @@ def test_kuberay_manifests_can_run_on_a_real_cluster():
     # The entrypoint uses only options the CLI has, and asks for an autoscaling pool with a bounded wait.
     _check_cli_options(job["spec"]["entrypoint"])
     assert "--min-actors" in job["spec"]["entrypoint"] and "--actor-wait" in job["spec"]["entrypoint"]
-    # The job's runtime env sets a key the driver also forwards (HF_HUB_OFFLINE): tight_pipeline.pipeline.job.connect_ray
+    # The job's runtime env sets a key the driver also forwards (HF_HUB_OFFLINE): tight_pipeline.pipeline.cluster.connect_ray
     # must then add only what it lacks (tests/test_topology.py submits such a job for real).
     import yaml
 
@@ -186,7 +186,7 @@ def test_a_deployment_without_a_preset_gets_the_model_family_s_default():
     from flows.catalog_localization import catalog_localization
     from flows.variant_generation import variant_generation
     from tight_pipeline.method.specs import resolve_model_spec
-    from tight_pipeline.pipeline.job import default_preset
+    from tight_pipeline.pipeline.config import default_preset
 
     for flow in (catalog_localization, variant_generation):
         assert inspect.signature(flow.fn).parameters["preset"].default is None

@@ -18,7 +18,8 @@ import pytest
 from infra.local.services import RayHead, stop_pids
 from tests.corpus import image_files
 from tight_pipeline.data import scores
-from tight_pipeline.pipeline.job import JobConfig, run_job
+from tight_pipeline.pipeline.config import JobConfig
+from tight_pipeline.pipeline.job import run_job
 
 pytestmark = pytest.mark.drill  # minutes each: `make drills` (CI runs them after `make test`)
 
@@ -50,7 +51,7 @@ def test_killed_driver_resumes_with_only_the_missing_rows(tmp_path, tiny_model_d
     manifest = _local_manifest(tmp_path / "in", n)
     out = tmp_path / "out"
     ray_tmp = tempfile.mkdtemp(prefix="tpk", dir="/tmp")
-    script = (f"from tight_pipeline.pipeline.job import JobConfig, run_job; run_job(JobConfig(manifest={str(manifest)!r}, "
+    script = (f"from tight_pipeline.pipeline.config import JobConfig; from tight_pipeline.pipeline.job import run_job; run_job(JobConfig(manifest={str(manifest)!r}, "
               f"output={str(out)!r}, preset='draft', model={str(tiny_model_dir)!r}, batch_size=1))")
     env = {**os.environ, "RAY_TMPDIR": ray_tmp}
     env.pop("AWS_ENDPOINT_URL", None)

@@ -20,7 +20,9 @@ from tight_pipeline.method import fingerprints
 from tight_pipeline.method.specs import resolve_model_spec
 from tight_pipeline.method.fingerprints import model_digest, weights_digest
 from tight_pipeline.data import scores
-from tight_pipeline.pipeline.job import JobConfig, plan_job, run_job
+from tight_pipeline.pipeline.config import JobConfig
+from tight_pipeline.pipeline.planner import plan_job
+from tight_pipeline.pipeline.job import run_job
 
 PRESET = "smoke@0.4"
 
@@ -139,7 +141,7 @@ def test_model_digest_follows_the_weights_not_only_the_spec(tmp_path, tiny_model
 
 
 def test_gpus_are_requested_by_the_model_s_device_not_by_what_the_cluster_shows(tiny_model_dir):
-    from tight_pipeline.pipeline.job import ComputeSettingError, actor_pool, check_compute, gpus_per_actor
+    from tight_pipeline.pipeline.cluster import ComputeSettingError, actor_pool, check_compute, gpus_per_actor
 
     config = JobConfig(manifest="m.jsonl", output="out")
     cuda = resolve_model_spec(str(tiny_model_dir), device="cuda")
@@ -202,7 +204,7 @@ def test_item_time_limit_turns_slow_items_into_error_rows(tmp_path, tiny_model_d
 
 def test_a_gpu_the_cluster_never_gets_ends_the_run_in_one_error_naming_it(tmp_path, tiny_model_dir, ray_session):
     """Ray Data would wait for actors forever; the run waits actor_wait_s, then names what it waited for."""
-    from tight_pipeline.pipeline.job import ClusterError
+    from tight_pipeline.pipeline.cluster import ClusterError
 
     manifest = _manifest(tmp_path / "in", 1)
     config = JobConfig(manifest=str(manifest), output=str(tmp_path / "out"), preset=PRESET,
@@ -218,7 +220,7 @@ def test_weights_missing_on_the_driver_are_fingerprinted_on_a_worker_or_named(ti
     """A driver without the weights cache asks a worker (a Ray task placed like an actor); weights that no node has
     stop the run naming the part — never a digest of nothing."""
     from tight_pipeline.method.fingerprints import WeightsNotFound
-    from tight_pipeline.pipeline.job import resolve_digest
+    from tight_pipeline.pipeline.cluster import resolve_digest
 
     config = JobConfig(manifest="m.jsonl", output="out", actor_wait_s=60)
     spec = resolve_model_spec(str(tiny_model_dir))

@@ -35,26 +35,49 @@ def _check(m):
     assert "no edits" in m.invalid[2].reason
 
 
-def test_jsonl(tmp_path):
-    path = tmp_path / "m.jsonl"
-    path.write_text("\n".join(json.dumps(r) for r in _records()) + "\n\n")
-    _check(read_manifest(str(path), set(load_presets())))
-
-
-def test_csv_with_json_columns(tmp_path):
-    rows = [{k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()} for r in _records()]
-    path = tmp_path / "m.csv"
-    pd.DataFrame(rows).to_csv(path, index=False)
-    _check(read_manifest(f"file://{path}", set(load_presets())))
-
-
-def test_parquet_via_memory_filesystem():
+def _write(fmt: str, tmp_path) -> str:
+    """The same records as a manifest in ``fmt``; returns its URL (CSV and Parquet hold JSON text columns)."""
     import fsspec
 
-    rows = [{k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()} for r in _records()]
+    if fmt == "jsonl":
+        path = tmp_path / "m.jsonl"
+        path.write_text("\n".join(json.dumps(r) for r in _records()) + "\n\n")
+        return str(path)
+    rows = pd.DataFrame([{k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()}
+                         for r in _records()])
+    if fmt == "csv":
+        rows.to_csv(tmp_path / "m.csv", index=False)
+        return f"file://{tmp_path / 'm.csv'}"
     with fsspec.open("memory://manifests/m.parquet", "wb") as f:
-        pd.DataFrame(rows).to_parquet(f, index=False)
-    _check(read_manifest("memory://manifests/m.parquet", set(load_presets())))
+        rows.to_parquet(f, index=False)
+    return "memory://manifests/m.parquet"
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_every_format_reads_the_same_items_and_invalid_rows(fmt, tmp_path):
+    _check(read_manifest(_write(fmt, tmp_path), set(load_presets())))
+
+
+def test_masks_and_regions_in_a_manifest(tmp_path):
+    """``mask_uri`` on an item and on an edit (relative to the manifest), ``region`` per edit; a region ``mask``
+    without any mask and an unknown region are invalid rows naming the edit."""
+    records = [
+        {"item_id": "a", "image_uri": "a.png", "source_prompt": "a", "mask_uri": "masks/a.png",
+         "edits": [{"edit_id": "x", "prompt": "b"}, {"edit_id": "y", "prompt": "c", "region": "auto"},
+                   {"edit_id": "z", "prompt": "d", "mask_uri": "masks/a-bg.png"}]},
+        {"item_id": "b", "image_uri": "b.png", "source_prompt": "a", "edits": [{"edit_id": "x", "prompt": "b", "region": "mask"}]},
+        {"item_id": "c", "image_uri": "c.png", "source_prompt": "a", "edits": [{"edit_id": "x", "prompt": "b", "region": "some"}]},
+    ]
+    path = tmp_path / "m.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records))
+    m = read_manifest(str(path))
+    (a,) = m.items
+    assert a.mask_uri == str(tmp_path / "masks" / "a.png")
+    assert [(e.region, e.mask_uri) for e in a.edits] == [(None, None), ("auto", None), (None, str(tmp_path / "masks" / "a-bg.png"))]
+    assert type(a).from_json(a.to_json()) == a  # what the workers get
+    reasons = {bad.item_id: bad.reason for bad in m.invalid}
+    assert "has region 'mask' but neither it nor the item has a mask_uri" in reasons["b"]
+    assert "edits[0].region 'some' is not one of whole, auto, mask" in reasons["c"]
 
 
 def test_missing_columns_and_unreadable_manifests_fail_before_any_work(tmp_path):

@@ -270,7 +270,8 @@ def test_edit_with_a_mask_on_odd_photos(tmp_path):
 
 def test_run_with_masks_on_odd_photos(tmp_path, tiny_model_dir, ray_session):
     from tight_pipeline.data import scores
-    from tight_pipeline.pipeline.job import JobConfig, run_job
+    from tight_pipeline.pipeline.config import JobConfig
+    from tight_pipeline.pipeline.job import run_job
 
     files = _odd_photos(tmp_path)
     lines = [{"item_id": name, "image_uri": photo.name, "source_prompt": "a woman", "mask_uri": mask.name,

@@ -14,7 +14,9 @@ import pytest
 
 from tests.corpus import image_files
 from tight_pipeline.data import scores
-from tight_pipeline.pipeline.job import JobConfig, plan_job, run_job
+from tight_pipeline.pipeline.config import JobConfig
+from tight_pipeline.pipeline.planner import plan_job
+from tight_pipeline.pipeline.job import run_job
 from tight_pipeline.data.manifest import iter_manifest, read_manifest
 
 

@@ -33,7 +33,7 @@ import numpy as np
 
 from lab.demo_model.calibration import calibrate_presets
 from lab.demo_model.probes import condition_probe, token_probe
-from tight_pipeline.demo_model.products import (target_colour, COLOURS, HELDOUT_SEED_OFFSET, ProductSpec, dominant_colour, iou,
+from tight_pipeline.demo_model.products import (target_colour, HELDOUT_SEED_OFFSET, ProductSpec, dominant_colour, iou,
                                                  product_region, render_product)
 from lab.demo_model.report import examples_sheet, markdown_report, plot_tradeoff
 

@@ -36,7 +36,6 @@ the chunks (small manifests, tests).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -117,11 +116,6 @@ class Manifest:
     @property
     def n_rows(self) -> int:
         return len(self.items) + len(self.invalid)
-
-
-def _records(data: bytes, fmt: str) -> list[tuple[int, dict | str]]:
-    """(row number, record or parse error text) for every data row of an in-memory manifest."""
-    return [rec for chunk in _record_chunks(io.BytesIO(data), fmt, 1 << 62) for rec in chunk]
 
 
 def _record_chunks(f, fmt: str, chunk_rows: int, first_row: int = 1) -> Iterator[list[tuple[int, dict | str]]]:
@@ -309,16 +303,6 @@ class _Validator:
         return Item(row, item_id, image_uri, source_prompt, edits, preset,
                     {**extra, **metadata, "variants": request.metadata(item_id)}, mask_uri)
 
-
-def parse_manifest(
-    data: bytes,
-    uri: str,
-    fmt: str,
-    known_presets: set[str] | None = None,
-    allowed_schemes: tuple[str, ...] = storage.DEFAULT_SCHEMES,
-) -> Manifest:
-    items, invalid = _Validator(uri, known_presets, allowed_schemes).check(_records(data, fmt), uri)
-    return Manifest(uri, hashlib.sha256(data).hexdigest(), tuple(items), tuple(invalid))
 
 
 @dataclass(frozen=True)

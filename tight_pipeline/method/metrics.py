@@ -16,8 +16,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-LPIPS_MISSING = "lpips not computed: needs local AlexNet weights and torchvision, neither is installed"
-CLIP_MISSING = "clip score not computed: set TIGHT_PIPELINE_CLIP_MODEL to a local CLIP model folder"
 
 
 def as_tensor(image) -> torch.Tensor:

@@ -12,17 +12,16 @@ error row after ``max_attempts`` starts instead of being retried forever by Ray'
 from __future__ import annotations
 
 import io
-import json
 import logging
 import math
 import os
 import re
 import socket
 import time
-from datetime import datetime, timezone
 from typing import Any
 
 from tight_pipeline.data import scores, storage
+from tight_pipeline.pipeline import rows as score_rows
 
 from tight_pipeline.reporting import sheets
 from tight_pipeline.method.specs import ModelSpec
@@ -65,9 +64,6 @@ class AttemptLedger:
     def release(self, keys: list[str]) -> None:
         for k in keys:
             self.state.pop(k, None)
-
-    def size(self) -> int:
-        return len(self.state)
 
 
 def summarize(item: Item, rows: list[dict], candidate: bool) -> dict:
@@ -249,15 +245,16 @@ class EditorActor:
         return out
     def error_rows(self, item: Item, preset: Preset, exc: BaseException, t_start: float) -> list[dict]:
         """One error row per edit of ``item``; the message names the item and the cause in one line."""
-        kind = type(exc).__name__
-        message = f"item {item.item_id!r}: {kind}: {storage.redact(str(exc)).splitlines()[0] if str(exc) else kind}"
+        message = score_rows.error_message(item, exc)
         log.warning(message)
-        base = base_row(item, preset, self.spec, self.digest, self.run_id, self.manifest_uri)
-        return [
-            {**base, "worker": self.worker, **self.placement, "edit_id": e.edit_id, "edit_prompt": e.prompt, "status": "error",
-             "error": message, "time_total_s": time.perf_counter() - t_start, "finished_at": now()}
-            for e in item.edits
-        ]
+        return score_rows.error_rows(self.base_row(item, preset), item, message, self.worker_columns(),
+                               time.perf_counter() - t_start)
+
+    def base_row(self, item: Item, preset: Preset) -> dict:
+        return score_rows.base_row(item, preset, self.spec, self.digest, self.run_id, self.manifest_uri)
+
+    def worker_columns(self) -> dict:
+        return {"worker": self.worker, **self.placement}
 
     def variant_sheet(self, item: Item, preset: Preset, result, variants: dict):
         """input | every variant of the item, labelled with its style (variants done in an earlier run are
@@ -324,32 +321,9 @@ class EditorActor:
             "time_judge_s": t.get("judge_s"),
             "time_total_s": time.perf_counter() - t_start,
         }
-        base = base_row(item, preset, self.spec, self.digest, self.run_id, self.manifest_uri)
-        return [
-            {
-                **base, **result.scores, **result.edit_scores[e.edit_id], **timings, "worker": self.worker, **self.placement,
-                "edit_id": e.edit_id, "edit_prompt": e.prompt, "status": "ok", "error": None,
-                "warnings": "; ".join(notes + result.warnings) or None,
-                "input_uri": input_uri, "reconstruction_uri": recon_uri, "edit_uri": edit_uris[e.edit_id],
-                "region_uri": region_uris.get(e.edit_id), "output_width": sizes[e.edit_id][0],
-                "output_height": sizes[e.edit_id][1],
-                "finished_at": now(),
-            }
-            for e in item.edits
-        ]
+        uris = {"input": input_uri, "reconstruction": recon_uri, "edit": edit_uris, "region": region_uris, "size": sizes}
+        return score_rows.ok_rows(self.base_row(item, preset), item, result, notes, timings, uris, self.worker_columns())
 
-
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-def base_row(item: Item, preset: Preset, spec: ModelSpec, digest: str, run_id: str, manifest_uri: str) -> dict:
-    return {
-        "run_id": run_id, "manifest_uri": manifest_uri, "row": item.row, "item_id": item.item_id,
-        "source_prompt": item.source_prompt, "image_uri": item.image_uri, "preset": preset.name,
-        "preset_hash": preset.hash, "method": preset.method, "model": spec.name, "model_digest": digest,
-        "metadata": json.dumps(item.metadata, default=str) if item.metadata else None,
-    }
 
 
 def outputs_exist(output: str, preset_hash: str, item: Item) -> bool:
