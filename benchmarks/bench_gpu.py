@@ -70,7 +70,7 @@ def bench_items(engine, device: str, cases, steps: int) -> list[dict]:
     """Time each (preset, edits, batch) case: one warm-up at the same shapes with 2 steps (the kernels and
     allocations a 50-step run uses), then the timed run. Each row goes to stderr as soon as it is measured,
     so a run cut short still leaves its figures."""
-    from tight_pipeline.method.sdxl import ItemRequest
+    from tight_pipeline.method.items import ItemRequest
     from tight_pipeline.method.presets import load_preset
 
     rows = []
@@ -88,7 +88,7 @@ def bench_items(engine, device: str, cases, steps: int) -> list[dict]:
         if failed:
             raise RuntimeError(f"{name} x{n_edits} batch {batch}: {failed[0]}")
         per_item = wall / batch
-        phases = {k: round(sum(r.timings[k] for r in results) / batch, 4)
+        phases = {k: round(sum(getattr(r.timings, k) for r in results) / batch, 4)
                   for k in ("encode_s", "embed_s", "invert_s", "denoise_s", "decode_s", "score_s")}
         rows.append({
             "preset": name, "method": preset.method, "edits": n_edits, "batch": batch,

@@ -30,7 +30,7 @@ torch.set_num_threads(int(os.environ.get("TORCH_THREADS", os.cpu_count() or 1)))
 from lab.demo_model.evaluate import score_edit, target_colour  # noqa: E402
 from tight_pipeline.demo_model.products import HELDOUT_SEED_OFFSET, ProductSpec, render_product  # noqa: E402
 from tight_pipeline.method.factory import load_engine  # noqa: E402
-from tight_pipeline.method.sdxl import ItemRequest  # noqa: E402
+from tight_pipeline.method.items import ItemRequest  # noqa: E402
 from tight_pipeline.method.specs import resolve_model_spec  # noqa: E402
 from tight_pipeline.method.presets import Preset  # noqa: E402
 

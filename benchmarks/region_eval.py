@@ -29,11 +29,11 @@ from PIL import Image
 from scipy import ndimage
 
 from tight_pipeline.reporting import sheets
-from tight_pipeline.demo_model.products import (BACKGROUNDS, COLOURS, HELDOUT_SEED_OFFSET, ProductSpec,
+from tight_pipeline.demo_model.products import (BACKGROUNDS, HELDOUT_SEED_OFFSET, ProductSpec,
                                                 dominant_colour, iou, product_region, render_product)
 from tight_pipeline.method import region
 from tight_pipeline.method.factory import load_engine
-from tight_pipeline.method.sdxl import ItemRequest
+from tight_pipeline.method.items import ItemRequest
 from tight_pipeline.method.specs import resolve_model_spec
 from tight_pipeline.method.presets import load_preset
 
@@ -83,7 +83,7 @@ def measure(shots, preset, engine, mode: str) -> tuple[list[dict], list]:
             out = result.full_edits[edit_id]
             spec = dataclasses.replace(shot.spec)
             row = {"shot": shot.spec.caption, "kind": kind, "mode": mode, "seconds": seconds,
-                   "region_s": result.timings.get("region_s", 0.0),
+                   "region_s": result.timings.region_s,
                    "fraction": result.edit_scores[edit_id]["region_fraction"],
                    "fill": result.edit_scores[edit_id]["region_fill"],
                    "correlation": region.structure_correlation(

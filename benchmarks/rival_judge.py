@@ -37,7 +37,7 @@ from lab.demo_model.evaluate import score_edit, target_colour  # noqa: E402
 from tight_pipeline.method.auto import strength  # noqa: E402
 from tight_pipeline.method.factory import load_engine  # noqa: E402
 from tight_pipeline.method.auto.rivals import rival_phrases, rival_prompts, run_vocabulary  # noqa: E402
-from tight_pipeline.method.sdxl import ItemRequest  # noqa: E402
+from tight_pipeline.method.items import ItemRequest  # noqa: E402
 from tight_pipeline.method.specs import resolve_model_spec  # noqa: E402
 from tight_pipeline.method.presets import Preset  # noqa: E402
 

@@ -94,7 +94,7 @@ command = command_of(app)
 
 def _user_errors():
     from tight_pipeline.method.specs import ModelError
-    from tight_pipeline.method.sdxl import InputError
+    from tight_pipeline.method.items import InputError
     from tight_pipeline.pipeline.cluster import ClusterError, ComputeSettingError
     from tight_pipeline.pipeline.lease import RunLeaseHeld
     from tight_pipeline.data.manifest import ManifestError
@@ -158,7 +158,7 @@ def edit(
     from tight_pipeline.data import storage
     from tight_pipeline.method.specs import resolve_model_spec
     from tight_pipeline.method.factory import load_engine
-    from tight_pipeline.method.sdxl import BatchError, ItemRequest
+    from tight_pipeline.method.items import BatchError, ItemRequest
     from tight_pipeline.method.presets import load_preset
 
     spec = resolve_model_spec(model)
@@ -202,7 +202,7 @@ def edit(
         "image": str(image), "source_prompt": source_prompt, "preset": chosen.to_dict(), "model": spec.to_dict(),
         "scores": result.scores, "lpips_note": "lpips not computed: no local backbone weights",
         "edits": {e: {"prompt": p, **result.edit_scores[e]} for e, p in edit_list},
-        "timings_s": result.timings, "warnings": notes + result.warnings,
+        "timings_s": result.timings.as_dict(), "warnings": notes + result.warnings,
     }
     (out / "scores.json").write_text(json.dumps(report, indent=2))
     for w in notes + result.warnings:

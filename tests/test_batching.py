@@ -12,7 +12,8 @@ from PIL import Image
 from tight_pipeline.demo_model.products import ProductSpec, render_product
 from tight_pipeline.method import metrics
 from tight_pipeline.method.specs import resolve_model_spec
-from tight_pipeline.method.sdxl import BatchError, InputError, ItemRequest, TightInversion
+from tight_pipeline.method.items import BatchError, InputError, ItemRequest
+from tight_pipeline.method.sdxl import TightInversion
 from tight_pipeline.method.factory import load_engine
 from tight_pipeline.method.presets import Preset
 
@@ -68,7 +69,7 @@ def test_batched_items_equal_one_item_runs(engine, chunked_engine, method, extra
         # where they are well-conditioned.
         if min(a.scores["psnr_vs_vae"], b.scores["psnr_vs_vae"]) < 60:
             assert b.scores["psnr_vs_vae"] == pytest.approx(a.scores["psnr_vs_vae"], rel=0.03)
-    assert batched[0].timings["batch_items"] == 3 and batched[3].timings["batch_items"] == 1
+    assert batched[0].timings.batch_items == 3 and batched[3].timings.batch_items == 1
     # the edits are real: an edit differs from the reconstruction
     assert metrics.mean_abs_change(batched[0].edits["blue"], batched[0].reconstruction) > 0.002
 

@@ -156,7 +156,7 @@ def test_colour_edits_land_and_keep_the_shape_at_catalog_balanced(demo_engine):
     from lab.demo_model.evaluate import score_edit, target_colour
     from tight_pipeline.method.presets import load_preset
 
-    from tight_pipeline.method.sdxl import ItemRequest
+    from tight_pipeline.method.items import ItemRequest
 
     preset = load_preset("catalog-balanced")
     shots = _heldout_batch(6)

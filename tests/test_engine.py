@@ -11,7 +11,8 @@ from diffusers import DDIMInverseScheduler
 from tight_pipeline.method import conditioning, editing, inversion
 from tight_pipeline.method.specs import ModelError, resolve_model_spec
 from tight_pipeline.method.models import load_pipeline
-from tight_pipeline.method.sdxl import InputError, TightInversion, fit_size
+from tight_pipeline.method.items import InputError, fit_size
+from tight_pipeline.method.sdxl import TightInversion
 from tight_pipeline.method.presets import load_preset
 
 

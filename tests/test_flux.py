@@ -14,7 +14,7 @@ from PIL import Image
 from tight_pipeline.demo_model.products import ProductSpec, render_product
 from tight_pipeline.method import flux, rf_inversion
 from tight_pipeline.method.metrics import psnr
-from tight_pipeline.method.sdxl import InputError
+from tight_pipeline.method.items import InputError
 from tight_pipeline.method.presets import Preset, load_preset
 
 
@@ -138,8 +138,8 @@ def test_flux_presets_load_and_old_hashes_are_stable():
 
 
 def test_run_with_a_flux_spec_end_to_end(tmp_path, flux_dir, ray_session, prefect_harness):
-    """The catalog flow over the demo manifest with a FLUX spec: Parquet rows and MLflow metrics like SDXL (the
-    command line around it is the same for every family: tests/test_cli.py runs it)."""
+    """The catalog flow over the demo manifest with a FLUX spec and no preset: the family's default, Parquet rows and
+    MLflow metrics like SDXL (the command line around it is the same for every family: tests/test_cli.py runs it)."""
     import json
 
     import mlflow
@@ -150,11 +150,12 @@ def test_run_with_a_flux_spec_end_to_end(tmp_path, flux_dir, ray_session, prefec
 
     manifest = write_demo_inputs(str(tmp_path / "in"))
     out = tmp_path / "out"
-    summary = catalog_localization(manifest=manifest, output=str(out), preset="flux-draft", model=str(flux_dir))
+    # no preset: the flow takes the FLUX family's default (a deployment once ran FLUX with the SDXL default)
+    summary = catalog_localization(manifest=manifest, output=str(out), model=str(flux_dir))
     rows = scores.read_latest(str(out))
     n_edits = sum(len(json.loads(line)["locales"]) for line in (tmp_path / "in" / "manifest.jsonl").read_text().splitlines())
     assert len(rows) == n_edits and set(rows["status"]) == {"ok"} and summary["status_ok"] == n_edits
-    assert set(rows["preset"]) == {"flux-draft"} and rows["psnr_vs_vae"].notna().all()
+    assert set(rows["preset"]) == {"flux-balanced"} and rows["psnr_vs_vae"].notna().all()
     mlflow.set_tracking_uri(tracking.tracking_uri())
     run = mlflow.get_run(summary["mlflow_run_id"])
     assert run.data.metrics["rows_ok"] == n_edits and run.data.metrics["psnr_vs_vae_mean"] > 0
@@ -164,7 +165,7 @@ def test_run_with_a_flux_spec_end_to_end(tmp_path, flux_dir, ray_session, prefec
 def test_batched_flux_items_equal_one_item_runs(flux_engine, flux_dir):
     """RF-Inversion of three same-size items (2, 0 and 1 edits) in one batch, transformer calls of 2 rows."""
     from tight_pipeline.method.specs import resolve_model_spec
-    from tight_pipeline.method.sdxl import ItemRequest
+    from tight_pipeline.method.items import ItemRequest
     from tight_pipeline.method.factory import load_engine
 
     chunked = load_engine(resolve_model_spec(str(flux_dir), device="cpu", max_batch=2, vae_batch=2))
@@ -179,12 +180,12 @@ def test_batched_flux_items_equal_one_item_runs(flux_engine, flux_dir):
         assert not isinstance(b, BaseException), b
         for x, y in [(a.reconstruction, b.reconstruction)] + [(a.edits[k], b.edits[k]) for k in a.edits]:
             assert np.abs(np.asarray(x, dtype=int) - np.asarray(y, dtype=int)).max() <= 1
-    assert batched[0].timings["batch_items"] == 3
+    assert batched[0].timings.batch_items == 3
 
 
 def test_the_zero_shot_judge_of_automatic_strength_on_flux(flux_engine, shot):
     from tight_pipeline.method.auto import strength
-    from tight_pipeline.method.sdxl import ItemRequest
+    from tight_pipeline.method.items import ItemRequest
     from tight_pipeline.method.presets import load_preset
 
     image, caption = shot.image, shot.caption
@@ -199,7 +200,7 @@ def test_the_zero_shot_judge_of_automatic_strength_on_flux(flux_engine, shot):
 
 
 def test_a_flux_reconstruction_brought_by_the_request_is_kept(flux_engine, shot):
-    from tight_pipeline.method.sdxl import ItemRequest
+    from tight_pipeline.method.items import ItemRequest
 
     preset = _preset(steps=4)
     request = ItemRequest(shot.image, shot.caption, [("b", "a blue mug")])

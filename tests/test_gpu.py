@@ -45,7 +45,7 @@ def test_half_precision_renoise_on_cuda_reconstructs_the_trained_model(dtype):
 def test_batched_items_on_cuda_equal_one_item_runs(tiny_spec, photo):
     import numpy as np
 
-    from tight_pipeline.method.sdxl import ItemRequest
+    from tight_pipeline.method.items import ItemRequest
     from tight_pipeline.method.factory import load_engine
 
     gpu = load_engine(dataclasses.replace(tiny_spec, device="cuda", max_batch=4))

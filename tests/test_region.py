@@ -13,7 +13,7 @@ from PIL import Image
 
 from tight_pipeline.data import storage
 from tight_pipeline.method import region
-from tight_pipeline.method.sdxl import ItemRequest
+from tight_pipeline.method.items import ItemRequest
 from tight_pipeline.method.presets import Preset, load_preset
 
 

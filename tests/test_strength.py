@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tight_pipeline.method.sdxl import InputError, ItemRequest, ItemResult
+from tight_pipeline.method.items import InputError, ItemRequest, ItemResult, Timings
 from tight_pipeline.method.auto.rivals import changed_span, rival_phrases, rival_prompts, run_vocabulary
 from tight_pipeline.method.auto.strength import Candidate, choose, edit_items_auto, final_choice, kept_psnr, landed_score
 from tight_pipeline.method.presets import PresetError, Preset, load_preset
@@ -119,7 +119,7 @@ class ScaleStamp:
             level = 1 + int(preset.edit_scale * 200)
             edits = {e: Image.new("RGB", (8, 8), (level,) * 3) for e, _ in r.edits}
             out.append(ItemResult(r.image, r.image, Image.new("RGB", (8, 8), (level,) * 3), edits, {"psnr_vs_input": level},
-                                  {e: {"edit_change": 1.0} for e, _ in r.edits}, {"invert_s": 1.0, "batch_items": 1.0}, []))
+                                  {e: {"edit_change": 1.0} for e, _ in r.edits}, Timings(invert_s=1.0), []))
         return out
 
     def prompt_errors(self, images, prompts):
@@ -155,7 +155,7 @@ def test_the_search_runs_strongest_first_and_only_what_is_still_open():
     assert [c["scale"] for c in json.loads(a.edit_scores["y"]["auto_candidates"])] == [1.0, 0.4]
     assert np.asarray(a.edits["y"])[0, 0, 0] == 81  # the image made at the chosen scale
     assert a.scores["psnr_vs_input"] == 201  # the reconstruction (and its scores) of the strongest scale
-    assert a.timings["invert_s"] == 2.0 and a.timings["auto_tries"] == 2.0 and not a.warnings
+    assert a.timings.invert_s == 2.0 and a.timings.auto_tries == 2 and not a.warnings
     assert b.edit_scores["z"]["adapter_scale"] == 0.0 and b.edit_scores["z"]["auto_reason"] == "none-landed"
     assert "no candidate scale landed it" in b.warnings[0] and "'z'" in b.warnings[0]
 

@@ -58,7 +58,7 @@ def evaluate_auto_strength(model: str, report_dir: str | Path, config: AutoEvalC
     from tight_pipeline.method.auto import strength
     from tight_pipeline.method.factory import load_engine
     from tight_pipeline.method.specs import resolve_model_spec
-    from tight_pipeline.method.sdxl import ItemRequest
+    from tight_pipeline.method.items import ItemRequest
     from tight_pipeline.method.presets import Preset
 
     t_start = time.perf_counter()
@@ -105,7 +105,7 @@ def evaluate_auto_strength(model: str, report_dir: str | Path, config: AutoEvalC
     chosen = [r.edit_scores["colour"]["adapter_scale"] for r in results]
     reasons = [r.edit_scores["colour"]["auto_reason"] for r in results]
     rows.append(_summary("auto", None, scored, per_item, chosen=chosen, reasons=reasons,
-                         tries=[r.timings["auto_tries"] for r in results]))
+                         tries=[r.timings.auto_tries for r in results]))
     log(f"auto: success {rows[-1]['edit_success']:.3f} ({per_item:.3f} s/item)")
 
     agreement = _agreement(judged, auto.auto_min_landed)

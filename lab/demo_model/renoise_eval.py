@@ -58,7 +58,7 @@ def evaluate_renoise_parity(model: str, report_dir: str | Path, config: RenoiseE
     import torch
 
     from tight_pipeline.method.factory import load_engine
-    from tight_pipeline.method.sdxl import ItemRequest
+    from tight_pipeline.method.items import ItemRequest
     from tight_pipeline.method.specs import resolve_model_spec
     from tight_pipeline.method.presets import Preset
 

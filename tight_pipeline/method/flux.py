@@ -28,7 +28,8 @@ import torch
 from PIL import Image
 
 from tight_pipeline.method import editing, region, rf_inversion
-from tight_pipeline.method.sdxl import InputError, ItemResult, TightInversion
+from tight_pipeline.method.engine import Engine
+from tight_pipeline.method.items import InputError, ItemResult, Timings
 from tight_pipeline.method.presets import Preset
 
 # The zero-shot judge's noise levels (sigma) for ``FluxTightInversion.prompt_errors``.
@@ -93,25 +94,18 @@ def flux_sigmas(pipe, steps: int, image_tokens: int) -> tuple[list[float], list[
     return [float(s) for s in scheduler.sigmas], [float(t) for t in scheduler.timesteps] + [0.0]
 
 
-class FluxTightInversion(TightInversion):
+class FluxTightInversion(Engine):
     """Tight Inversion on a loaded ``FluxPipeline`` with an XLabs IP-Adapter (one per process / actor)."""
 
-    def __init__(self, pipe, spec, clip_scorer=None):
-        self.pipe = pipe
-        self.spec = spec
-        self.clip = clip_scorer
-        self.multiple = max(8, pipe.vae_scale_factor * 2)  # VAE factor x 2x2 packing
-        self.device = pipe.transformer.device
-        self.dtype = pipe.transformer.dtype
+    families = ("flux",)
 
-    @classmethod
-    def from_spec(cls, spec, clip_model: str | None = None) -> "FluxTightInversion":
-        from tight_pipeline.method import metrics
-        from tight_pipeline.method.models import load_pipeline
+    @staticmethod
+    def network_of(pipe):
+        return pipe.transformer
 
-        pipe = load_pipeline(spec)
-        scorer = metrics.ClipScorer(clip_model, device=str(pipe.transformer.device)) if clip_model else None
-        return cls(pipe, spec, scorer)
+    @staticmethod
+    def latent_multiple(pipe) -> int:
+        return max(8, pipe.vae_scale_factor * 2)  # VAE factor x 2x2 packing
 
     # -- images <-> packed latents --------------------------------------------------------------------
     def _encode_pixels(self, x: torch.Tensor) -> torch.Tensor:
@@ -163,34 +157,27 @@ class FluxTightInversion(TightInversion):
         return velocity
 
     @torch.no_grad()
-    def prompt_errors(self, images: list[Image.Image], prompts: list[str], sigmas: tuple[float, ...] = JUDGE_SIGMAS,
-                      seeds: tuple[int, ...] = JUDGE_SEEDS) -> list[float]:
-        """``TightInversion.prompt_errors`` for a flow model: the velocity error
-        ``||(eps - y_0) - v_theta((1 - s) y_0 + s eps, c)||^2`` on shared noises and levels."""
-        out = [0.0] * len(images)
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, image in enumerate(images):
-            groups.setdefault(image.size, []).append(i)
-        pipe = self.pipe
-        for _, index in groups.items():
-            n = len(index)
-            z0 = self._encode_once([images[i] for i in index])
-            y0 = self.pack(z0)
-            image_ids = pipe._prepare_latent_image_ids(1, z0.shape[-2] // 2, z0.shape[-1] // 2, self.device, self.dtype)
-            text = embed_text(pipe, [prompts[i] for i in index])
-            embeds = embed_image(pipe, images[index[0]])  # at scale 0 any embeds of the right shape do
-            image_rows = None if embeds is None else embeds[1].expand(n, *embeds[1].shape[1:])
-            self._set_scale(0.0)
-            velocity = self.velocity_fn(text, image_rows, image_ids, [s * 1000 for s in sigmas],
-                                        self.guidance_rows([1.0] * n))
-            err = torch.zeros(n, device=y0.device)
-            for seed in seeds:
-                noise = torch.randn((1, *y0.shape[1:]), generator=torch.Generator().manual_seed(seed)).to(y0)
-                for level, s in enumerate(sigmas):
-                    err += (velocity((1 - s) * y0 + s * noise, level) - (noise - y0)).pow(2).flatten(1).mean(1)
-            for j, i in enumerate(index):
-                out[i] = float(err[j]) / (len(seeds) * len(sigmas))
-        return out
+    def judge_group(self, images: list[Image.Image], prompts: list[str], levels=None, seeds=None) -> torch.Tensor:
+        """``TightInversion.judge_group`` for a flow model: the velocity error
+        ``||(eps - y_0) - v_theta((1 - s) y_0 + s eps, c)||^2`` on shared noises (``seeds``) and levels
+        (``levels``: sigmas, default ``JUDGE_SIGMAS``)."""
+        sigmas = JUDGE_SIGMAS if levels is None else levels
+        seeds = JUDGE_SEEDS if seeds is None else seeds
+        pipe, n = self.pipe, len(images)
+        z0 = self._encode_once(images)
+        y0 = self.pack(z0)
+        image_ids = pipe._prepare_latent_image_ids(1, z0.shape[-2] // 2, z0.shape[-1] // 2, self.device, self.dtype)
+        text = embed_text(pipe, prompts)
+        embeds = embed_image(pipe, images[0])  # at scale 0 any embeds of the right shape do
+        image_rows = None if embeds is None else embeds[1].expand(n, *embeds[1].shape[1:])
+        self._set_scale(0.0)
+        velocity = self.velocity_fn(text, image_rows, image_ids, [s * 1000 for s in sigmas], self.guidance_rows([1.0] * n))
+        err = torch.zeros(n, device=y0.device)
+        for seed in seeds:
+            noise = torch.randn((1, *y0.shape[1:]), generator=torch.Generator().manual_seed(seed)).to(y0)
+            for level, s in enumerate(sigmas):
+                err += (velocity((1 - s) * y0 + s * noise, level) - (noise - y0)).pow(2).flatten(1).mean(1)
+        return err / (len(seeds) * len(sigmas))
 
     def guidance_rows(self, values: list[float]):
         if not self.pipe.transformer.config.guidance_embeds:
@@ -211,7 +198,7 @@ class FluxTightInversion(TightInversion):
         reconstructions, then every edit of every item (true CFG rows ``[negative x E, edit x E]``)."""
         step = (lambda phase: (lambda i: progress(phase))) if progress else (lambda phase: None)
         pipe, b = self.pipe, len(requests)
-        timings: dict[str, float] = {"batch_items": float(b)}
+        timings = Timings(batch_items=b)
 
         t0 = time.perf_counter()
         pixels = self.pixels(fitted)
@@ -220,7 +207,7 @@ class FluxTightInversion(TightInversion):
         y0 = self.pack(z0)
         h, w = fitted[0].height, fitted[0].width
         image_ids = pipe._prepare_latent_image_ids(1, z0.shape[-2] // 2, z0.shape[-1] // 2, self.device, self.dtype)
-        timings["encode_s"] = time.perf_counter() - t0
+        timings.encode_s = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         edit_owner = [k for k, r in enumerate(requests) for _ in r.edits]
@@ -231,7 +218,7 @@ class FluxTightInversion(TightInversion):
             prompts += [r.source_prompt for r in requests]
         text_all = embed_text(pipe, prompts)
         images = [embed_image(pipe, f) for f in fitted]
-        timings["embed_s"] = time.perf_counter() - t0
+        timings.embed_s = time.perf_counter() - t0
 
         def image_rows(*parts: tuple[list[int], bool]):
             if images[0] is None:
@@ -258,7 +245,7 @@ class FluxTightInversion(TightInversion):
             masks = torch.cat([self.pack(region.latent_mask(r.mask, lh, lw).expand(1, c, lh, lw)) for r in regions])
             blend = region.Blend(masks.to(self.device), edit_owner, trajectory, y0, lambda i: i + 1,
                                  int(round(preset.region_blend_start * preset.steps)))
-        timings["invert_s"] = time.perf_counter() - t0
+        timings.invert_s = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         redo = [k for k in items if requests[k].reconstruction is None]  # reconstructions to make
@@ -285,12 +272,12 @@ class FluxTightInversion(TightInversion):
                 guided, x1[edit_owner], sigmas, y0=y0[edit_owner], eta=preset.eta,
                 eta_start=preset.eta_start, eta_stop=preset.eta_stop, callback=step("denoise"), blend=blend,
             ))
-        timings["denoise_s"] = time.perf_counter() - t0
+        timings.denoise_s = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         decoded = (self.decode_packed(torch.cat(outs), h, w) if outs
                    else torch.zeros((0, h, w, 3), dtype=torch.uint8, device=self.device))
-        timings["decode_s"] = time.perf_counter() - t0
+        timings.decode_s = time.perf_counter() - t0
         return self.results(requests, fitted, pixels, roundtrip, decoded, edit_owner, timings, warnings, preset, redo)
 
     def _set_scale(self, scale: float) -> None:

@@ -17,7 +17,8 @@ import time
 
 from PIL import Image
 
-from tight_pipeline.method.sdxl import InputError, ItemRequest, ItemResult, check_regions, finish_regions, fit_size
+from tight_pipeline.method.items import (InputError, ItemRequest, ItemResult, Timings, check_regions,
+                                         finish_regions, fit_size)
 from tight_pipeline.method.presets import Preset
 
 
@@ -55,8 +56,7 @@ class PassthroughEngine:
                 continue
             if progress:
                 progress("passthrough")
-            timings = {"encode_s": time.perf_counter() - t0, "embed_s": 0.0, "invert_s": 0.0, "denoise_s": 0.0,
-                       "decode_s": 0.0, "score_s": 0.0, "batch_items": float(len(requests))}
+            timings = Timings(encode_s=time.perf_counter() - t0, batch_items=len(requests))
             empty = {k: None for k in ("psnr_vs_input", "ssim_vs_input", "psnr_vs_vae", "ssim_vs_vae",
                                        "vae_psnr_vs_input", "lpips_vs_input")}
             edit_scores = {e: {"edit_change": None, "edit_psnr_vs_input": None, "clip_score": None} for e, _ in req.edits}

@@ -19,9 +19,10 @@ import yaml
 from tight_pipeline.settings import configs_dir
 
 METHODS = ("ddim", "renoise", "ddpm_ef", "rf_inversion")
-# Fields added after the first release: left out of the hash while at their defaults, so the hashes (and
-# output folders) of presets that don't use them stay what they were.
-_LATER_DEFAULTS = {"gamma": 0.0, "eta": 0.0, "eta_start": 0.0, "eta_stop": 0.25, "fixed_point_iterations": 0,
+# Fields added after the first release, and the value at which each is left out of the hash: its default when
+# it was added (auto_min_landed and auto_max_rivals have other defaults since), so that the hashes (and output
+# folders) of presets that don't use a field stay what they were.
+_OMITTED_FROM_HASH = {"gamma": 0.0, "eta": 0.0, "eta_start": 0.0, "eta_stop": 0.25, "fixed_point_iterations": 0,
                    "inversion_prompt": "source", "distilled_guidance": 3.5, "negative_source": False,
                    "auto_scales": (), "auto_min_landed": 0.6, "auto_min_kept_db": 26.0, "auto_max_rivals": 0,
                    "auto_rivals": (),
@@ -222,7 +223,7 @@ class Preset:
         data["inversion_scale"] = float(data["inversion_scale"])
         data["edit_scale"] = float(data["edit_scale"])
         data["guidance"] = float(data["guidance"])
-        for key, default in _LATER_DEFAULTS.items():
+        for key, default in _OMITTED_FROM_HASH.items():
             if data[key] == default:
                 data.pop(key)
             elif isinstance(default, float):

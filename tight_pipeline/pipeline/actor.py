@@ -171,7 +171,7 @@ class EditorActor:
 
         A batch that fails as a whole is run again one item at a time, so only the bad item ends as an error."""
         from tight_pipeline.method.auto import strength
-        from tight_pipeline.method.sdxl import BatchError, ItemRequest
+        from tight_pipeline.method.items import BatchError, ItemRequest
 
         t_start = time.perf_counter()
         rows: list[dict] = []
@@ -204,7 +204,7 @@ class EditorActor:
         return rows
 
     def fetch(self, item: Item) -> storage.Photo:
-        from tight_pipeline.method.sdxl import InputError
+        from tight_pipeline.method.items import InputError
 
         storage.check_scheme(item.image_uri, self.allowed)
         try:
@@ -218,7 +218,7 @@ class EditorActor:
         edits without a mask or a region of their own get the preset's (absent from the dict). Masks are read
         once per URL and must have the photo's upright size."""
         from tight_pipeline.method.region import EditRegion, RegionError
-        from tight_pipeline.method.sdxl import InputError
+        from tight_pipeline.method.items import InputError
 
         masks: dict[str, Any] = {}
 
@@ -313,12 +313,12 @@ class EditorActor:
         t = result.timings
         timings = {
             "time_fetch_s": fetch_s,
-            "time_encode_s": t["encode_s"] + t["embed_s"],
-            "time_invert_s": t["invert_s"],
-            "time_denoise_s": t["denoise_s"] + t["decode_s"],
+            "time_encode_s": t.encode_s + t.embed_s,
+            "time_invert_s": t.invert_s,
+            "time_denoise_s": t.denoise_s + t.decode_s,
             "time_write_s": write_s,
-            "time_region_s": t.get("region_s"),
-            "time_judge_s": t.get("judge_s"),
+            "time_region_s": t.region_s,
+            "time_judge_s": t.judge_s or None,
             "time_total_s": time.perf_counter() - t_start,
         }
         uris = {"input": input_uri, "reconstruction": recon_uri, "edit": edit_uris, "region": region_uris, "size": sizes}

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tight_pipeline.method.auto.rivals import rival_phrases, rival_prompts, run_vocabulary
-from tight_pipeline.method.sdxl import InputError, ItemRequest, ItemResult
+from tight_pipeline.method.items import InputError, ItemRequest, ItemResult, Timings
 from tight_pipeline.method.presets import Preset
 
 KEEP_FRACTION = 0.5  # the least-changed share of pixels the faithfulness check reads
@@ -78,8 +78,8 @@ class Choice:
 def choose(candidates: list[Candidate], min_landed: float, min_kept_db: float) -> Choice | None:
     """The rule over candidates tried strongest first; ``None`` while a weaker, untried scale could still win.
 
-    Called with every candidate tried so far: it returns a choice as soon as one is certain (the strongest that
-    landed and stayed faithful), and with the full list it always returns one."""
+    Called with every candidate tried so far: it returns the strongest that landed and stayed faithful as soon as
+    there is one; ``None`` over the full list means none did (``final_choice`` then falls back)."""
     ordered = sorted(candidates, key=lambda c: -c.scale)
     for c in ordered:
         if c.landed >= min_landed and c.kept_db >= min_kept_db:
@@ -199,7 +199,7 @@ def edit_items_auto(engine, requests: list[ItemRequest], preset: Preset, progres
     made: dict[tuple[int, str], dict[float, tuple]] = {}
     photo_margin: dict[tuple[int, str], float] = {}
     first: dict[int, ItemResult] = {}
-    timings: dict[int, dict[str, float]] = {}
+    timings: dict[int, Timings] = {}
     judge_name = ""
     questions = questions_for(requests, preset, rivals)
     for s in preset.auto_scales:
@@ -217,9 +217,8 @@ def edit_items_auto(engine, requests: list[ItemRequest], preset: Preset, progres
                 results[k] = out
                 continue
             first.setdefault(k, out)
-            spent = timings.setdefault(k, {})
-            for key, value in out.timings.items():
-                spent[key] = value if key == "batch_items" else spent.get(key, 0.0) + value
+            spent = timings.setdefault(k, Timings(batch_items=out.timings.batch_items))
+            spent.add(out.timings)
             judged += [(k, edit_id, prompt) for edit_id, prompt in pending[k]]
             for edit_id, _ in pending[k]:
                 made.setdefault((k, edit_id), {})[s] = (out.edits[edit_id], out.edit_scores[edit_id],
@@ -240,7 +239,7 @@ def edit_items_auto(engine, requests: list[ItemRequest], preset: Preset, progres
                     pending[k] = [(e, p) for e, p in pending[k] if e != edit_id]
         owners = {k for k, _, _ in judged}
         for k in owners:
-            timings[k]["judge_s"] = timings[k].get("judge_s", 0.0) + (time.perf_counter() - t0) / len(owners)
+            timings[k].judge_s += (time.perf_counter() - t0) / len(owners)
     for k, req in enumerate(requests):
         if results[k] is not None:
             continue
@@ -266,7 +265,7 @@ def edit_items_auto(engine, requests: list[ItemRequest], preset: Preset, progres
                 warnings.append(f"auto strength, edit {edit_id!r}: {what}; kept scale {pick.scale:g} "
                                 f"(tried {', '.join(f'{c.scale:g}' for c in cands)})")
         t = timings[k]
-        t["auto_tries"] = float(max((len(tried[(k, e)]) for e, _ in req.edits), default=1))
+        t.auto_tries = max((len(tried[(k, e)]) for e, _ in req.edits), default=1)
         results[k] = ItemResult(base.input, base.vae_roundtrip, base.reconstruction, edits, base.scores,
                                 edit_scores, t, warnings, base.photo, base.full_reconstruction, full_edits, masks)
     return results
