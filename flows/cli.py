@@ -7,7 +7,6 @@ Parses, calls the library or a flow, prints where things are. Every command has 
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
@@ -16,106 +15,22 @@ from typing import Optional
 
 import typer
 
+from flows.console import (UsageError, command_of, fail, fail_over_limit, prepare_env, print_plan, print_summary,
+                           run_flow, service_failure)
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Tight Inversion for product photos at catalog scale.")
-
-
-def _prepare_env() -> None:
-    """Offline, quiet, local-by-default settings; must run before prefect/mlflow/ray are imported."""
-    from tight_pipeline.settings import apply_local_defaults
-
-    apply_local_defaults()
-
-
-class UsageError(ValueError):
-    """An option's value cannot be used (the message names the option)."""
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
-
-
-def _service_failure(exc: BaseException) -> str | None:
-    """One line saying which service failed to start and what to do, for failures of Prefect, Ray or MLflow."""
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    module = type(exc).__module__ or ""
-    if "ephemeral Prefect API server" in text:
-        limit = os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "20")
-        return (f"Prefect's temporary server did not start within {limit} s (its first start creates a database). "
-                "Run again, raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, or start a server "
-                "(python infra/local/services.py start prefect) and set PREFECT_API_URL")
-    if module.startswith("prefect") and ("connect" in text.lower() or "PREFECT_API_URL" in text):
-        return (f"cannot reach the Prefect API at {os.environ.get('PREFECT_API_URL') or 'the temporary server'} "
-                f"({text[:200]}); check PREFECT_API_URL or unset it to use a temporary local server")
-    if module.startswith("ray") or ("ray" in text.lower() and ("gcs" in text.lower() or "ray.init" in text)):
-        return (f"Ray did not start or could not be reached ({type(exc).__name__}: {text[:200]}); check RAY_ADDRESS "
-                "(unset it for an embedded single-node Ray) and that RAY_TMPDIR is writable")
-    if module.startswith("mlflow"):
-        return (f"MLflow tracking failed at {os.environ.get('MLFLOW_TRACKING_URI') or 'the local store'} "
-                f"({text[:200]}); check MLFLOW_TRACKING_URI or unset it for the local SQLite store")
-    return None
-
-
-def _run_flow(flow, **kwargs) -> dict:
-    """Run a Prefect flow; bad input and failures to start a service end in one line (exit status 2)."""
-    try:
-        return flow(**kwargs)
-    except _user_errors():
-        raise  # the command's own rule (``command``) says it in one line
-    except Exception as exc:  # noqa: BLE001 - services: say which one and what to do; anything else is a bug
-        message = _service_failure(exc)
-        if message is None:
-            raise
-        _fail(message)
-
-
-def command_of(typer_app: typer.Typer):
-    """``typer_app.command`` with the CLI's one error rule: bad input (``_user_errors``) ends in one ``error:`` line
-    and exit status 2, never a traceback; anything else is a bug and is raised."""
-
-    def command(name: str | None = None, **kwargs):
-        def wrap(fn):
-            @functools.wraps(fn)
-            def run(*args, **kw):
-                try:
-                    return fn(*args, **kw)
-                except _user_errors() as exc:
-                    _fail(str(exc))
-
-            return typer_app.command(name, **kwargs)(run)
-
-        return wrap
-
-    return command
-
-
 command = command_of(app)
-
-
-def _user_errors():
-    from tight_pipeline.method.specs import ModelError
-    from tight_pipeline.method.items import InputError
-    from tight_pipeline.pipeline.cluster import ClusterError, ComputeSettingError
-    from tight_pipeline.pipeline.lease import RunLeaseHeld
-    from tight_pipeline.data.manifest import ManifestError
-    from tight_pipeline.method.presets import PresetError
-    from tight_pipeline.data.storage import ImageDecodeError, StorageError
-    from tight_pipeline.data.variants import VariantError
-    from tight_pipeline.method.region import RegionError
-
-    return (ModelError, InputError, ManifestError, PresetError, ImageDecodeError, StorageError, FileNotFoundError,
-            VariantError, ClusterError, ComputeSettingError, RunLeaseHeld, RegionError, UsageError)
 
 
 @command("make-tiny-model")
 def make_tiny_model_cmd(out_dir: Path = typer.Argument(..., help="folder to write"), seed: int = typer.Option(0),
                         family: str = typer.Option("sdxl", help="sdxl (h94 IP-Adapter) or flux (XLabs IP-Adapter)")):
     """Write a tiny model with random weights in the real folder layout (for tests and first runs)."""
-    _prepare_env()
+    prepare_env()
     from tight_pipeline.testing.tiny_models import make_tiny_flux_model, make_tiny_model
 
     if family not in ("sdxl", "flux"):
-        _fail(f"--family {family!r}: choose sdxl or flux")
+        fail(f"--family {family!r}: choose sdxl or flux")
     path = (make_tiny_flux_model if family == "flux" else make_tiny_model)(out_dir, seed=seed)
     typer.echo(f"tiny model written to {path} (load it with --model {path})")
 
@@ -150,7 +65,7 @@ def edit(
                                     "by region; working: the model's working-size images"),
 ):
     """Edit one photo: writes reconstruction.png, one PNG per edit, sheet.png and scores.json."""
-    _prepare_env()
+    prepare_env()
     from tqdm import tqdm
 
     from tight_pipeline.reporting import sheets
@@ -245,23 +160,6 @@ def _ensure_default_model(ref: str | None, spec) -> None:
         (make_tiny_flux_model if spec.family == "flux" else make_tiny_model)(spec.base)
 
 
-def _print_summary(summary: dict) -> None:
-    typer.echo("")
-    for key in ("status_ok", "status_error", "status_invalid", "items_processed", "items_skipped_done_before", "wall_s"):
-        if key in summary:
-            typer.echo(f"  {key:28s} {summary[key]}")
-    typer.echo(f"  images          {summary['output']}/<preset-hash>/<item_id>/<edit_id>.png")
-    typer.echo(f"  parquet         {summary['scores']}")
-    typer.echo(f"  contact sheet   {summary['contact_sheet']}")
-    typer.echo(f"  mlflow run      {summary['mlflow_run_id']}  ({summary['mlflow']})")
-    url = summary.get("prefect_flow_run_url")
-    if url and os.environ.get("PREFECT_API_URL"):
-        typer.echo(f"  prefect         {url}")
-    else:
-        typer.echo(f"  prefect         flow run {summary['prefect_flow_run_id']} (temporary server; "
-                   f"`python infra/local/services.py start prefect` with PREFECT_HOME={os.environ.get('PREFECT_HOME')} shows it)")
-
-
 @command()
 def deploy(serve: bool = typer.Option(False, "--serve", help="register without a work pool and run the flows from "
                                       "this process when due (blocks)")):
@@ -269,12 +167,12 @@ def deploy(serve: bool = typer.Option(False, "--serve", help="register without a
     trade-off) with the Prefect server at PREFECT_API_URL: work pool, schedules, concurrency limit 1, parameters.
     Site values are the file's {{ $TP_* }} placeholders, from the environment or the file's site_defaults. A worker
     of the pool runs them: prefect worker start --pool tight-pipeline-pool (docs/deploy.md)."""
-    _prepare_env()
+    prepare_env()
     from prefect.settings import PREFECT_API_URL
 
     api = PREFECT_API_URL.value()
     if not api:
-        _fail("deploy needs a Prefect server: start one (python infra/local/services.py start prefect) and set "
+        fail("deploy needs a Prefect server: start one (python infra/local/services.py start prefect) and set "
               "PREFECT_API_URL=http://127.0.0.1:4200/api")
     from flows.deployments import DeploymentFileError, build_served, load, register
 
@@ -289,45 +187,17 @@ def deploy(serve: bool = typer.Option(False, "--serve", help="register without a
         for d in registered:
             typer.echo(f"  {d['flow']}/{d['name']:24s} cron {d['cron']:12s} pool {d['pool']:22s} id {d['id']}")
     except DeploymentFileError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except Exception as exc:  # noqa: BLE001
-        message = _service_failure(exc)
+        message = service_failure(exc)
         if message is None:
             raise
-        _fail(message)
+        fail(message)
     typer.echo(f"registered {len(registered)} deployments at {api} (UI: {api.removesuffix('/api')}/deployments)")
     if serve:
         from prefect import serve as prefect_serve
 
         prefect_serve(*deployments)
-
-
-def _fail_over_limit(summary: dict, max_failure_rate: float) -> None:
-    """Exit 2 when the run's failure rate is above ``--max-failure-rate`` (its rows are all written anyway)."""
-    if summary["failed"]:
-        _fail(f"failure rate {summary['failure_rate']:.1%} exceeds --max-failure-rate {max_failure_rate:.1%} "
-              "(every row was still written; see the error column)")
-
-
-def _dry_run(manifest: str, output: str, preset: str, model: str | None, variants: int = 0, styles: str = "") -> None:
-    import resource
-
-    from tight_pipeline.pipeline.config import JobConfig
-
-    from tight_pipeline.pipeline.planner import plan_job
-
-    plan = plan_job(JobConfig(manifest=manifest, output=output, preset=preset, model=model, variants=variants, styles=styles))
-    for message in plan.invalid_sample[:20]:
-        typer.echo(f"invalid: {message}", err=True)
-    typer.echo(f"manifest {manifest}: {plan.items} items, {plan.invalid_rows} invalid rows "
-               f"(planned in {plan.plan_s:.1f} s, peak memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB)")
-    typer.echo(f"  {'preset':28s} {'to do':>10s} {'done before':>12s} {'invalid':>8s}")
-    for name, c in sorted(plan.by_preset.items()):
-        typer.echo(f"  {name:28s} {c['todo']:>10d} {c['done_before']:>12d} {c['invalid']:>8d}")
-    typer.echo("  (done before = every edit ok for this model; the workers also check that their PNGs exist)")
-    if plan.rivals:
-        typer.echo(f"  automatic strength weighs each edit against {len(plan.rivals)} rival phrases of this manifest: "
-                   f"{', '.join(plan.rivals)}")
 
 
 # The compute options of `run` and `variants` (JobConfig's fields of the same names; docs/deploy.md).
@@ -365,7 +235,7 @@ def run(
                                  "invalid rows per preset, and exit without loading a model or starting Ray/Prefect"),
 ):
     """Run the catalog-localization flow over a manifest (a file, or a prefix ending in / of many files)."""
-    _prepare_env()
+    prepare_env()
     from tight_pipeline.method.specs import resolve_model_spec
     from tight_pipeline.pipeline.cluster import check_ray_address
 
@@ -374,19 +244,19 @@ def run(
         _ensure_default_model(model, spec)
     preset = _default_preset(preset, spec)
     if output_size not in ("input", "working"):
-        _fail(f"--output-size {output_size!r} must be input or working")
+        fail(f"--output-size {output_size!r} must be input or working")
     if dry_run:
-        return _dry_run(manifest, output, preset, model)
+        return print_plan(manifest, output, preset, model)
     check_ray_address()
     from flows.catalog_localization import catalog_localization
 
-    summary = _run_flow(catalog_localization, manifest=manifest, output=output, preset=preset, model=model,
+    summary = run_flow(catalog_localization, manifest=manifest, output=output, preset=preset, model=model,
                         actors=actors, actor_cpus=actor_cpus, max_failure_rate=max_failure_rate,
                         item_timeout_s=item_timeout, max_pixels=max_pixels, min_actors=min_actors,
                         gpus_per_actor=gpus_per_actor, batch_size=batch_size, actor_wait_s=actor_wait,
                         output_size=output_size)
-    _print_summary(summary)
-    _fail_over_limit(summary, max_failure_rate)
+    print_summary(summary)
+    fail_over_limit(summary, max_failure_rate)
 
 
 @command()
@@ -410,7 +280,7 @@ def variants(
 ):
     """N styled variants of every item (one inversion per item serves all its variants). Re-runs skip done
     variants; a larger --n adds only the new ones. Writes <item>/variants.png (input + variants) per item."""
-    _prepare_env()
+    prepare_env()
     from tight_pipeline.method.specs import resolve_model_spec
     from tight_pipeline.pipeline.cluster import check_ray_address
     from tight_pipeline.data.variants import VariantRequest, load_style_set
@@ -422,19 +292,19 @@ def variants(
         _ensure_default_model(model, spec)
     preset = _default_preset(preset, spec)
     if dry_run:
-        return _dry_run(manifest, output, preset, model, n, styles)
+        return print_plan(manifest, output, preset, model, n, styles)
     check_ray_address()
     from flows.variant_generation import variant_generation
 
     typer.echo(f"{n} variants per item from style set {style_set.name!r} ({style_set.hash}): "
                + "; ".join(style_set.styles), err=True)
-    summary = _run_flow(variant_generation, manifest=manifest, output=output, n=n, styles=styles, preset=preset,
+    summary = run_flow(variant_generation, manifest=manifest, output=output, n=n, styles=styles, preset=preset,
                         model=model, actors=actors, actor_cpus=actor_cpus, max_failure_rate=max_failure_rate,
                         min_actors=min_actors, gpus_per_actor=gpus_per_actor, batch_size=batch_size,
                         actor_wait_s=actor_wait)
-    _print_summary(summary)
+    print_summary(summary)
     typer.echo(f"  variant sheets  {output}/<preset-hash>/<item_id>/variants.png")
-    _fail_over_limit(summary, max_failure_rate)
+    fail_over_limit(summary, max_failure_rate)
 
 
 @command()
@@ -446,7 +316,7 @@ def demo(
                                 "meant for real SDXL/FLUX weights given with --model"),
 ):
     """End to end on bundled inputs: Prefect + Ray + Parquet + MLflow, contact sheet at the end."""
-    _prepare_env()
+    prepare_env()
     from tight_pipeline.demo import write_catalog_demo_inputs, write_demo_inputs
     from tight_pipeline.method.specs import resolve_model_spec
     from tight_pipeline.method.presets import load_presets
@@ -464,8 +334,8 @@ def demo(
     typer.echo(f"demo manifest: {manifest}  (model {spec.name}, preset {preset})")
     from flows.catalog_localization import catalog_localization
 
-    summary = _run_flow(catalog_localization, manifest=manifest, output=out, preset=preset, model=model)
-    _print_summary(summary)
+    summary = run_flow(catalog_localization, manifest=manifest, output=out, preset=preset, model=model)
+    print_summary(summary)
 
 
 @command()
@@ -478,7 +348,7 @@ def tradeoff(
     model: Optional[str] = typer.Option(None),
 ):
     """Sweep the adapter scale on a sample; logs the reconstruction-vs-edit curve to MLflow."""
-    _prepare_env()
+    prepare_env()
     from flows.tradeoff_benchmark import tradeoff_benchmark
     from tight_pipeline.method.specs import resolve_model_spec
 
@@ -487,7 +357,7 @@ def tradeoff(
     except ValueError:
         raise UsageError(f"--scales {scales!r} must be comma-separated numbers, e.g. 0,0.4,1.0") from None
     _ensure_default_model(model, resolve_model_spec(model))
-    result = _run_flow(tradeoff_benchmark, manifest=manifest, output=output,
+    result = run_flow(tradeoff_benchmark, manifest=manifest, output=output,
                        scales=values, sample=sample, base_preset=preset, model=model)
     for row in result["table"]:
         typer.echo(f"scale {row['scale']:.2f}: recon {row['psnr_vs_vae']:.2f} dB vs VAE, edit change {row['edit_change']:.4f}")

@@ -14,7 +14,7 @@ from typing import Optional
 
 import typer
 
-from flows.cli import _fail, _prepare_env, command_of
+from flows.console import command_of, fail, prepare_env
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 command = command_of(app)
@@ -32,7 +32,7 @@ def train_demo_model_cmd(
     max_steps: Optional[int] = typer.Option(None, help="pause after this many steps (checkpointed; run again to go on)"),
 ):
     """Train the catalog demo model (SDXL-shaped + IP-Adapter Plus) from scratch; resumable."""
-    _prepare_env()
+    prepare_env()
     from lab.demo_model.train import Paused, TrainConfig, train_demo_model
 
     config = TrainConfig(seed=seed, train_images=train_images, vae_steps=vae_steps, unet_steps=unet_steps,
@@ -43,7 +43,7 @@ def train_demo_model_cmd(
         typer.echo(str(exc))
         return
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(f"training wall time {record['train_wall_s']} s; final loss {record['final_loss']}")
 
 
@@ -55,7 +55,7 @@ def train_demo_clip_cmd(
     images: int = typer.Option(8192, help="training shots (the demo model's: seed 0)"),
 ):
     """Train the demo model's small CLIP (the `catalog-demo-clip` model's edit scorer and auto-strength judge)."""
-    _prepare_env()
+    prepare_env()
     from lab.demo_model.clip import ClipTrainConfig, train_demo_clip
 
     record = train_demo_clip(out, tokenizer, ClipTrainConfig(steps=steps, images=images), log=typer.echo)
@@ -72,7 +72,7 @@ def evaluate_demo_model_cmd(
     quick: bool = typer.Option(False, "--quick", help="DDIM 10/20 only, scales 0/0.4/1 (a smoke run)"),
 ):
     """Reconstruction vs editability of the demo model by adapter scale and schedule; calibrates its presets."""
-    _prepare_env()
+    prepare_env()
     from lab.demo_model.calibration import apply_presets as write_presets
     from lab.demo_model.evaluate import EvalConfig, evaluate_demo_model
     from lab.tracking import log_demo_evaluation
@@ -104,16 +104,16 @@ def evaluate_auto_strength_cmd(
                                      "(the auto candidates 1, 0.4, 0 must be among them)"),
 ):
     """Automatic strength vs every fixed scale on the demo model, and the landed check vs the colour classifier."""
-    _prepare_env()
+    prepare_env()
     from lab.demo_model.auto_eval import AutoEvalConfig, evaluate_auto_strength
     from lab.tracking import log_auto_evaluation
 
     try:
         scales = tuple(float(v) for v in fixed_scales.split(","))
     except ValueError:
-        _fail(f"--fixed-scales {fixed_scales!r} must be comma-separated numbers")
+        fail(f"--fixed-scales {fixed_scales!r} must be comma-separated numbers")
     if not set(AutoEvalConfig.auto_scales) <= set(scales):
-        _fail(f"--fixed-scales must include the auto candidates {', '.join(f'{s:g}' for s in AutoEvalConfig.auto_scales)}")
+        fail(f"--fixed-scales must include the auto candidates {', '.join(f'{s:g}' for s in AutoEvalConfig.auto_scales)}")
     config = AutoEvalConfig(images=images, steps=steps, heldout=not training_shots, seed=seed, fixed_scales=scales)
     result = evaluate_auto_strength(model, report, config, log=typer.echo)
     run_id = log_auto_evaluation(result, report)
@@ -131,7 +131,7 @@ def evaluate_renoise_parity_cmd(
     steps: int = typer.Option(10, help="ReNoise steps"),
 ):
     """ReNoise with and without its authors' schedule and noise regularisation on the demo model."""
-    _prepare_env()
+    prepare_env()
     from lab.demo_model.renoise_eval import RenoiseEvalConfig, evaluate_renoise_parity
     from lab.tracking import log_renoise_evaluation
 
