@@ -167,3 +167,22 @@ def test_local_defaults_wait_long_enough_for_a_first_prefect_start(monkeypatch, 
     monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "7")
     settings.apply_local_defaults()
     assert os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] == "7"  # the user's value wins
+
+
+def test_every_command_says_bad_input_in_one_line():
+    """One error rule for every command (flows/console.py::command_of): bad option values end in one ``error:``
+    line and exit status 2, never a traceback (``tradeoff --scales`` once printed one)."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    for args, message in [
+        (["tradeoff", "--manifest", "m.jsonl", "--output", "out", "--scales", "0,a"],
+         "error: --scales '0,a' must be comma-separated numbers, e.g. 0,0.4,1.0"),
+        (["run", "--manifest", "m.jsonl", "--output", "out", "--output-size", "big"],
+         "error: --output-size 'big' must be input or working"),
+        (["edit", "nope.png", "--source-prompt", "a", "--edit", "b", "--out", "out"], "error: image nope.png does not exist"),
+    ]:
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert "Traceback" not in result.output and result.output.strip().splitlines()[-1] == message, result.output
