@@ -90,6 +90,27 @@ class Engine:
         """The judge's error of each (same-size image, prompt) row (``prompt_errors``)."""
         raise NotImplementedError
 
+    # -- what every recipe starts with ------------------------------------------------------------------------
+    def start_group(self, fitted: list[Image.Image], progress=None):
+        """A per-phase progress callback, the group's ``Timings`` and its encoding (timed as ``encode_s``):
+        ``(step, timings, pixels, z0, roundtrip)``."""
+        step = (lambda phase: (lambda i: progress(phase))) if progress else (lambda phase: None)
+        timings = Timings(batch_items=len(fitted))
+        with timings.phase("encode_s"):
+            pixels = self.pixels(fitted)
+            z0 = self.encode(pixels)
+            roundtrip = self.decode_tensor(z0)
+        return step, timings, pixels, z0, roundtrip
+
+    @staticmethod
+    def edit_rows(requests: list[ItemRequest], preset: Preset):
+        """``(edit_owner, regions, trajectory)``: the item of every edit row, each edit's region, and a dict for the
+        inversion's trajectory when a given mask will blend (``None`` otherwise: nothing is kept)."""
+        edit_owner = [k for k, r in enumerate(requests) for _ in r.edits]
+        regions = [r.region_of(edit_id, preset) for r in requests for edit_id, _ in r.edits]
+        trajectory = {} if any(r.mode == "mask" for r in regions) else None
+        return edit_owner, regions, trajectory
+
     # -- images <-> latents ------------------------------------------------------------------------------
     def prepare_image(self, image: Image.Image) -> Image.Image:
         w, h = fit_size(image.width, image.height, self.spec.resolution, self.multiple)

@@ -29,7 +29,7 @@ from PIL import Image
 
 from tight_pipeline.method import editing, region, rf_inversion
 from tight_pipeline.method.engine import Engine
-from tight_pipeline.method.items import InputError, ItemResult, Timings
+from tight_pipeline.method.items import InputError, ItemResult
 from tight_pipeline.method.presets import Preset
 
 # The zero-shot judge's noise levels (sigma) for ``FluxTightInversion.prompt_errors``.
@@ -196,21 +196,15 @@ class FluxTightInversion(Engine):
     def run_group(self, requests, fitted, warnings, preset: Preset, progress=None) -> list[ItemResult]:
         """The FLUX recipe for same-size items, batched: inversion of all items in one batch, then all
         reconstructions, then every edit of every item (true CFG rows ``[negative x E, edit x E]``)."""
-        step = (lambda phase: (lambda i: progress(phase))) if progress else (lambda phase: None)
         pipe, b = self.pipe, len(requests)
-        timings = Timings(batch_items=b)
-
-        t0 = time.perf_counter()
-        pixels = self.pixels(fitted)
-        z0 = self.encode(pixels)
-        roundtrip = self.decode_tensor(z0)
-        y0 = self.pack(z0)
+        step, timings, pixels, z0, roundtrip = self.start_group(fitted, progress)
+        edit_owner, regions, trajectory = self.edit_rows(requests, preset)
+        with timings.phase("encode_s"):
+            y0 = self.pack(z0)
+            image_ids = pipe._prepare_latent_image_ids(1, z0.shape[-2] // 2, z0.shape[-1] // 2, self.device, self.dtype)
         h, w = fitted[0].height, fitted[0].width
-        image_ids = pipe._prepare_latent_image_ids(1, z0.shape[-2] // 2, z0.shape[-1] // 2, self.device, self.dtype)
-        timings.encode_s = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        edit_owner = [k for k, r in enumerate(requests) for _ in r.edits]
         e = len(edit_owner)
         inversion_prompts = [r.source_prompt if preset.inversion_prompt == "source" else "" for r in requests]
         prompts = inversion_prompts + [p for r in requests for _, p in r.edits] + [preset.negative_prompt]
@@ -234,8 +228,6 @@ class FluxTightInversion(Engine):
         # One target noise per item, drawn as a one-item run draws it.
         noise = torch.cat([torch.randn((1, *y0.shape[1:]), generator=torch.Generator().manual_seed(preset.seed),
                                        dtype=torch.float32) for _ in items]).to(self.device)
-        regions = [requests[k].region_of(edit_id, preset) for k in items for edit_id, _ in requests[k].edits]
-        trajectory = {} if any(r.mode == "mask" for r in regions) else None  # kept only for blending
         x1 = rf_inversion.invert_rf(plain, y0, sigmas, gamma=preset.gamma, target_noise=noise,
                                     fixed_point_iterations=preset.fixed_point_iterations, callback=step("invert"),
                                     trajectory=trajectory)

@@ -20,7 +20,7 @@ from PIL import Image
 
 from tight_pipeline.method import conditioning, editing, inversion, region
 from tight_pipeline.method.engine import Engine
-from tight_pipeline.method.items import InputError, ItemRequest, ItemResult, Timings
+from tight_pipeline.method.items import InputError, ItemRequest, ItemResult
 from tight_pipeline.method.presets import Preset
 from tight_pipeline.method.regularization import NoiseRegularization
 
@@ -132,19 +132,12 @@ class TightInversion(Engine):
         """The recipe for same-size items, batched: one row per item in the inversion; rows
         ``[reconstruction x B, unconditional x E, conditional x E]`` (E = all edits of all items) in denoising.
         Phase times are the group's, divided by its size (``batch_items`` says how many shared them)."""
-        step = (lambda phase: (lambda i: progress(phase))) if progress else (lambda phase: None)
         pipe, b = self.pipe, len(requests)
-        timings = Timings(batch_items=b)
-
-        t0 = time.perf_counter()
-        pixels = self.pixels(fitted)
-        z0 = self.encode(pixels)
-        roundtrip = self.decode_tensor(z0)
-        timings.encode_s = time.perf_counter() - t0
+        step, timings, pixels, z0, roundtrip = self.start_group(fitted, progress)
+        edit_owner, regions, trajectory = self.edit_rows(requests, preset)  # the item of every edit row
 
         t0 = time.perf_counter()
         h, w = fitted[0].height, fitted[0].width
-        edit_owner = [k for k, r in enumerate(requests) for _ in r.edits]  # item of every edit row
         e = len(edit_owner)
         prompts = [r.source_prompt for r in requests] + [p for r in requests for _, p in r.edits] + [preset.negative_prompt]
         text_all = conditioning.embed_text(pipe, prompts, h, w)
@@ -164,8 +157,6 @@ class TightInversion(Engine):
         source = text_all.rows(items)
         t0 = time.perf_counter()
         conditioning.set_adapter_scale(pipe, preset.inversion_scale)
-        regions = [requests[k].region_of(edit_id, preset) for k in items for edit_id, _ in requests[k].edits]
-        trajectory = {} if any(r.mode == "mask" for r in regions) else None  # kept only for blending
         z_T, noises = self.invert(z0, source, image_rows((items, False)), schedule, preset, step("invert"), trajectory)
         blend = None if trajectory is None else region.Blend(
             torch.cat([region.latent_mask(r.mask, *z0.shape[-2:]) for r in regions]).to(z0.device), edit_owner,
