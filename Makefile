@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast drills bench install clean-state
+.PHONY: demo test test-fast drills bench benchmark install clean-state
 
 install: $(STAMP)
 
@@ -37,6 +37,14 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_engine.py
 	$(PY) benchmarks/bench_pipeline.py
+
+# The edit benchmark (PIE-Bench protocol) on a PIE-format set of held-out demo shots, peers side by side
+# (about 12 minutes on 2 cores; SHOTS=12 cases per edit type). Table, plot and rows under $(BENCH_OUT)/benchmark/.
+SHOTS ?= 12
+BENCH_OUT ?= .tight-pipeline/benchmark-demo
+benchmark: $(STAMP)
+	$(VENV)/bin/tight-pipeline bench-set $(BENCH_OUT)/data --shots $(SHOTS)
+	$(VENV)/bin/tight-pipeline benchmark --data $(BENCH_OUT)/data --output $(BENCH_OUT)/out --model catalog-demo-clip
 
 clean-state:
 	rm -rf .tight-pipeline

@@ -1,5 +1,5 @@
-"""Command line: ``tight-pipeline edit | run [--dry-run] | variants | demo | tradeoff | deploy | presets |
-make-tiny-model`` (the demo model's training and evaluations are the lab's: ``python -m lab``).
+"""Command line: ``tight-pipeline edit | run [--dry-run] | variants | demo | tradeoff | benchmark | bench-set | deploy |
+presets | make-tiny-model`` (the demo model's training and evaluations are the lab's: ``python -m lab``).
 
 Parses, calls the library or a flow, prints where things are. Every command has one error rule
 (``command_of``): bad input exits with status 2 and one line naming the cause.
@@ -362,6 +362,69 @@ def tradeoff(
     for row in result["table"]:
         typer.echo(f"scale {row['scale']:.2f}: recon {row['psnr_vs_vae']:.2f} dB vs VAE, edit change {row['edit_change']:.4f}")
     typer.echo(f"mlflow run {result['mlflow_run_id']}")
+
+
+# The demo model's peers: our presets, catalog-sharp without the image condition (@0: plain text-only DDIM at the same
+# steps), its automatic strength, its region-true output, LEDITS++ at the same step count.
+DEMO_PEERS = "catalog-sharp,catalog-balanced,catalog-sharp+mask,catalog-sharp@auto,catalog-sharp@0,catalog-ledits"
+
+
+@command()
+def benchmark(
+    data: str = typer.Option(..., help="a folder in PIE-Bench's layout (mapping_file.json + annotation_images/), "
+                             "e.g. the real PIE-Bench or one written by `tight-pipeline bench-set`"),
+    output: str = typer.Option(..., help="output prefix URL (edits, rows, benchmark/ with the table and plot)"),
+    peers: str = typer.Option(DEMO_PEERS, help="comma-separated presets to compare; NAME+mask = that preset's "
+                              "region-true output with the benchmark's mask; ledits-pp / catalog-ledits = LEDITS++"),
+    model: Optional[str] = typer.Option(None, help="model (default: catalog-demo)"),
+    clip: Optional[str] = typer.Option(None, help="local CLIP folder for the CLIP columns (default: the model's own "
+                                       "clip, if any; the field uses openai/clip-vit-large-patch14)"),
+    dino: Optional[str] = typer.Option(None, help="local DINO ViT (transformers layout, e.g. facebook/dino-vitb8 in "
+                                       "the HF cache) for the structure distance"),
+    lpips: bool = typer.Option(True, "--lpips/--no-lpips", help="LPIPS (needs torchvision + cached SqueezeNet)"),
+    types: Optional[str] = typer.Option(None, help="only these editing_type_ids, comma-separated (e.g. 6,8)"),
+    limit: Optional[int] = typer.Option(None, help="only the first N cases (after --types)"),
+    actors: Optional[int] = typer.Option(None, help="most actors in the pool (default: the job's)"),
+):
+    """Run peers on a PIE-Bench-format set in one job; write the field's metrics as a table, a plot, an MLflow run."""
+    prepare_env()
+    from flows.edit_benchmark import edit_benchmark
+    from tight_pipeline.method.specs import resolve_model_spec
+
+    names = [p.strip() for p in peers.split(",") if p.strip()]
+    if not names:
+        raise UsageError("--peers is empty: name at least one preset")
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit {limit} must be at least 1")
+    _ensure_default_model(model, resolve_model_spec(model))
+    result = run_flow(edit_benchmark, data=data, output=output, peers=names, model=model, clip=clip, dino=dino,
+                      lpips=lpips, types=[t.strip() for t in types.split(",")] if types else None, limit=limit,
+                      actors=actors)
+    from tight_pipeline.reporting.benchmark import markdown
+    import pandas as pd
+
+    typer.echo(markdown(pd.DataFrame(result["table"])))
+    for metric, why in result["missing"].items():
+        typer.echo(f"missing: {metric}: {why}")
+    typer.echo(f"{result['cases']} cases x {len(names)} peers; job {result['job_s']:.0f} s")
+    typer.echo(f"table, rows and plot: {result['folder']}/  (table.md, rows.csv, plot.png)")
+    typer.echo(f"mlflow run {result['mlflow_run_id']}")
+
+
+@command("bench-set")
+def bench_set(
+    out_dir: Path = typer.Argument(..., help="folder to write (PIE-Bench layout)"),
+    shots: int = typer.Option(12, help="cases per edit type"),
+    size: int = typer.Option(256, help="image size in pixels"),
+    seed: int = typer.Option(7),
+):
+    """Write a small PIE-Bench-format set of held-out demo shots (5 edit types, true masks) for `benchmark`."""
+    from tight_pipeline.demo import BENCH_TYPES, write_demo_bench
+
+    if shots < 1 or not 32 <= size <= 4096:
+        raise UsageError(f"--shots {shots} must be >= 1 and --size {size} in 32..4096")
+    path = write_demo_bench(str(out_dir), shots=shots, size=size, seed=seed)
+    typer.echo(f"{shots * len(BENCH_TYPES)} cases ({shots} of each edit type {', '.join(BENCH_TYPES)}) at {size} px: {path}")
 
 
 if __name__ == "__main__":

@@ -90,9 +90,10 @@ def user_errors():
     from tight_pipeline.data.storage import ImageDecodeError, StorageError
     from tight_pipeline.data.variants import VariantError
     from tight_pipeline.method.region import RegionError
+    from tight_pipeline.data.piebench import BenchError
 
     return (ModelError, InputError, ManifestError, PresetError, ImageDecodeError, StorageError, FileNotFoundError,
-            VariantError, ClusterError, ComputeSettingError, RunLeaseHeld, RegionError, UsageError)
+            VariantError, ClusterError, ComputeSettingError, RunLeaseHeld, RegionError, UsageError, BenchError)
 
 
 def print_summary(summary: dict) -> None:

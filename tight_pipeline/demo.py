@@ -82,3 +82,56 @@ def write_catalog_demo_inputs(folder: str, count: int = 8, seed: int = 0) -> str
     manifest = storage.join(folder, "manifest.jsonl")
     storage.write_bytes_atomic(manifest, ("\n".join(lines) + "\n").encode())
     return manifest
+
+
+# The demo benchmark's edit types: PIE-Bench type id -> what changes on a shot. PIE's add / delete object, pose,
+# material and style edits have nothing to act on in the demo model's vocabulary (one product, colour, pattern,
+# backdrop) and are left out.
+BENCH_TYPES = ("0", "1", "4", "6", "8")
+
+
+def write_demo_bench(folder: str, shots: int = 12, size: int = 256, seed: int = 7) -> str:
+    """A PIE-Bench-format set of held-out demo shots rendered at ``size`` px (``data/piebench.py``'s layout): ``shots``
+    cases of each edit type in ``BENCH_TYPES``, each on its own shot, with bracketed prompts and the generator's true
+    edited region as the run-length mask — colour (6), pattern (4: attribute content), backdrop (8: the mask is the
+    background), object (1: mug -> bottle ..., the mask is both products' union) and colour + pattern (0: random).
+    Returns the mapping file's path."""
+    import dataclasses
+    import difflib
+
+    from tight_pipeline.data.piebench import EDIT_TYPES, Case, rle_encode, write_bench
+    from tight_pipeline.demo_model.products import BACKGROUNDS, HELDOUT_SEED_OFFSET, KINDS, ProductSpec, render_product
+
+    def bracket(source: str, target: str) -> tuple[str, str]:
+        """Both captions with the words that differ in brackets, PIE's way ("a [red] mug" -> "a [blue] mug")."""
+        a, b = source.split(), target.split()
+        for tag, i1, i2, j1, j2 in reversed(difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes()):
+            if tag != "equal":
+                a[i1:i2] = [f"[{w}]" for w in a[i1:i2]]
+                b[j1:j2] = [f"[{w}]" for w in b[j1:j2]]
+        return " ".join(a), " ".join(b)
+
+    cases, images = [], {}
+    for t, type_id in enumerate(BENCH_TYPES):
+        for i in range(shots):
+            spec = ProductSpec.sample(seed + HELDOUT_SEED_OFFSET, i * len(BENCH_TYPES) + t)
+            colour = next(c for c in ("blue", "red", "green", "yellow", "purple") if c != spec.colour)
+            pattern = "dotted" if spec.pattern == "striped" else "striped"
+            backdrop = next(b for b in ("mint", "grey", "beige", "white") if b != spec.background and b in BACKGROUNDS)
+            kind = KINDS[(KINDS.index(spec.kind) + 1) % len(KINDS)]
+            change = {"0": dict(colour=colour, pattern=pattern), "1": dict(kind=kind), "4": dict(pattern=pattern),
+                      "6": dict(colour=colour), "8": dict(background=backdrop)}[type_id]
+            target = dataclasses.replace(spec, **change)
+            shot = render_product(spec, size)
+            if type_id == "8":
+                mask = ~shot.mask
+            elif type_id == "1":
+                mask = shot.mask | render_product(target, size).mask
+            else:
+                mask = shot.mask
+            key = f"{type_id}{i:011d}"
+            cases.append(Case(key, f"{type_id}_{EDIT_TYPES[type_id]}_{shots}/{key}.png",
+                              *bracket(spec.caption, target.caption), f"change the {' and '.join(change)} to {' '.join(change.values())}", type_id,
+                              " ".join(f"{getattr(spec, k)} {v}" for k, v in change.items()), tuple(rle_encode(mask))))
+            images[key] = shot.image
+    return str(write_bench(folder, cases, images))

@@ -18,7 +18,7 @@ import yaml
 
 from tight_pipeline.settings import configs_dir
 
-METHODS = ("ddim", "renoise", "ddpm_ef", "rf_inversion")
+METHODS = ("ddim", "renoise", "ddpm_ef", "rf_inversion", "ledits_pp")
 # Fields added after the first release, and the value at which each is left out of the hash: its default when
 # it was added (auto_min_landed and auto_max_rivals have other defaults since), so that the hashes (and output
 # folders) of presets that don't use a field stay what they were.
@@ -28,7 +28,8 @@ _OMITTED_FROM_HASH = {"gamma": 0.0, "eta": 0.0, "eta_start": 0.0, "eta_stop": 0.
                    "auto_rivals": (),
                    "renoise_early_t": 0, "renoise_early_average": 5, "renoise_reg_kl": 0.0, "renoise_reg_ac": 0.0,
                    "renoise_reg_steps": 0, "renoise_reg_rolls": 5, "cfg_sharpening": 1.0,
-                   "region": "whole", "region_fill": "auto", "region_blend_start": 1.0}
+                   "region": "whole", "region_fill": "auto", "region_blend_start": 1.0,
+                   "ledits_skip": 0.15, "ledits_threshold": 0.9, "ledits_source_guidance": 0.0}
 # ``name@auto``: the candidate adapter scales tried, strongest first (see method/auto/strength.py).
 DEFAULT_AUTO_SCALES = (1.0, 0.4, 0.0)
 
@@ -45,7 +46,9 @@ class Preset:
         name: the name users pick (``balanced``).
         method: inversion method: ``ddim``, ``renoise`` (fixed-point refinement) or ``ddpm_ef``
             (edit-friendly DDPM: per-step noise maps, exact reconstruction; uses ``seed``) for SD/SDXL;
-            ``rf_inversion`` (controlled flow ODEs, Rout et al.) for FLUX.
+            ``rf_inversion`` (controlled flow ODEs, Rout et al.) for FLUX; ``ledits_pp``: not Tight Inversion but the
+            peer editor LEDITS++ (diffusers' pipeline on the same SDXL weights, text only: the adapter scales are
+            unused; ``method/ledits.py``), for benchmarks.
         steps: DDIM steps for inversion and for denoising (full inversion).
         inversion_scale: adapter scale during inversion and reconstruction (0 = plain, text-only).
         edit_scale: adapter scale during editing (the authors use the same value as inversion).
@@ -97,6 +100,11 @@ class Preset:
             latent starts keeping the inversion's outside its region (0 = blend at every step; 1, the default = never:
             the composite alone keeps the photo; on the demo model any blending cost colour edits their colour,
             docs/region.md).
+        ledits_skip, ledits_threshold, ledits_source_guidance: LEDITS++'s inversion ``skip`` (the fraction of
+            the steps left out at the noisy end), its edit mask's quantile ``edit_threshold`` (diffusers' defaults
+            0.15, 0.9) and the inversion's ``source_guidance_scale``: 0 (the default, as diffusers' example inverts)
+            inverts without the source prompt; above 0 with it, at that guidance (on the demo model 3.5 broke the
+            reconstruction: 10.6 dB vs 26 dB at 0). ``guidance`` is its ``edit_guidance_scale``. ``ledits_pp`` only.
         description: one line for people choosing a preset.
     """
 
@@ -133,6 +141,9 @@ class Preset:
     region: str = "whole"
     region_fill: str = "auto"
     region_blend_start: float = 1.0
+    ledits_skip: float = 0.15
+    ledits_threshold: float = 0.9
+    ledits_source_guidance: float = 0.0
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -192,6 +203,13 @@ class Preset:
             problems.append(f"region_fill {self.region_fill!r} must be 'auto', 'edit' or 'detail'")
         if not isinstance(self.region_blend_start, (int, float)) or not 0.0 <= self.region_blend_start <= 1.0:
             problems.append(f"region_blend_start {self.region_blend_start!r} must be a number in 0..1")
+        for key, low, high in (("ledits_skip", 0.0, 0.9), ("ledits_threshold", 0.0, 1.0),
+                               ("ledits_source_guidance", 0.0, 30.0)):
+            value = getattr(self, key)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
+                problems.append(f"{key} {value!r} must be a number in {low:g}..{high:g}")
+        if self.method == "ledits_pp" and self.auto_scales:
+            problems.append("automatic strength chooses Tight Inversion's adapter scale; LEDITS++ (ledits_pp) has none")
         if not isinstance(self.negative_source, bool):
             problems.append(f"negative_source {self.negative_source!r} must be true or false")
         if self.inversion_prompt not in ("source", "empty"):

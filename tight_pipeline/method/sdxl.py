@@ -18,7 +18,7 @@ import time
 import torch
 from PIL import Image
 
-from tight_pipeline.method import conditioning, editing, inversion, region
+from tight_pipeline.method import conditioning, editing, inversion, ledits, region
 from tight_pipeline.method.engine import Engine
 from tight_pipeline.method.items import InputError, ItemRequest, ItemResult
 from tight_pipeline.method.presets import Preset
@@ -65,6 +65,8 @@ class TightInversion(Engine):
         return torch.cat(out)
 
     def check_method(self, preset: Preset) -> None:
+        if preset.method == "ledits_pp":
+            ledits.check(self.spec.family, preset)
         if preset.method == "rf_inversion":
             raise InputError(f"preset {preset.name!r} uses rf_inversion, a FLUX method; model {self.spec.name!r} is "
                              f"{self.spec.family} (use ddim, renoise or ddpm_ef, or a flux model)")
@@ -131,7 +133,10 @@ class TightInversion(Engine):
                   preset: Preset, progress=None) -> list[ItemResult]:
         """The recipe for same-size items, batched: one row per item in the inversion; rows
         ``[reconstruction x B, unconditional x E, conditional x E]`` (E = all edits of all items) in denoising.
-        Phase times are the group's, divided by its size (``batch_items`` says how many shared them)."""
+        Phase times are the group's, divided by its size (``batch_items`` says how many shared them). The peer
+        method ``ledits_pp`` runs LEDITS++ instead (``method/ledits.py``)."""
+        if preset.method == "ledits_pp":
+            return ledits.run_group(self, requests, fitted, warnings, preset, progress)
         pipe, b = self.pipe, len(requests)
         step, timings, pixels, z0, roundtrip = self.start_group(fitted, progress)
         edit_owner, regions, trajectory = self.edit_rows(requests, preset)  # the item of every edit row

@@ -12,6 +12,7 @@ MLflow falls back to a file store when ./mlruns exists).
 from __future__ import annotations
 
 import io
+import re
 import os
 import tempfile
 from pathlib import Path
@@ -32,6 +33,7 @@ from tight_pipeline.settings import state_dir
 
 PRESETS_EXPERIMENT = "tight-pipeline-presets"
 TRADEOFF_EXPERIMENT = "tight-pipeline-tradeoff"  # trade-off sweeps and demo-model evaluations
+BENCHMARK_EXPERIMENT = "tight-pipeline-benchmark"  # edit benchmarks (PIE-Bench protocol, peers side by side)
 MAX_INLINE_ROWS = 20_000  # this run's rows attached to the MLflow run up to this many; a link above
 
 
@@ -341,6 +343,27 @@ def log_tradeoff(table: pd.DataFrame, plot: bytes, manifest: str, base_preset: s
         mlflow.log_text(table.to_csv(index=False), "tradeoff.csv")
         mlflow.log_text(_markdown(table), "tradeoff.md")
         mlflow.log_image(Image.open(io.BytesIO(plot)), "tradeoff.png")
+        return run.info.run_id
+
+
+def log_benchmark(table: pd.DataFrame, rows: pd.DataFrame, plot: bytes, params: dict, missing: dict[str, str]) -> str:
+    """One run of an edit benchmark: per peer and metric a metric ``<peer>.<metric>`` (as the table shows it), the
+    table (CSV / Markdown), every scored row, the plot; each missing metric as a tag ``missing.<metric>`` = why."""
+    from tight_pipeline.reporting import benchmark
+
+    mlflow = connect()
+    exp_id = experiment_id(mlflow, BENCHMARK_EXPERIMENT)
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"benchmark-{params.get('cases')}-cases") as run:
+        mlflow.log_params({k: storage.redact(str(v)) for k, v in params.items()})
+        mlflow.set_tags({f"missing.{k}": v[:500] for k, v in missing.items()})
+        for r in table.to_dict("records"):
+            key = re.sub(r"[^A-Za-z0-9_.\-/ ]", "_", str(r["peer"]))
+            mlflow.log_metrics({f"{key}.{k}": float(v) for k, v in r.items()
+                                if k not in ("peer",) and isinstance(v, (int, float)) and v == v})
+        mlflow.log_text(table.to_csv(index=False), "benchmark.csv")
+        mlflow.log_text(benchmark.markdown(table), "benchmark.md")
+        mlflow.log_text(rows.to_csv(index=False), "rows.csv")
+        mlflow.log_image(Image.open(io.BytesIO(plot)), "benchmark.png")
         return run.info.run_id
 
 
