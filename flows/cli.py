@@ -309,7 +309,8 @@ def variants(
 
 @command()
 def demo(
-    preset: Optional[str] = typer.Option(None, help="preset (default: catalog-balanced, or balanced with --photos)"),
+    preset: Optional[str] = typer.Option(None, help="preset (default: catalog-sharp, the demo model's best in the edit "
+                                         "benchmark (docs/benchmark.md); balanced with --photos)"),
     output: Optional[str] = typer.Option(None, help="output prefix (default: $TIGHT_PIPELINE_HOME/demo/out)"),
     model: Optional[str] = typer.Option(None, help="model (default: catalog-demo, the shipped demo model)"),
     photos: bool = typer.Option(False, "--photos", help="real photos (scikit-image) instead of product shots; "
@@ -325,7 +326,7 @@ def demo(
     spec = resolve_model_spec(model)
     _ensure_default_model(model, spec)
     if preset is None:
-        preset = "catalog-balanced" if not photos and "catalog-balanced" in load_presets() else "balanced"
+        preset = "catalog-sharp" if not photos and "catalog-sharp" in load_presets() else "balanced"
         if spec.family == "flux":
             preset = "flux-balanced"
     folder = str(state_dir() / "demo" / ("photos" if photos else "catalog"))
@@ -388,7 +389,8 @@ def benchmark(
 ):
     """Run peers on a PIE-Bench-format set in one job; write the field's metrics as a table, a plot, an MLflow run."""
     prepare_env()
-    from flows.edit_benchmark import edit_benchmark
+    from flows.edit_benchmark import edit_benchmark, parse_peers
+    from tight_pipeline.data.piebench import read_bench
     from tight_pipeline.method.specs import resolve_model_spec
 
     names = [p.strip() for p in peers.split(",") if p.strip()]
@@ -396,16 +398,19 @@ def benchmark(
         raise UsageError("--peers is empty: name at least one preset")
     if limit is not None and limit < 1:
         raise UsageError(f"--limit {limit} must be at least 1")
+    chosen = [t.strip() for t in types.split(",")] if types else None
+    parse_peers(names)  # bad input is said before any service starts
+    read_bench(data, chosen, limit)
     _ensure_default_model(model, resolve_model_spec(model))
     result = run_flow(edit_benchmark, data=data, output=output, peers=names, model=model, clip=clip, dino=dino,
-                      lpips=lpips, types=[t.strip() for t in types.split(",")] if types else None, limit=limit,
-                      actors=actors)
+                      lpips=lpips, types=chosen, limit=limit, actors=actors)
     from tight_pipeline.reporting.benchmark import markdown
     import pandas as pd
 
     typer.echo(markdown(pd.DataFrame(result["table"])))
     for metric, why in result["missing"].items():
         typer.echo(f"missing: {metric}: {why}")
+    typer.echo(f"best: {result['best']} ({result['best_by']})")
     typer.echo(f"{result['cases']} cases x {len(names)} peers; job {result['job_s']:.0f} s")
     typer.echo(f"table, rows and plot: {result['folder']}/  (table.md, rows.csv, plot.png)")
     typer.echo(f"mlflow run {result['mlflow_run_id']}")

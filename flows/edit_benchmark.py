@@ -28,11 +28,10 @@ from PIL import Image
 from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 
-from flows.tasks import IO_RETRIES, flow_timeout_s
+from flows.tasks import IO_RETRIES, edit_items, flow_timeout_s
 from tight_pipeline.data import piebench, storage
 from tight_pipeline.method.presets import PresetError, load_preset
 from tight_pipeline.pipeline.config import JobConfig
-from tight_pipeline.pipeline.job import run_job
 from tight_pipeline.reporting import benchmark, plots, tracking
 
 EDIT_ID = "edit"
@@ -116,21 +115,26 @@ def edit_benchmark(data: str, output: str, peers: list[str], model: str | None =
     manifest = write_manifest(bench, output, parsed)
     t0 = time.perf_counter()
     kwargs = {"actors": actors} if actors else {}
-    result = run_job(JobConfig(manifest=manifest, output=output, preset=parsed[0][1], model=model, **kwargs))
+    result = edit_items(JobConfig(manifest=manifest, output=output, preset=parsed[0][1], model=model, **kwargs),
+                        flow_name="edit-benchmark")  # progress: a bar on a terminal, an artifact in the Prefect UI
     job_s = time.perf_counter() - t0
     scorers = benchmark.Scorers.load(clip=clip or result.model.clip, dino=dino, lpips=lpips)
     rows = score(bench, result.rows, parsed, scorers)
     table = benchmark.summarize(rows, scorers.missing)
+    types_table = benchmark.by_type(rows)
+    best, why = benchmark.best_peer(table)
     folder = storage.join(output, "benchmark")
     plot = plots.benchmark_plot(table)
     storage.write_bytes_atomic(storage.join(folder, "table.csv"), table.to_csv(index=False).encode())
     storage.write_bytes_atomic(storage.join(folder, "table.md"), benchmark.markdown(table).encode())
     storage.write_bytes_atomic(storage.join(folder, "rows.csv"), rows.to_csv(index=False).encode())
+    storage.write_bytes_atomic(storage.join(folder, "by_type.md"), benchmark.markdown(types_table).encode())
     storage.write_bytes_atomic(storage.join(folder, "plot.png"), plot)
     params = {"data": data, "peers": ",".join(peers), "cases": len(bench.cases), "model": result.model.name,
-              "model_digest": result.model_digest[:12], "job_s": round(job_s, 1)}
+              "model_digest": result.model_digest[:12], "job_s": round(job_s, 1), "best": best, "best_by": why}
     run_id = tracking.log_benchmark(table, rows, plot, params, scorers.missing)
     create_table_artifact(table=table.to_dict("records"), key="edit-benchmark",
                           description="PIE-Bench-protocol metrics by peer (missing metrics say so)")
-    return {"mlflow_run_id": run_id, "table": table.to_dict("records"), "missing": scorers.missing,
+    return {"mlflow_run_id": run_id, "table": table.to_dict("records"), "missing": scorers.missing, "best": best,
+            "best_by": why, "by_type": types_table.to_dict("records"),
             "folder": folder, "cases": len(bench.cases), "job_s": job_s}

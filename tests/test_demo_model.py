@@ -312,7 +312,7 @@ def test_a_spec_clip_path_is_relative_to_its_folder_and_a_missing_one_is_named(t
     (tmp_path / "m" / "my-clip").mkdir(parents=True)
     (tmp_path / "m" / "model.yaml").write_text("name: m\nbase: /models/sdxl\nclip: my-clip\n")
     assert resolve_model_spec(str(tmp_path / "m")).clip == str((tmp_path / "m" / "my-clip").resolve())
-    with pytest.raises(FileNotFoundError, match="CLIP model folder .*nowhere.* not found"):
+    with pytest.raises(FileNotFoundError, match="CLIP model .*nowhere.* not found"):
         metrics.ClipScorer(tmp_path / "nowhere")
 
 

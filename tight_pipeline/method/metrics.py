@@ -71,19 +71,22 @@ def mean_abs_change(a, b) -> float:
 
 
 class ClipScorer:
-    """CLIP text-image cosine similarity from a local ``CLIPModel`` folder (never downloaded)."""
+    """CLIP text-image cosine similarity from a local ``CLIPModel`` folder or cached HF id (never downloaded)."""
 
     def __init__(self, path: str | Path, device: str = "cpu"):
         import torch
         from transformers import CLIPModel, CLIPProcessor
 
-        if not Path(path).expanduser().is_dir():
-            raise FileNotFoundError(f"CLIP model folder {path} not found: give a local CLIPModel folder with its "
-                                    "processor files (CLIP weights are never downloaded)")
+        where = str(Path(path).expanduser()) if Path(path).expanduser().is_dir() else str(path)
+        try:  # a folder, or a Hugging Face id already in the local cache
+            self.model = CLIPModel.from_pretrained(where, local_files_only=True).to(device).eval()
+            self.processor = CLIPProcessor.from_pretrained(where, local_files_only=True)
+        except OSError:
+            raise FileNotFoundError(f"CLIP model {path} not found: give a local CLIPModel folder with its processor "
+                                    "files, or the id of one in the Hugging Face cache (CLIP weights are never "
+                                    "downloaded)") from None
         self.torch = torch
         self.path = str(path)
-        self.model = CLIPModel.from_pretrained(str(path), local_files_only=True).to(device).eval()
-        self.processor = CLIPProcessor.from_pretrained(str(path), local_files_only=True)
         self.device = device
 
     def score(self, images: list[Image.Image], texts: list[str]) -> list[float]:

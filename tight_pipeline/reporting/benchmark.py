@@ -78,15 +78,16 @@ def _gaussian(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
 
 
 def pie_ssim(a, b, mask=None) -> float:
-    """torchmetrics' ``structural_similarity_index_measure(data_range=1.0)`` of the (masked) images."""
-    x, y = (v.double() for v in _masked(a, b, mask))
-    g = _gaussian()
-    kernel = (g[:, None] * g[None, :]).expand(3, 1, 11, 11)
+    """torchmetrics' ``structural_similarity_index_measure(data_range=1.0)`` of the (masked) images, with the
+    Gaussian window applied as two 1-D passes (the same sums, ~10x faster on a CPU; equal to 1e-6, tested)."""
+    x, y = _masked(a, b, mask)
+    g = _gaussian().float()
     pad = 5
     x = F.pad(x, (pad, pad, pad, pad), mode="reflect")
     y = F.pad(y, (pad, pad, pad, pad), mode="reflect")
-    out = F.conv2d(torch.cat([x, y, x * x, y * y, x * y]), kernel, groups=3)
-    mx, my, xx, yy, xy = out.split(1)
+    stack = torch.cat([x, y, x * x, y * y, x * y])
+    stack = F.conv2d(stack, g.view(1, 1, 1, 11).expand(3, 1, 1, 11), groups=3)
+    mx, my, xx, yy, xy = F.conv2d(stack, g.view(1, 1, 11, 1).expand(3, 1, 11, 1), groups=3).double().split(1)
     vx = torch.clamp(xx - mx**2, min=0.0)
     vy = torch.clamp(yy - my**2, min=0.0)
     vxy = xy - mx * my
@@ -239,6 +240,37 @@ def summarize(rows: pd.DataFrame, missing: dict[str, str] | None = None) -> pd.D
             rec[name] = round(float(values.mean()) * scale, 3) if len(values) else None
         out.append(rec)
     return pd.DataFrame(out)
+
+
+def by_type(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per peer and edit type: cases, PSNR of the unedited part and CLIP of the whole edit (where measured)."""
+    ok = rows[rows["status"] == "ok"]
+    cols = [c for c in ("psnr_unedited", "clip_whole") if c in ok and pd.to_numeric(ok[c], errors="coerce").notna().any()]
+    numeric = ok.assign(**{c: pd.to_numeric(ok[c], errors="coerce") for c in cols})
+    out = numeric.groupby(["peer", "edit_type"], sort=False)[cols].mean().round(2)
+    out.insert(0, "cases", numeric.groupby(["peer", "edit_type"], sort=False).size())
+    return out.reset_index()
+
+
+def best_peer(table: pd.DataFrame, clip_margin: float = 5.0) -> tuple[str | None, str]:
+    """The rule the demo's default preset is chosen by: among peers that edit without being given the mask (no
+    ``+mask``), those whose CLIP score of the edit is within ``clip_margin`` points of the best; of these the one
+    that keeps the most (PSNR of the unedited part), ties to the faster. ``(peer, the reason in words)``; without
+    CLIP, the best PSNR of the unedited part."""
+    free = table[~table["peer"].astype(str).str.contains(r"\+mask")].copy()
+    free["psnr"] = pd.to_numeric(free["psnr_unedited"], errors="coerce")
+    free["clip"] = pd.to_numeric(free.get("clip_whole"), errors="coerce") if "clip_whole" in free else float("nan")
+    free = free.dropna(subset=["psnr"])
+    if free.empty:
+        return None, "no peer has a PSNR of the unedited part"
+    if free["clip"].notna().any():
+        top = free["clip"].max()
+        free = free[free["clip"] >= top - clip_margin]
+        rule = f"the most kept (PSNR of the unedited part) among peers within {clip_margin:g} CLIP points of the best edit ({top:.1f})"
+    else:
+        rule = "the most kept (PSNR of the unedited part); CLIP not measured"
+    best = free.sort_values(["psnr", "s_per_item"], ascending=[False, True]).iloc[0]
+    return str(best["peer"]), f"{rule}: {best['psnr']:.2f} dB"
 
 
 def header(name: str) -> str:
