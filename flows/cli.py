@@ -24,14 +24,18 @@ command = command_of(app)
 
 @command("make-tiny-model")
 def make_tiny_model_cmd(out_dir: Path = typer.Argument(..., help="folder to write"), seed: int = typer.Option(0),
-                        family: str = typer.Option("sdxl", help="sdxl (h94 IP-Adapter) or flux (XLabs IP-Adapter)")):
+                        family: str = typer.Option("sdxl", help="sdxl (h94 IP-Adapter) or flux (XLabs IP-Adapter)"),
+                        turbo: bool = typer.Option(False, "--turbo", help="SDXL-Turbo's layout (Euler-ancestral "
+                                                   "scheduler, trailing timesteps)")):
     """Write a tiny model with random weights in the real folder layout (for tests and first runs)."""
     prepare_env()
     from tight_pipeline.testing.tiny_models import make_tiny_flux_model, make_tiny_model
 
     if family not in ("sdxl", "flux"):
         fail(f"--family {family!r}: choose sdxl or flux")
-    path = (make_tiny_flux_model if family == "flux" else make_tiny_model)(out_dir, seed=seed)
+    if turbo and family != "sdxl":
+        fail("--turbo is an SDXL layout: use it with --family sdxl")
+    path = make_tiny_flux_model(out_dir, seed=seed) if family == "flux" else make_tiny_model(out_dir, seed=seed, turbo=turbo)
     typer.echo(f"tiny model written to {path} (load it with --model {path})")
 
 
@@ -153,11 +157,14 @@ def _default_preset(preset: str | None, spec) -> str:
 
 def _ensure_default_model(ref: str | None, spec) -> None:
     """The built-in tiny model is written on first use; any other model must already be on the machine."""
-    if ref in (None, "tiny-sdxl", "tiny-flux") and not Path(spec.base).exists():
+    if ref in (None, "tiny-sdxl", "tiny-sdxl-turbo", "tiny-flux") and not Path(spec.base).exists():
         from tight_pipeline.testing.tiny_models import make_tiny_flux_model, make_tiny_model
 
         typer.echo(f"writing the built-in tiny model to {spec.base} (random weights: plumbing, not quality)", err=True)
-        (make_tiny_flux_model if spec.family == "flux" else make_tiny_model)(spec.base)
+        if spec.family == "flux":
+            make_tiny_flux_model(spec.base)
+        else:
+            make_tiny_model(spec.base, turbo=ref == "tiny-sdxl-turbo")
 
 
 @command()

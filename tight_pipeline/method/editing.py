@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from tight_pipeline.method.conditioning import TextCondition, predict_noise
-from tight_pipeline.method.inversion import Schedule, ddim_move, ddpm_move
+from tight_pipeline.method.inversion import Schedule, ancestral_move, ddim_move, ddpm_move
 
 
 def guide(uncond: torch.Tensor, cond: torch.Tensor, guidance: float, sharpening: float = 1.0) -> torch.Tensor:
@@ -57,6 +57,7 @@ def denoise(
     ``[plain..., unconditional..., conditional...]``. Returns the ``n_plain + n_guided`` clean latents
     (plain rows first). ``z_T`` is one latent shared by all rows, or one per row (``n_plain + n_guided``
     rows: a batch of different images, as the demo model's evaluation runs). With ``noises`` (from ``invert_ddpm_ef``) every step is the stochastic DDPM step
+    (the Euler-ancestral step with ``schedule.sampler == "euler_ancestral"``, maps from ``invert_renoise_ancestral``)
     driven by that step's noise map (one map shared by all rows, or one per row, ``n_plain + n_guided``);
     without, the deterministic DDIM step. Latents and updates are float32; at most ``max_batch`` rows per
     UNet call (0 = all).
@@ -70,14 +71,26 @@ def denoise(
     p, g = n_plain, n_guided
     z_T = z_T.float()
     z = z_T if z_T.shape[0] == p + g else z_T.repeat(p + g, 1, 1, 1)
+    # Guidance 1 without sharpening is the conditional prediction alone (few-step models edit so): the
+    # unconditional rows are not run at all.
+    cond_only = bool(g) and guidance == 1.0 and sharpening == 1.0
+    if cond_only:
+        keep = list(range(p)) + list(range(p + g, p + 2 * g))
+        text = text.rows(keep)
+        image_embeds = None if image_embeds is None else image_embeds[keep]
     for i, t in enumerate(schedule.timesteps):
         a_t, a_prev = schedule.alpha(t), schedule.alpha(t - schedule.step_ratio)
-        model_in = torch.cat([z[:p], z[p:], z[p:]]) if g else z
-        out = predict_noise(pipe, model_in, t, text, image_embeds, max_batch)
-        uncond, cond = out[p : p + g], out[p + g :]
-        combined = torch.cat([out[:p], guide(uncond, cond, guidance, sharpening)])
+        if cond_only:
+            combined = predict_noise(pipe, z, t, text, image_embeds, max_batch)
+        else:
+            model_in = torch.cat([z[:p], z[p:], z[p:]]) if g else z
+            out = predict_noise(pipe, model_in, t, text, image_embeds, max_batch)
+            uncond, cond = out[p : p + g], out[p + g :]
+            combined = torch.cat([out[:p], guide(uncond, cond, guidance, sharpening)])
         if noises is None:
             z = ddim_move(z, combined, a_t, a_prev, schedule.prediction_type)
+        elif schedule.sampler == "euler_ancestral":
+            z = ancestral_move(z, combined, a_t, a_prev, schedule.prediction_type, noises[i])
         else:
             z = ddpm_move(z, combined, a_t, a_prev, schedule.prediction_type, noises[i])
         if blend is not None and g:

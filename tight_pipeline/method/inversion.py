@@ -17,6 +17,11 @@ LEDITS++): independent noisy versions x_t of the latent at every level, then per
 z_t = (x_{t-Δ} - μ(x_t, ε(x_t, t))) / σ_t that makes the stochastic DDPM step land exactly on x_{t-Δ}.
 Denoising with the same maps (``editing.denoise(..., noises=...)``) reconstructs exactly; with an edit
 prompt it edits while the maps keep the structure.
+
+``invert_renoise_ancestral`` is ReNoise as its authors run it on few-step models (SDXL-Turbo): the Euler-ancestral
+sampler's step inverted with every step iterated to its fixed point, then the authors' *noise correction*: the
+step's noise map set so that the ancestral step with the prediction at the inverted latent lands exactly on the
+latent below it. Denoising with those maps (``Schedule.sampler = "euler_ancestral"``) reconstructs.
 """
 
 from __future__ import annotations
@@ -38,22 +43,29 @@ class Schedule:
     alphas_cumprod: torch.Tensor
     final_alpha_cumprod: float  # alpha-bar "below" the last timestep (level of the clean latent)
     prediction_type: str
+    sampler: str = "ddim"  # how stochastic steps move with their noise maps: "ddim" (DDPM, η = 1) or "euler_ancestral"
 
     def alpha(self, t: int) -> float:
         return float(self.alphas_cumprod[t]) if t >= 0 else self.final_alpha_cumprod
 
 
-def make_schedule(scheduler, steps: int) -> Schedule:
-    """The DDIM schedule for ``steps`` steps from a diffusers DDIM scheduler's config."""
-    scheduler.set_timesteps(steps)
-    config = scheduler.config
-    final = 1.0 if config.set_alpha_to_one else float(scheduler.alphas_cumprod[0])
+def make_schedule(scheduler, steps: int, sampler: str = "ddim") -> Schedule:
+    """The schedule for ``steps`` steps from a diffusers scheduler's config (any SD scheduler: the noise levels and
+    the timestep spacing are read as DDIM reads them — ``trailing`` starts at t = 999, as Turbo and Lightning do).
+    ``sampler = "euler_ancestral"`` ends at the clean latent itself (σ = 0, ᾱ = 1), as Euler samplers do."""
+    from diffusers import DDIMScheduler
+
+    ddim = scheduler if isinstance(scheduler, DDIMScheduler) else DDIMScheduler.from_config(scheduler.config)
+    ddim.set_timesteps(steps)
+    config = ddim.config
+    final = 1.0 if (config.set_alpha_to_one or sampler == "euler_ancestral") else float(ddim.alphas_cumprod[0])
     return Schedule(
-        timesteps=[int(t) for t in scheduler.timesteps],
+        timesteps=[int(t) for t in ddim.timesteps],
         step_ratio=config.num_train_timesteps // steps,
-        alphas_cumprod=scheduler.alphas_cumprod.clone(),
+        alphas_cumprod=ddim.alphas_cumprod.clone(),
         final_alpha_cumprod=final,
         prediction_type=config.prediction_type,
+        sampler=sampler,
     )
 
 
@@ -192,6 +204,105 @@ def ddpm_move(sample, output, alpha_t: float, alpha_prev: float, prediction_type
     x0, eps = split_prediction(output, sample, alpha_t, prediction_type)
     sigma = ddpm_sigma(alpha_t, alpha_prev)
     return alpha_prev**0.5 * x0 + max(0.0, 1 - alpha_prev - sigma**2) ** 0.5 * eps + sigma * noise
+
+
+def ancestral_sigmas(alpha_t: float, alpha_prev: float) -> tuple[float, float, float, float]:
+    """(σ_t, σ_prev, σ_up, σ_down) of the Euler-ancestral step from level ``alpha_t`` down to ``alpha_prev``, in the
+    variance-exploding σ = sqrt((1 - ᾱ) / ᾱ) of k-diffusion / diffusers' ``EulerAncestralDiscreteScheduler``:
+    σ_up = sqrt(σ_prev² (σ_t² - σ_prev²) / σ_t²), σ_down = sqrt(σ_prev² - σ_up²)."""
+    s_t = ((1 - alpha_t) / alpha_t) ** 0.5
+    s_prev = ((1 - alpha_prev) / alpha_prev) ** 0.5
+    s_up = (s_prev**2 * max(s_t**2 - s_prev**2, 0.0) / s_t**2) ** 0.5
+    s_down = max(s_prev**2 - s_up**2, 0.0) ** 0.5
+    return s_t, s_prev, s_up, s_down
+
+
+def ancestral_move(sample, output, alpha_t: float, alpha_prev: float, prediction_type: str, noise):
+    """One Euler-ancestral step from ``alpha_t`` down to ``alpha_prev`` driven by the given ``noise``, on the
+    variance-preserving latents the UNet sees (z = sqrt(ᾱ) x, x = x0 + σ ε): x ← x + ε (σ_down - σ_t) + σ_up n.
+    The same arithmetic as diffusers' ``EulerAncestralDiscreteScheduler.step`` with that noise (tested)."""
+    _, eps = split_prediction(output, sample, alpha_t, prediction_type)
+    s_t, _, s_up, s_down = ancestral_sigmas(alpha_t, alpha_prev)
+    x = sample / alpha_t**0.5 + eps * (s_down - s_t) + noise * s_up
+    return alpha_prev**0.5 * x
+
+
+def ancestral_noise(sample, eps, alpha_t: float, alpha_prev: float, target) -> torch.Tensor:
+    """The noise correction of ReNoise's authors: the map n with which ``ancestral_move`` from ``sample`` (level
+    ``alpha_t``, predicted noise ``eps``) lands exactly on ``target`` (level ``alpha_prev``); zeros where the step
+    adds no noise (σ_up = 0, the last step)."""
+    s_t, _, s_up, s_down = ancestral_sigmas(alpha_t, alpha_prev)
+    if s_up <= 0:
+        return torch.zeros_like(sample)
+    return (target / alpha_prev**0.5 - (sample / alpha_t**0.5 + eps * (s_down - s_t))) / s_up
+
+
+@torch.no_grad()
+def invert_renoise_ancestral(pipe, latents: torch.Tensor, schedule: Schedule, text: TextCondition, image_embeds,
+                             iterations: int = 4, average_last: int = 1, callback=None, max_batch: int = 0,
+                             early_t: int = 0, early_average: int = 5, reg: NoiseRegularization = NoiseRegularization(),
+                             seed: int = 0, trajectory: dict | None = None):
+    """ReNoise with the Euler-ancestral sampler and its noise correction (Garibi et al. 2024, the authors' SDXL-Turbo
+    setting). Returns (z_T, noise maps in denoising order, one per step).
+
+    Per step, from z = z_{t-Δ} up to level t, each item draws a Gaussian map n_t from its own generator (``seed``):
+    the ancestral step from z_t, x_{t-Δ} = x_t + ε (σ_down - σ_t) + σ_up n_t, solved for x_t with ε fixed is
+    affine, so the fixed-point iteration and the averaging windows are ``invert_renoise``'s (ε_0 = ε(z, t), then
+    ε at each guess; ``early_t`` / ``early_average`` near the clean end; ``reg`` regularises the used predictions).
+    Then the noise correction: with ε = ε(z_t, t) at the result, n_t becomes the map that makes the step from z_t land
+    exactly on z (``ancestral_noise``). The schedule must end at the clean latent (``make_schedule(...,
+    sampler="euler_ancestral")``)."""
+    if iterations < 1 or not 1 <= average_last <= iterations:
+        raise ValueError(f"renoise needs iterations >= 1 and 1 <= average_last <= iterations, got {iterations}, {average_last}")
+    z0 = latents.float()
+    z = z0
+    rows = z0.shape[0]
+    draws = [torch.Generator().manual_seed(seed) for _ in range(rows)]  # per item: the same maps alone or in a batch
+    noise = gens = None
+    if reg.on:
+        noise = torch.cat([torch.randn((1, *z0.shape[1:]), generator=torch.Generator().manual_seed(seed + 2))
+                           for _ in range(rows)]).to(z0.device)
+        gens = [torch.Generator().manual_seed(seed + 1) for _ in range(rows)]
+    pt = schedule.prediction_type
+    maps: dict[int, torch.Tensor] = {}
+    for i, t in enumerate(reversed(schedule.timesteps)):
+        a_low, a_t = schedule.alpha(t - schedule.step_ratio), schedule.alpha(t)
+        n_t = torch.cat([torch.randn((1, *z0.shape[1:]), generator=g) for g in draws]).to(z0.device)
+        s_t, _, s_up, s_down = ancestral_sigmas(a_t, a_low)
+
+        def up(eps):  # the ancestral step from level t solved for its start, with ε and n_t fixed
+            return a_t**0.5 * (z / a_low**0.5 - eps * (s_down - s_t) - n_t * s_up)
+
+        if t < early_t:
+            n, lo, hi = early_average - 1, 0, early_average
+        else:
+            n, lo, hi = iterations, iterations + 1 - average_last, iterations + 1
+        target = None
+        if reg.on:
+            forward = a_t**0.5 * z0 + (1 - a_t) ** 0.5 * noise
+            target = split_prediction(predict_noise(pipe, forward, t, text, image_embeds, max_batch), forward, a_t, pt)[1]
+        kept = []
+        sample, level = z, a_low
+        for k in range(n + 1):
+            _, eps = split_prediction(predict_noise(pipe, sample, t, text, image_embeds, max_batch), sample, level, pt)
+            if lo <= k < hi:
+                kept.append(eps)
+                if reg.on:
+                    eps = regularize(eps, target, reg, gens)
+            if k < n:
+                sample, level = up(eps), a_t
+        mean = torch.stack(kept).mean(0)
+        if reg.on:
+            mean = regularize(mean, target, reg, gens)
+        z_t = up(mean)
+        _, eps = split_prediction(predict_noise(pipe, z_t, t, text, image_embeds, max_batch), z_t, a_t, pt)
+        maps[t] = ancestral_noise(z_t, eps, a_t, a_low, z)  # the noise correction
+        z = z_t
+        if trajectory is not None:
+            trajectory[t] = z
+        if callback:
+            callback(i)
+    return z, [maps[t] for t in schedule.timesteps]
 
 
 @torch.no_grad()

@@ -88,12 +88,40 @@ def _pil_image_processors() -> None:
             setattr(sys.modules["transformers"], name, pil)
 
 
+def _scheduler(spec: ModelSpec, config):
+    """The spec's scheduler class from the model's scheduler config (its spacing overridden by the spec's)."""
+    from diffusers import DDIMScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, LCMScheduler
+
+    classes = {"ddim": DDIMScheduler, "euler_ancestral": EulerAncestralDiscreteScheduler,
+               "euler": EulerDiscreteScheduler, "lcm": LCMScheduler}
+    extra = {"timestep_spacing": spec.timestep_spacing} if spec.timestep_spacing else {}
+    return classes[spec.scheduler or "ddim"].from_config(config, **extra)
+
+
+def _fuse_lora(pipe, spec: ModelSpec) -> None:
+    """Load the spec's LoRA (a .safetensors file, a folder or a cached repo id; never downloaded) and fuse it into
+    the UNet at ``lora_scale``, so that the network runs at its plain speed and the IP-Adapter loads on top."""
+    path = Path(spec.lora).expanduser()
+    where, kwargs = str(spec.lora), {}
+    if path.is_file():
+        where, kwargs = str(path.parent), {"weight_name": path.name}
+    elif path.is_absolute() and not path.exists():
+        raise ModelError(f"model {spec.name!r}: lora {path} does not exist")
+    try:
+        pipe.load_lora_weights(where, adapter_name="spec", local_files_only=True, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"model {spec.name!r}: lora {spec.lora} could not be loaded "
+                         f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from exc
+    pipe.fuse_lora(lora_scale=spec.lora_scale)
+    pipe.unload_lora_weights()  # the fused weights stay; the LoRA layers go
+
+
 def load_pipeline(spec: ModelSpec):
     """Load the diffusers pipeline of ``spec`` and its IP-Adapter, offline, from safetensors.
 
-    Returns the pipeline on its device, with a DDIM scheduler configured from the model's own scheduler
-    config (FLUX keeps its flow-matching scheduler), the IP-Adapter loaded (scale 0 until set) and progress
-    bars off.
+    Returns the pipeline on its device, with a DDIM scheduler (or the spec's ``scheduler``) configured from the
+    model's own scheduler config and the spec's ``timestep_spacing`` (FLUX keeps its flow-matching scheduler), the
+    spec's LoRA fused into the UNet, the IP-Adapter loaded (scale 0 until set) and progress bars off.
     """
     import torch
     import diffusers
@@ -137,7 +165,9 @@ def load_pipeline(spec: ModelSpec):
             ) from exc
         raise ModelError(_missing_hint(f"model {spec.name!r}: base", spec.base) + f" ({text.splitlines()[0]})") from exc
     if spec.family != "flux":
-        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        pipe.scheduler = _scheduler(spec, pipe.scheduler.config)
+    if spec.lora:
+        _fuse_lora(pipe, spec)
     if spec.adapter is not None and spec.family == "flux":
         _load_flux_adapter(pipe, spec, dtype)
     elif spec.adapter is not None:

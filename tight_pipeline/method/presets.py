@@ -29,7 +29,8 @@ _OMITTED_FROM_HASH = {"gamma": 0.0, "eta": 0.0, "eta_start": 0.0, "eta_stop": 0.
                    "renoise_early_t": 0, "renoise_early_average": 5, "renoise_reg_kl": 0.0, "renoise_reg_ac": 0.0,
                    "renoise_reg_steps": 0, "renoise_reg_rolls": 5, "cfg_sharpening": 1.0,
                    "region": "whole", "region_fill": "auto", "region_blend_start": 1.0,
-                   "ledits_skip": 0.15, "ledits_threshold": 0.9, "ledits_source_guidance": 0.0}
+                   "ledits_skip": 0.15, "ledits_threshold": 0.9, "ledits_source_guidance": 0.0,
+                   "sampler": "ddim"}
 # ``name@auto``: the candidate adapter scales tried, strongest first (see method/auto/strength.py).
 DEFAULT_AUTO_SCALES = (1.0, 0.4, 0.0)
 
@@ -105,6 +106,10 @@ class Preset:
             0.15, 0.9) and the inversion's ``source_guidance_scale``: 0 (the default, as diffusers' example inverts)
             inverts without the source prompt; above 0 with it, at that guidance (on the demo model 3.5 broke the
             reconstruction: 10.6 dB vs 26 dB at 0). ``guidance`` is its ``edit_guidance_scale``. ``ledits_pp`` only.
+        sampler: how a step moves: ``ddim`` (DDIM; DDPM with ``ddpm_ef``'s noise maps) or ``euler_ancestral`` (the
+            Euler-ancestral sampler of few-step models such as SDXL-Turbo; ``renoise`` only: its inversion keeps
+            a noise map per step, corrected so that denoising lands on the inversion's own latents —
+            ``inversion.invert_renoise_ancestral``).
         description: one line for people choosing a preset.
     """
 
@@ -144,6 +149,7 @@ class Preset:
     ledits_skip: float = 0.15
     ledits_threshold: float = 0.9
     ledits_source_guidance: float = 0.0
+    sampler: str = "ddim"
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -208,6 +214,11 @@ class Preset:
             value = getattr(self, key)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
                 problems.append(f"{key} {value!r} must be a number in {low:g}..{high:g}")
+        if self.sampler not in ("ddim", "euler_ancestral"):
+            problems.append(f"sampler {self.sampler!r} must be 'ddim' or 'euler_ancestral'")
+        elif self.sampler == "euler_ancestral" and self.method != "renoise":
+            problems.append(f"sampler euler_ancestral runs with method renoise (its noise-corrected inversion), "
+                            f"not {self.method}")
         if self.method == "ledits_pp" and self.auto_scales:
             problems.append("automatic strength chooses Tight Inversion's adapter scale; LEDITS++ (ledits_pp) has none")
         if not isinstance(self.negative_source, bool):

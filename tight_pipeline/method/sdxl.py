@@ -122,6 +122,12 @@ class TightInversion(Engine):
                                             callback=callback, max_batch=mb, trajectory=trajectory)
         reg = NoiseRegularization(kl=preset.renoise_reg_kl, ac=preset.renoise_reg_ac, steps=preset.renoise_reg_steps,
                                   rolls=preset.renoise_reg_rolls)
+        if preset.sampler == "euler_ancestral":  # few-step models: the noise-corrected ancestral inversion
+            return inversion.invert_renoise_ancestral(
+                self.pipe, z0, schedule, text, image_rows, iterations=preset.renoise_iterations,
+                average_last=preset.renoise_average_last, callback=callback, max_batch=mb,
+                early_t=preset.renoise_early_t, early_average=preset.renoise_early_average, reg=reg, seed=preset.seed,
+                trajectory=trajectory)
         return inversion.invert_renoise(
             self.pipe, z0, schedule, text, image_rows, iterations=preset.renoise_iterations,
             average_last=preset.renoise_average_last, callback=callback, max_batch=mb,
@@ -156,7 +162,7 @@ class TightInversion(Engine):
                 return None
             return torch.cat([images[k].negative if neg else images[k].positive for owners, neg in parts for k in owners])
 
-        schedule = inversion.make_schedule(pipe.scheduler, preset.steps)
+        schedule = inversion.make_schedule(pipe.scheduler, preset.steps, preset.sampler)
         items = list(range(b))
         redo = [k for k in items if requests[k].reconstruction is None]  # reconstructions to make
         source = text_all.rows(items)

@@ -25,6 +25,12 @@ DEFAULT_MODEL = "catalog-demo"
 DTYPES = ("float32", "float16", "bfloat16")
 DEVICES = ("auto", "cpu", "cuda")
 COMPILE_MODES = ("", "default", "reduce-overhead", "max-autotune")
+# ``scheduler``: the diffusers scheduler class a pipeline is loaded with (its config from the model's folder) —
+# what the model's noise levels and timestep spacing are read from; the update rule is the preset's ``sampler``.
+SCHEDULERS = ("ddim", "euler_ancestral", "euler", "lcm")
+SPACINGS = ("leading", "trailing", "linspace")
+# Fields added later and the value at which each is left out of the digest (the digests of older specs stay).
+_OMITTED_FROM_DIGEST = {"clip": None, "scheduler": None, "timestep_spacing": None, "lora": None, "lora_scale": 1.0}
 RUNTIME_FIELDS = ("max_batch", "vae_batch", "tf32", "channels_last", "compile")  # speed, not results
 
 
@@ -58,6 +64,13 @@ class ModelSpec:
         clip: a local ``CLIPModel`` folder (with its processor) shipped with the model, relative to the spec's
             folder or absolute: edits get a ``clip_score`` and automatic strength judges with CLIP instead of the
             diffusion model. ``TIGHT_PIPELINE_CLIP_MODEL`` / ``JobConfig.clip_model`` override it. Never downloaded.
+        scheduler: few-step models: the scheduler class to load (``ddim``, ``euler_ancestral`` — SDXL-Turbo's —,
+            ``euler`` — SDXL-Lightning's —, ``lcm``); ``None`` = the one in the model's folder. Its config gives the
+            noise levels and timestep spacing; how a step moves is the preset's ``sampler``.
+        timestep_spacing: ``leading``, ``trailing`` (Turbo, Lightning: the first step at t = 999) or ``linspace``;
+            ``None`` = the scheduler config's.
+        lora: LoRA weights fused into the UNet at load (SDXL-Lightning's or an LCM-LoRA: a ``.safetensors`` file,
+            a folder, or a cached repo id; never downloaded), at ``lora_scale``.
 
     How to run it (not part of ``digest``: they change speed, not what the model computes beyond float
     tolerance, so changing them never makes a resumed run redo rows):
@@ -85,6 +98,10 @@ class ModelSpec:
     allow_pickle: bool = False
     variant: str | None = None
     clip: str | None = None
+    scheduler: str | None = None
+    timestep_spacing: str | None = None
+    lora: str | None = None
+    lora_scale: float = 1.0
     max_batch: int = 8
     vae_batch: int = 4
     tf32: bool = False
@@ -102,6 +119,13 @@ class ModelSpec:
             raise ModelError(f"model {self.name!r}: max_batch and vae_batch must be >= 1")
         if self.compile not in COMPILE_MODES:
             raise ModelError(f"model {self.name!r}: unknown compile mode {self.compile!r}; expected one of {COMPILE_MODES}")
+        if self.scheduler is not None and self.scheduler not in SCHEDULERS:
+            raise ModelError(f"model {self.name!r}: unknown scheduler {self.scheduler!r}; expected one of {SCHEDULERS}")
+        if self.timestep_spacing is not None and self.timestep_spacing not in SPACINGS:
+            raise ModelError(f"model {self.name!r}: unknown timestep_spacing {self.timestep_spacing!r}; expected one "
+                             f"of {SPACINGS}")
+        if self.lora is not None and self.family not in ("sdxl", "sd"):
+            raise ModelError(f"model {self.name!r}: lora is for SD/SDXL UNets (family {self.family})")
         if not 32 <= self.resolution <= 4096:
             raise ModelError(f"model {self.name!r}: resolution {self.resolution} out of range 32..4096")
         if self.adapter is not None and not self.allow_pickle and not self.adapter_weight.endswith(".safetensors"):
@@ -118,8 +142,9 @@ class ModelSpec:
     def digest(self) -> str:
         """Short stable hash of the spec's settings (paths, dtype, ...); :func:`model_digest` adds the weights."""
         settings = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
-        if settings["clip"] is None:
-            del settings["clip"]  # specs without a CLIP keep the digests they had before the field existed
+        for key, default in _OMITTED_FROM_DIGEST.items():
+            if settings[key] == default:
+                del settings[key]  # specs that do not use a later field keep the digests they had before it
         blob = json.dumps(settings, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
@@ -132,7 +157,7 @@ def _spec_from_mapping(data: dict[str, Any], relative_to: Path | None, origin: s
     data = dict(data)
     if relative_to is not None:
         # Paths inside a model.yaml are relative to its folder, so a model folder can be moved as a whole.
-        for key in ("base", "adapter", "clip"):
+        for key in ("base", "adapter", "clip", "lora"):
             value = data.get(key)
             if value and not os.path.isabs(value) and (relative_to / value).exists():
                 data[key] = str((relative_to / value).resolve())
@@ -181,7 +206,7 @@ def load_named_models() -> dict[str, ModelSpec]:
     out = {}
     for name, data in (raw.get("models") or {}).items():
         data = dict(data)
-        for key in ("base", "adapter", "clip"):
+        for key in ("base", "adapter", "clip", "lora"):
             if isinstance(data.get(key), str):
                 data[key] = data[key].replace("${TIGHT_PIPELINE_HOME}", str(state_dir())).replace("${TIGHT_PIPELINE_PACKAGE}", package)
         data.setdefault("name", name)

@@ -33,6 +33,21 @@ log = logging.getLogger("tight_pipeline.pipeline.actor")
 SUMMARY_COLUMNS = ["item_id", "rows", "ok", "error", "candidate"]
 
 
+
+class PngCache:
+    """PNG bytes per image object, encoded once. It keeps every image it was given: an ``id`` is only unique while
+    its object lives, and a cache keyed by the ids of temporaries (``Image.fromarray(...)`` per output) once handed
+    an edit the bytes of the photo encoded just before it, whose freed id the edit's image had reused."""
+
+    def __init__(self):
+        self._seen: dict[int, tuple[object, bytes]] = {}
+
+    def __call__(self, image) -> bytes:
+        hit = self._seen.get(id(image))
+        if hit is None or hit[0] is not image:
+            hit = self._seen[id(image)] = (image, storage.encode_png(image))
+        return hit[1]
+
 class WorkerDied(RuntimeError):
     """An item whose worker process died on every attempt."""
 
@@ -281,12 +296,7 @@ class EditorActor:
         t0 = time.perf_counter()
         folder = storage.join(self.output, preset.hash, item.item_id)
         input_uri, recon_uri = storage.join(folder, "input.png"), storage.join(folder, "reconstruction.png")
-        encoded: dict[int, bytes] = {}  # one encoding per image object (the passthrough model returns one)
-
-        def png(image) -> bytes:
-            if id(image) not in encoded:
-                encoded[id(image)] = storage.encode_png(image)
-            return encoded[id(image)]
+        png = PngCache()  # one encoding per image object (the passthrough model returns one image for all)
 
         full = self.output_size == "input" and result.full_reconstruction is not None
         storage.write_bytes_atomic(input_uri, png(Image.fromarray(result.photo) if full else result.input))

@@ -216,11 +216,13 @@ def build_tiny_pipeline(seed: int = 0, tokenizer_dir: str | Path | None = None, 
     return pipe, vision, state
 
 
-def make_tiny_model(out_dir: str | Path, seed: int = 0, size: str = "tiny", dtype=None) -> Path:
+def make_tiny_model(out_dir: str | Path, seed: int = 0, size: str = "tiny", dtype=None, turbo: bool = False) -> Path:
     """Write the tiny model folder (pipeline + separate h94-layout IP-Adapter + model.yaml); returns it.
 
     ``size="full"``: SDXL's real architecture with random weights (for GPU benchmarks); ``dtype``: storage dtype
-    (e.g. ``torch.float16``; loading casts to the spec's dtype)."""
+    (e.g. ``torch.float16``; loading casts to the spec's dtype). ``turbo``: SDXL-Turbo's layout — its scheduler is
+    Euler-ancestral with ``trailing`` timesteps (the first step at t = 999) and the spec says ``scheduler:
+    euler_ancestral`` (random weights: the few-step path's plumbing, not a distilled model)."""
     if size not in SIZES:
         raise ValueError(f"size {size!r}: expected one of {SIZES}")
     from safetensors.torch import save_file
@@ -229,6 +231,11 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0, size: str = "tiny", dtyp
     out.mkdir(parents=True, exist_ok=True)
     _byte_level_tokenizer(out / "tokenizer")
     pipe, vision, state = build_tiny_pipeline(seed, tokenizer_dir=out / "tokenizer", size=size)
+    if turbo:
+        from diffusers import EulerAncestralDiscreteScheduler
+
+        pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing",
+                                                                     steps_offset=0)
     if dtype is not None:
         pipe.to(dtype)
         vision.to(dtype)
@@ -240,7 +247,7 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0, size: str = "tiny", dtyp
     save_file({k: v.contiguous() for k, v in state.items()}, adapter_root / "sdxl_models" / TINY_WEIGHT_NAME)
 
     spec = dict(
-        name="tiny-sdxl" if size == "tiny" else "random-sdxl-full",
+        name=("tiny-sdxl" if size == "tiny" else "random-sdxl-full") + ("-turbo" if turbo else ""),
         family="sdxl",
         base=".",
         adapter="ip_adapter",
@@ -250,6 +257,7 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0, size: str = "tiny", dtyp
         resolution=TINY_RESOLUTION if size == "tiny" else FULL_RESOLUTION,
         dtype="float32",
         device="auto",
+        **({"scheduler": "euler_ancestral"} if turbo else {}),
     )
     (out / "model.yaml").write_text(
         "# Tiny SDXL-shaped model with random weights, written by `tight-pipeline make-tiny-model`.\n"
