@@ -76,11 +76,13 @@ def bench_items(engine, device: str, cases, steps: int) -> list[dict]:
     rows = []
     images = photos(max(b for _, _, b in cases), engine.spec.resolution)
     for name, n_edits, batch in cases:
-        preset = dataclasses.replace(load_preset(name), steps=steps)
+        preset = load_preset(name)
+        if preset.sampler == "ddim":  # few-step presets (Euler-ancestral, 4 steps) keep their own step count
+            preset = dataclasses.replace(preset, steps=steps)
         requests = [ItemRequest(images[i], "a photo of a product",
                                 [(f"e{k}", f"a photo of a product {EDIT_PROMPTS[k]}") for k in range(n_edits)])
                     for i in range(batch)]
-        engine.edit_items(requests, dataclasses.replace(preset, steps=2))  # warm-up at these shapes
+        engine.edit_items(requests, dataclasses.replace(preset, steps=min(2, preset.steps)))  # warm-up at these shapes
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         wall, results = timed(device, lambda: engine.edit_items(requests, preset))
@@ -91,7 +93,7 @@ def bench_items(engine, device: str, cases, steps: int) -> list[dict]:
         phases = {k: round(sum(getattr(r.timings, k) for r in results) / batch, 4)
                   for k in ("encode_s", "embed_s", "invert_s", "denoise_s", "decode_s", "score_s")}
         rows.append({
-            "preset": name, "method": preset.method, "edits": n_edits, "batch": batch,
+            "preset": name, "method": preset.method, "steps": preset.steps, "edits": n_edits, "batch": batch,
             "s_per_item": round(per_item, 4), "items_per_min": round(60 / per_item, 2), "phases_s": phases,
             "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.startswith("cuda") else None,
         })

@@ -28,9 +28,10 @@ echo "pytest rc=$?" | tee -a "$OUT/pytest.txt"
 tail -25 "$OUT/pytest.txt"
 
 echo "== bench_gpu"
-# The done-when cases first (batch 8: balanced 1 and 4 edits, off, faithful), then batch 1 for comparison.
+# The done-when cases first (batch 8: balanced 1 edit, the few-step presets — >= 5x balanced's items/min is the few-step
+# target —, off, faithful, balanced 4 edits), then batch 1 for comparison. Few-step presets keep their 4 steps.
 timeout "${BENCH_S:-330}" python3 benchmarks/bench_gpu.py --no-peers --floor-batches 1,4,8,16 \
-    --cases "${CASES:-balanced:1:8,off:1:8,faithful:1:8,balanced:4:8,balanced:1:1,off:1:1}" \
+    --cases "${CASES:-balanced:1:8,turbo-balanced:1:8,turbo-faithful:1:8,off:1:8,faithful:1:8,balanced:4:8,balanced:1:1,off:1:1}" \
     > "$OUT/bench.json" 2> "$OUT/bench.log"
 echo "bench rc=$?"
 grep -v '^\[transformers\]' "$OUT/bench.log" | tail -30

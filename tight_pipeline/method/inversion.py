@@ -115,6 +115,35 @@ def invert_ddim(pipe, latents: torch.Tensor, schedule: Schedule, text: TextCondi
     return z
 
 
+def _fixed_point(pipe, z, t, a_from, a_to, up, text, image_embeds, max_batch, prediction_type, iterations,
+                 average_last, early_t, early_average, reg, z0, noise, gens) -> torch.Tensor:
+    """One ReNoise step's noise estimate (the mean of its window of predictions), for any step whose inverse with
+    the noise fixed is ``up(eps)``: ε_0 = ε(z, t), then ε at each guess ``up(ε_{k-1})``; the window and the
+    regularisation as ``invert_renoise`` describes them."""
+    pt = prediction_type
+    if t < early_t:
+        n, lo, hi = early_average - 1, 0, early_average
+    else:
+        n, lo, hi = iterations, iterations + 1 - average_last, iterations + 1
+    target = None
+    if reg.on:
+        forward = a_to**0.5 * z0 + (1 - a_to) ** 0.5 * noise
+        target = split_prediction(predict_noise(pipe, forward, t, text, image_embeds, max_batch), forward, a_to, pt)[1]
+    kept = []
+    sample, level = z, a_from
+    for k in range(n + 1):
+        # The prediction at the guess for z_t is the one the denoising step from z_t will use.
+        _, eps = split_prediction(predict_noise(pipe, sample, t, text, image_embeds, max_batch), sample, level, pt)
+        if lo <= k < hi:
+            kept.append(eps)
+            if reg.on:
+                eps = regularize(eps, target, reg, gens)
+        if k < n:
+            sample, level = up(eps), a_to
+    mean = torch.stack(kept).mean(0)
+    return regularize(mean, target, reg, gens) if reg.on else mean
+
+
 @torch.no_grad()
 def invert_renoise(
     pipe,
@@ -161,32 +190,14 @@ def invert_renoise(
         noise = torch.cat([torch.randn((1, *z0.shape[1:]), generator=torch.Generator().manual_seed(seed))
                            for _ in range(z0.shape[0])]).to(z0.device)
         gens = [torch.Generator().manual_seed(seed + 1) for _ in range(z0.shape[0])]
-    pt = schedule.prediction_type
     for i, t in enumerate(reversed(schedule.timesteps)):
         a_from, a_to = schedule.alpha(t - schedule.step_ratio), schedule.alpha(t)
-        if t < early_t:
-            n, lo, hi = early_average - 1, 0, early_average
-        else:
-            n, lo, hi = iterations, iterations + 1 - average_last, iterations + 1
-        target = None
-        if reg.on:
-            forward = a_to**0.5 * z0 + (1 - a_to) ** 0.5 * noise
-            target = split_prediction(predict_noise(pipe, forward, t, text, image_embeds, max_batch), forward, a_to, pt)[1]
-        kept = []
-        sample, level = z, a_from
-        for k in range(n + 1):
-            # The prediction at the guess for z_t is the one the denoising step from z_t will use.
-            _, eps = split_prediction(predict_noise(pipe, sample, t, text, image_embeds, max_batch), sample, level, pt)
-            if lo <= k < hi:
-                kept.append(eps)
-                if reg.on:
-                    eps = regularize(eps, target, reg, gens)
-            if k < n:  # with the noise fixed, the DDIM step is affine: solve it for the z_t that lands on z
-                sample, level = ddim_move(z, eps, a_from, a_to, "epsilon"), a_to
-        mean = torch.stack(kept).mean(0)
-        if reg.on:
-            mean = regularize(mean, target, reg, gens)
-        z = ddim_move(z, mean, a_from, a_to, "epsilon")
+        def up(eps, z=z, a_from=a_from, a_to=a_to):  # with ε fixed the DDIM step is affine: the z_t that lands on z
+            return ddim_move(z, eps, a_from, a_to, "epsilon")
+
+        mean = _fixed_point(pipe, z, t, a_from, a_to, up, text, image_embeds, max_batch, schedule.prediction_type,
+                            iterations, average_last, early_t, early_average, reg, z0, noise, gens)
+        z = up(mean)
         if trajectory is not None:
             trajectory[t] = z
         if callback:
@@ -270,30 +281,11 @@ def invert_renoise_ancestral(pipe, latents: torch.Tensor, schedule: Schedule, te
         n_t = torch.cat([torch.randn((1, *z0.shape[1:]), generator=g) for g in draws]).to(z0.device)
         s_t, _, s_up, s_down = ancestral_sigmas(a_t, a_low)
 
-        def up(eps):  # the ancestral step from level t solved for its start, with ε and n_t fixed
+        def up(eps, z=z, n_t=n_t):  # the ancestral step from level t solved for its start, ε and n_t fixed
             return a_t**0.5 * (z / a_low**0.5 - eps * (s_down - s_t) - n_t * s_up)
 
-        if t < early_t:
-            n, lo, hi = early_average - 1, 0, early_average
-        else:
-            n, lo, hi = iterations, iterations + 1 - average_last, iterations + 1
-        target = None
-        if reg.on:
-            forward = a_t**0.5 * z0 + (1 - a_t) ** 0.5 * noise
-            target = split_prediction(predict_noise(pipe, forward, t, text, image_embeds, max_batch), forward, a_t, pt)[1]
-        kept = []
-        sample, level = z, a_low
-        for k in range(n + 1):
-            _, eps = split_prediction(predict_noise(pipe, sample, t, text, image_embeds, max_batch), sample, level, pt)
-            if lo <= k < hi:
-                kept.append(eps)
-                if reg.on:
-                    eps = regularize(eps, target, reg, gens)
-            if k < n:
-                sample, level = up(eps), a_t
-        mean = torch.stack(kept).mean(0)
-        if reg.on:
-            mean = regularize(mean, target, reg, gens)
+        mean = _fixed_point(pipe, z, t, a_low, a_t, up, text, image_embeds, max_batch, pt, iterations, average_last,
+                            early_t, early_average, reg, z0, noise, gens)
         z_t = up(mean)
         _, eps = split_prediction(predict_noise(pipe, z_t, t, text, image_embeds, max_batch), z_t, a_t, pt)
         maps[t] = ancestral_noise(z_t, eps, a_t, a_low, z)  # the noise correction
