@@ -39,7 +39,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_pipeline.py
 
 # The edit benchmark (PIE-Bench protocol) on a PIE-format set of held-out demo shots, peers side by side
-# (about 12 minutes on 2 cores; SHOTS=12 cases per edit type). Table, plot and rows under $(BENCH_OUT)/benchmark/.
+# (about 8 minutes on 2 cores; SHOTS=12 cases per edit type). Table, plot and rows under $(BENCH_OUT)/benchmark/.
 SHOTS ?= 12
 BENCH_OUT ?= .tight-pipeline/benchmark-demo
 benchmark: $(STAMP)

@@ -380,7 +380,8 @@ DEMO_PEERS = "catalog-sharp,catalog-balanced,catalog-sharp+mask,catalog-sharp@au
 @command()
 def benchmark(
     data: str = typer.Option(..., help="a folder in PIE-Bench's layout (mapping_file.json + annotation_images/), "
-                             "e.g. the real PIE-Bench or one written by `tight-pipeline bench-set`"),
+                             "e.g. the real PIE-Bench or one written by `tight-pipeline bench-set`; or a manifest "
+                             "whose edits have masks (mask_uri; metadata.edit_type for --types)"),
     output: str = typer.Option(..., help="output prefix URL (edits, rows, benchmark/ with the table and plot)"),
     peers: str = typer.Option(DEMO_PEERS, help="comma-separated presets to compare; NAME+mask = that preset's "
                               "region-true output with the benchmark's mask; ledits-pp / catalog-ledits = LEDITS++"),
@@ -390,14 +391,14 @@ def benchmark(
     dino: Optional[str] = typer.Option(None, help="local DINO ViT (transformers layout, e.g. facebook/dino-vitb8 in "
                                        "the HF cache) for the structure distance"),
     lpips: bool = typer.Option(True, "--lpips/--no-lpips", help="LPIPS (needs torchvision + cached SqueezeNet)"),
-    types: Optional[str] = typer.Option(None, help="only these editing_type_ids, comma-separated (e.g. 6,8)"),
+    types: Optional[str] = typer.Option(None, help="only these editing_type_ids (a manifest: metadata.edit_type), "
+                                        "comma-separated (e.g. 6,8)"),
     limit: Optional[int] = typer.Option(None, help="only the first N cases (after --types)"),
     actors: Optional[int] = typer.Option(None, help="most actors in the pool (default: the job's)"),
 ):
     """Run peers on a PIE-Bench-format set in one job; write the field's metrics as a table, a plot, an MLflow run."""
     prepare_env()
-    from flows.edit_benchmark import edit_benchmark, parse_peers
-    from tight_pipeline.data.piebench import read_bench
+    from flows.edit_benchmark import edit_benchmark, load_cases, parse_peers
     from tight_pipeline.method.specs import resolve_model_spec
 
     names = [p.strip() for p in peers.split(",") if p.strip()]
@@ -407,7 +408,7 @@ def benchmark(
         raise UsageError(f"--limit {limit} must be at least 1")
     chosen = [t.strip() for t in types.split(",")] if types else None
     parse_peers(names)  # bad input is said before any service starts
-    read_bench(data, chosen, limit)
+    load_cases(data, chosen, limit)
     _ensure_default_model(model, resolve_model_spec(model))
     result = run_flow(edit_benchmark, data=data, output=output, peers=names, model=model, clip=clip, dino=dino,
                       lpips=lpips, types=chosen, limit=limit, actors=actors)

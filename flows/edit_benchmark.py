@@ -3,6 +3,10 @@
     tight-pipeline benchmark --data PIE-Bench/ --output out/ --peers balanced,balanced+mask,ledits-pp,off \\
         --clip ~/weights/clip-vit-large-patch14 --dino facebook/dino-vitb8
 
+``--data`` is a folder in PIE-Bench's layout (``data/piebench.py``) or a manifest (JSONL / CSV / Parquet, any
+storage) whose items' edits each have a mask (``mask_uri`` on the edit or the item; white = the edited region): a
+catalog's own photos measured the same way, one case per (item, edit), its type from ``metadata.edit_type``.
+
 A *peer* is a preset name (``balanced``, ``catalog-sharp@auto``, ``ledits-pp`` for LEDITS++) with ``+mask`` for its
 region-true output (the benchmark's own mask given to the edit: outside it the photo's pixels). Every case of the
 set is listed once per peer in one manifest (item ``<case key>.<peer>``, its own ``preset``; the mask only for
@@ -20,6 +24,7 @@ import io
 import json
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +35,61 @@ from prefect.artifacts import create_table_artifact
 
 from flows.tasks import IO_RETRIES, edit_items, flow_timeout_s
 from tight_pipeline.data import piebench, storage
+from tight_pipeline.data.manifest import read_manifest
 from tight_pipeline.method.presets import PresetError, load_preset
 from tight_pipeline.pipeline.config import JobConfig
 from tight_pipeline.reporting import benchmark, plots, tracking
 
 EDIT_ID = "edit"
+
+
+@dataclass(frozen=True)
+class BenchCase:
+    """One photo and one edit to measure, from a PIE-format folder or a manifest with masks."""
+
+    key: str
+    image_uri: str
+    source_prompt: str
+    target_prompt: str
+    edit_type: str
+    mask_uri: str | None = None  # a manifest's mask (white = edited); PIE cases decode theirs from the RLE
+    pie: piebench.Case | None = None
+
+    def mask(self, size: tuple[int, int]) -> np.ndarray:
+        """The edited region, bool (h, w), for the photo's upright ``size`` (width, height)."""
+        if self.pie is not None:
+            return self.pie.mask(size)
+        return storage.decode_mask(storage.read_bytes(self.mask_uri), size, what=f"case {self.key}: mask {self.mask_uri}")
+
+
+def load_cases(data: str, types: list[str] | None = None, limit: int | None = None) -> list[BenchCase]:
+    """The cases of ``data``: a PIE-format folder (``types``: ``editing_type_id``s), or a manifest whose every edit
+    has a mask (``types``: ``metadata.edit_type`` values). A case without a mask is a ``BenchError`` naming it."""
+    if "://" not in data and Path(data).expanduser().is_dir():
+        bench = piebench.read_bench(data, types, limit)
+        return [BenchCase(c.key, str(bench.image_file(c).resolve()), c.source_prompt, c.target_prompt, c.edit_type,
+                          pie=c) for c in bench.cases]
+    manifest = read_manifest(data)
+    if manifest.invalid:
+        first = manifest.invalid[0]
+        raise piebench.BenchError(f"{data}: {len(manifest.invalid)} invalid rows (row {first.row}: {first.error})")
+    cases = []
+    for item in manifest.items:
+        for edit in item.edits:
+            kind = str(item.metadata.get("edit_type", "edit"))
+            if types and kind not in types:
+                continue
+            mask = edit.mask_uri or item.mask_uri
+            if not mask:
+                raise piebench.BenchError(f"case {item.item_id}.{edit.edit_id}: no mask_uri on the edit or the item "
+                                          "(a benchmark measures what an edit keeps outside its region)")
+            cases.append(BenchCase(f"{item.item_id}.{edit.edit_id}", item.image_uri, item.source_prompt, edit.prompt,
+                                   kind, mask_uri=mask))
+            if limit and len(cases) >= limit:
+                return cases
+    if not cases:
+        raise piebench.BenchError(f"{data}: no cases" + (f" of edit types {types}" if types else ""))
+    return cases
 
 
 def parse_peers(peers: list[str]) -> list[tuple[str, str, bool]]:
@@ -56,17 +111,17 @@ def slug(peer: str) -> str:
 
 
 @task(name="write-benchmark-manifest", **IO_RETRIES)
-def write_manifest(bench: piebench.Bench, output: str, peers: list[tuple[str, str, bool]]) -> str:
-    """Masks as PNGs (white = edited) and one manifest listing every case once per peer."""
+def write_manifest(cases: list[BenchCase], output: str, peers: list[tuple[str, str, bool]]) -> str:
+    """One manifest listing every case once per peer; PIE masks written as PNGs (white = edited) for ``+mask`` peers."""
     lines = []
-    for case in bench.cases:
-        path = bench.image_file(case)
-        with Image.open(path) as im:
-            size = im.size
-        mask_uri = storage.join(output, "benchmark", "masks", f"{case.key}.png")
-        storage.write_bytes_atomic(mask_uri, storage.encode_png(Image.fromarray(case.mask(size).astype(np.uint8) * 255)))
+    for case in cases:
+        mask_uri = case.mask_uri
+        if mask_uri is None and any(m for _, _, m in peers):
+            size = storage.decode_photo(storage.read_bytes(case.image_uri)).image.size
+            mask_uri = storage.join(output, "benchmark", "masks", f"{case.key}.png")
+            storage.write_bytes_atomic(mask_uri, storage.encode_png(Image.fromarray(case.mask(size).astype(np.uint8) * 255)))
         for peer, preset, with_mask in peers:
-            rec = {"item_id": f"{case.key}.{slug(peer)}", "image_uri": str(path.resolve()),
+            rec = {"item_id": f"{case.key}.{slug(peer)}", "image_uri": case.image_uri,
                    "source_prompt": case.source_prompt, "preset": preset,
                    "edits": [{"edit_id": EDIT_ID, "prompt": case.target_prompt}],
                    "metadata": {"benchmark_case": case.key, "peer": peer, "edit_type": case.edit_type}}
@@ -83,13 +138,14 @@ def _image(uri: str) -> np.ndarray:
 
 
 @task(name="score-benchmark")
-def score(bench: piebench.Bench, rows: pd.DataFrame, peers: list[tuple[str, str, bool]],
+def score(cases: list[BenchCase], rows: pd.DataFrame, peers: list[tuple[str, str, bool]],
           scorers: benchmark.Scorers) -> pd.DataFrame:
-    """One row per (case, peer): status, seconds, every metric (``None`` where missing or failed)."""
+    """One row per (case, peer): status, seconds, every metric (``None`` where missing or failed), against the
+    photo upright at its own size (as the outputs are)."""
     by_item = {r.item_id: r for r in rows[rows["edit_id"] == EDIT_ID].itertuples()}
     out = []
-    for case in bench.cases:
-        source = benchmark.load_image(bench.image_file(case))
+    for case in cases:
+        source = np.asarray(storage.decode_photo(storage.read_bytes(case.image_uri)).image)
         mask = case.mask((source.shape[1], source.shape[0]))
         for peer, preset, _ in peers:
             row = by_item.get(f"{case.key}.{slug(peer)}")
@@ -111,15 +167,15 @@ def edit_benchmark(data: str, output: str, peers: list[str], model: str | None =
                    dino: str | None = None, lpips: bool = True, types: list[str] | None = None,
                    limit: int | None = None, actors: int | None = None) -> dict:
     parsed = parse_peers(peers)
-    bench = piebench.read_bench(data, types, limit)
-    manifest = write_manifest(bench, output, parsed)
+    cases = load_cases(data, types, limit)
+    manifest = write_manifest(cases, output, parsed)
     t0 = time.perf_counter()
     kwargs = {"actors": actors} if actors else {}
     result = edit_items(JobConfig(manifest=manifest, output=output, preset=parsed[0][1], model=model, **kwargs),
                         flow_name="edit-benchmark")  # progress: a bar on a terminal, an artifact in the Prefect UI
     job_s = time.perf_counter() - t0
     scorers = benchmark.Scorers.load(clip=clip or result.model.clip, dino=dino, lpips=lpips)
-    rows = score(bench, result.rows, parsed, scorers)
+    rows = score(cases, result.rows, parsed, scorers)
     table = benchmark.summarize(rows, scorers.missing)
     types_table = benchmark.by_type(rows)
     best, why = benchmark.best_peer(table)
@@ -130,11 +186,11 @@ def edit_benchmark(data: str, output: str, peers: list[str], model: str | None =
     storage.write_bytes_atomic(storage.join(folder, "rows.csv"), rows.to_csv(index=False).encode())
     storage.write_bytes_atomic(storage.join(folder, "by_type.md"), benchmark.markdown(types_table).encode())
     storage.write_bytes_atomic(storage.join(folder, "plot.png"), plot)
-    params = {"data": data, "peers": ",".join(peers), "cases": len(bench.cases), "model": result.model.name,
+    params = {"data": data, "peers": ",".join(peers), "cases": len(cases), "model": result.model.name,
               "model_digest": result.model_digest[:12], "job_s": round(job_s, 1), "best": best, "best_by": why}
     run_id = tracking.log_benchmark(table, rows, plot, params, scorers.missing)
     create_table_artifact(table=table.to_dict("records"), key="edit-benchmark",
                           description="PIE-Bench-protocol metrics by peer (missing metrics say so)")
     return {"mlflow_run_id": run_id, "table": table.to_dict("records"), "missing": scorers.missing, "best": best,
             "best_by": why, "by_type": types_table.to_dict("records"),
-            "folder": folder, "cases": len(bench.cases), "job_s": job_s}
+            "folder": folder, "cases": len(cases), "job_s": job_s}

@@ -88,6 +88,31 @@ def test_a_broken_pie_folder_is_named(tmp_path):
         piebench.read_bench(root, types=["8"])
 
 
+def test_a_manifest_with_masks_is_a_benchmark_too(tmp_path):
+    """A catalog's own photos: one case per (item, edit), the edit's mask or the item's, the type from metadata."""
+    from flows.edit_benchmark import load_cases
+
+    Image.new("RGB", (40, 30), (10, 20, 30)).save(tmp_path / "p.png")
+    mask = np.zeros((30, 40), np.uint8)
+    mask[5:15, 5:25] = 255
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    Image.fromarray(255 - mask).save(tmp_path / "bg.png")
+    lines = [{"item_id": "mug", "image_uri": "p.png", "source_prompt": "a mug", "mask_uri": "m.png",
+              "metadata": {"edit_type": "colour"},
+              "edits": [{"edit_id": "blue", "prompt": "a blue mug"},
+                        {"edit_id": "beach", "prompt": "a mug on a beach", "mask_uri": "bg.png"}]}]
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    cases = load_cases(str(tmp_path / "m.jsonl"))
+    assert [(c.key, c.source_prompt, c.target_prompt, c.edit_type) for c in cases] == \
+        [("mug.blue", "a mug", "a blue mug", "colour"), ("mug.beach", "a mug", "a mug on a beach", "colour")]
+    assert cases[0].mask((40, 30)).sum() == 200 and cases[1].mask((40, 30)).sum() == 40 * 30 - 200
+    assert load_cases(str(tmp_path / "m.jsonl"), types=["colour"], limit=1)[0].key == "mug.blue"
+    del lines[0]["mask_uri"]
+    (tmp_path / "m.jsonl").write_text(json.dumps(lines[0]))
+    with pytest.raises(piebench.BenchError, match="case mug.blue: no mask_uri on the edit or the item"):
+        load_cases(str(tmp_path / "m.jsonl"))
+
+
 def test_the_demo_set_is_written_in_pie_format_with_true_masks(tmp_path):
     from tight_pipeline.demo import BENCH_TYPES, write_demo_bench
 

@@ -301,3 +301,29 @@ def test_run_with_masks_on_odd_photos(tmp_path, tiny_model_dir, ray_session):
     invalid = rows.loc[("no-mask", slice(None))] if ("no-mask", "red") not in rows.index else rows.loc[("no-mask", "red")]
     assert "neither it nor the item has a mask_uri" in str(invalid["error"].iloc[0] if hasattr(invalid["error"], "iloc")
                                                           else invalid["error"])
+
+
+def test_automatic_region_on_a_studio_shot_is_the_product_or_the_backdrop():
+    """On a plain backdrop the automatic region is one of the photo's two parts: a background swap that also
+    repainted part of the product leaves the whole product as it was; a recolour leaves the whole backdrop."""
+    from skimage import data
+
+    from tight_pipeline.demo_model.products import ProductSpec, iou, render_product
+
+    shot = render_product(ProductSpec.sample(10_007, 3), 256)
+    photo = np.asarray(shot.image)
+    product = region.studio_product(photo)
+    assert product is not None and iou(product, shot.mask) > 0.75
+    assert region.studio_product(np.asarray(data.coffee())) is None  # no plain backdrop: the guided-filter path
+    small = np.asarray(shot.image.resize((64, 64), Image.Resampling.BOX)).astype(np.int16)
+    inside = np.asarray(Image.fromarray(shot.mask.astype(np.uint8) * 255).resize((64, 64))) >= 128
+    swap = small.copy()
+    swap[~inside] = (swap[~inside] + [60, -40, 30]).clip(0, 255)  # a new backdrop ...
+    swap[:20][inside[:20]] = (swap[:20][inside[:20]] + 50).clip(0, 255)  # ... and the product's top repainted
+    region_bg = region.auto_mask(swap.astype(np.uint8), small.astype(np.uint8), photo)
+    assert (region_bg == ~product).all()
+    recolour = small.copy()
+    recolour[inside] = (recolour[inside] + [-80, 60, 60]).clip(0, 255)
+    region_fg = region.auto_mask(recolour.astype(np.uint8), small.astype(np.uint8), photo)
+    assert region_fg.any() and not (region_fg & ~product).any()  # never the backdrop
+    assert iou(region_fg, shot.mask) > 0.8

@@ -128,7 +128,7 @@ def load_pipeline(spec: ModelSpec):
     import transformers
 
     _pil_image_processors()
-    from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     diffusers.utils.logging.disable_progress_bar()
     diffusers.utils.logging.set_verbosity_error()

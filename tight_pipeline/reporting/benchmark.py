@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -289,9 +288,3 @@ def markdown(table: pd.DataFrame) -> str:
     except ImportError:  # tabulate is optional
         return shown.to_string(index=False)
 
-
-def load_image(path: str | Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
