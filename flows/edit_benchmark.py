@@ -145,19 +145,28 @@ def score(cases: list[BenchCase], rows: pd.DataFrame, peers: list[tuple[str, str
     by_item = {r.item_id: r for r in rows[rows["edit_id"] == EDIT_ID].itertuples()}
     out = []
     for case in cases:
-        source = np.asarray(storage.decode_photo(storage.read_bytes(case.image_uri)).image)
-        mask = case.mask((source.shape[1], source.shape[0]))
+        try:
+            source = np.asarray(storage.decode_photo(storage.read_bytes(case.image_uri)).image)
+            mask = case.mask((source.shape[1], source.shape[0]))
+            problem = None
+        except Exception as exc:  # noqa: BLE001 - a case that cannot be scored is a row that says so
+            problem = f"case {case.key}: cannot be scored: {exc}"
         for peer, preset, _ in peers:
             row = by_item.get(f"{case.key}.{slug(peer)}")
             rec = {"case": case.key, "edit_type": case.edit_type, "peer": peer, "preset": preset,
                    "status": getattr(row, "status", "missing"), "error": getattr(row, "error", None),
                    "seconds": getattr(row, "time_total_s", None), "edit_uri": getattr(row, "edit_uri", None)}
-            if rec["status"] == "ok":
-                edited = _image(row.edit_uri)
-                if edited.shape != source.shape:  # outputs at the working size (--output-size working)
-                    edited = np.asarray(Image.fromarray(edited).resize((source.shape[1], source.shape[0]),
-                                                                       Image.Resampling.LANCZOS))
-                rec.update(benchmark.score_case(source, edited, mask, case.target_prompt, scorers))
+            if rec["status"] == "ok" and problem:
+                rec.update(status="score_error", error=problem)
+            elif rec["status"] == "ok":
+                try:
+                    edited = _image(row.edit_uri)
+                    if edited.shape != source.shape:  # outputs at the working size (--output-size working)
+                        edited = np.asarray(Image.fromarray(edited).resize((source.shape[1], source.shape[0]),
+                                                                           Image.Resampling.LANCZOS))
+                    rec.update(benchmark.score_case(source, edited, mask, case.target_prompt, scorers))
+                except Exception as exc:  # noqa: BLE001
+                    rec.update(status="score_error", error=f"case {case.key}, peer {peer}: cannot be scored: {exc}")
             out.append(rec)
     return pd.DataFrame(out)
 

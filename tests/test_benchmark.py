@@ -308,3 +308,21 @@ def test_benchmark_says_bad_input_in_one_line(tmp_path):
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 2, (args, result.output)
         assert "Traceback" not in result.output and result.output.strip().splitlines()[-1].startswith(start), result.output
+
+
+def test_a_case_that_cannot_be_scored_is_a_row_not_a_failed_run(tmp_path):
+    from flows.edit_benchmark import BenchCase, score
+
+    photo = np.zeros((48, 64, 3), np.uint8)
+    Image.fromarray(photo).save(tmp_path / "p.png")
+    Image.fromarray(np.full((48, 64), 255, np.uint8)).save(tmp_path / "ok.png")
+    Image.fromarray(np.full((10, 10), 255, np.uint8)).save(tmp_path / "small.png")
+    Image.fromarray(photo + 10).save(tmp_path / "edit.png")
+    cases = [BenchCase("good", str(tmp_path / "p.png"), "a", "b", "edit", mask_uri=str(tmp_path / "ok.png")),
+             BenchCase("bad", str(tmp_path / "p.png"), "a", "b", "edit", mask_uri=str(tmp_path / "small.png"))]
+    rows = pd.DataFrame([{"item_id": f"{k}.p", "edit_id": "edit", "status": "ok", "error": None, "time_total_s": 1.0,
+                          "edit_uri": str(tmp_path / "edit.png")} for k in ("good", "bad")])
+    out = score.fn(cases, rows, [("p", "p", False)], benchmark.Scorers.load(lpips=False)).set_index("case")
+    assert out.loc["good", "status"] == "ok" and out.loc["good", "psnr_whole"] == pytest.approx(10 * math.log10(255**2 / 100))
+    assert out.loc["bad", "status"] == "score_error" and "case bad: cannot be scored" in out.loc["bad", "error"]
+    assert "10x10" in out.loc["bad", "error"] or "size" in out.loc["bad", "error"]
