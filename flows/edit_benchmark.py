@@ -20,7 +20,6 @@ DINO/LPIPS on this CPU.
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import time
@@ -134,7 +133,8 @@ def write_manifest(cases: list[BenchCase], output: str, peers: list[tuple[str, s
 
 
 def _image(uri: str) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(storage.read_bytes(uri))).convert("RGB"))
+    """An image at ``uri`` as uint8 (H, W, 3), upright, alpha on white (``storage.decode_photo``)."""
+    return np.asarray(storage.decode_photo(storage.read_bytes(uri)).image)
 
 
 @task(name="score-benchmark")
@@ -146,7 +146,7 @@ def score(cases: list[BenchCase], rows: pd.DataFrame, peers: list[tuple[str, str
     out = []
     for case in cases:
         try:
-            source = np.asarray(storage.decode_photo(storage.read_bytes(case.image_uri)).image)
+            source = _image(case.image_uri)
             mask = case.mask((source.shape[1], source.shape[0]))
             problem = None
         except Exception as exc:  # noqa: BLE001 - a case that cannot be scored is a row that says so

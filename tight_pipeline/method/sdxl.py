@@ -122,18 +122,15 @@ class TightInversion(Engine):
                                             callback=callback, max_batch=mb, trajectory=trajectory)
         reg = NoiseRegularization(kl=preset.renoise_reg_kl, ac=preset.renoise_reg_ac, steps=preset.renoise_reg_steps,
                                   rolls=preset.renoise_reg_rolls)
-        if preset.sampler == "euler_ancestral":  # few-step models: the noise-corrected ancestral inversion
-            return inversion.invert_renoise_ancestral(
-                self.pipe, z0, schedule, text, image_rows, iterations=preset.renoise_iterations,
-                average_last=preset.renoise_average_last, callback=callback, max_batch=mb,
-                early_t=preset.renoise_early_t, early_average=preset.renoise_early_average, reg=reg, seed=preset.seed,
-                trajectory=trajectory)
-        return inversion.invert_renoise(
+        # few-step models: the noise-corrected ancestral inversion, which also returns its noise maps
+        ancestral = preset.sampler == "euler_ancestral"
+        out = (inversion.invert_renoise_ancestral if ancestral else inversion.invert_renoise)(
             self.pipe, z0, schedule, text, image_rows, iterations=preset.renoise_iterations,
             average_last=preset.renoise_average_last, callback=callback, max_batch=mb,
             early_t=preset.renoise_early_t, early_average=preset.renoise_early_average, reg=reg, seed=preset.seed,
             trajectory=trajectory,
-        ), None
+        )
+        return out if ancestral else (out, None)
 
     def run_group(self, requests: list[ItemRequest], fitted: list[Image.Image], warnings: list[list[str]],
                   preset: Preset, progress=None) -> list[ItemResult]:
