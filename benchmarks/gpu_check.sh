@@ -1,13 +1,26 @@
 #!/usr/bin/env bash
-# One short GPU session: the GPU tests, then the benchmark's done-when cases, each time-boxed, everything
+# One short GPU session: the GPU tests, then the benchmark's done-when cases, each section time-boxed, everything
 # written under $OUT (default ./.gpu-out) as it is measured, so a run cut short still leaves its figures.
 #
-#   bash benchmarks/gpu_check.sh                # on a CUDA machine with torch + transformers; diffusers from .whl/
+#   bash benchmarks/gpu_check.sh                          # every section, in order of importance (~13 min on an H100)
+#   SECTIONS=tests,sdxl bash benchmarks/gpu_check.sh      # one lease call (~7 min) ...
+#   SECTIONS=switches,flux bash benchmarks/gpu_check.sh   # ... and the next (~6 min): each under a 10-minute call
+#
+# Sections (SECTIONS, comma-separated; default all four):
+#   tests     pytest -m gpu (thresholds as committed)                                   TESTS_S    (200 s)
+#   sdxl      full-size SDXL, bf16, 1024 px, batch 8: balanced vs the few-step presets (the >= 5x target), 512 px,
+#             off, balanced + 4 edits, LEDITS++ through the engine; UNet floor; diffusers' txt2img + LEDITS++ peers
+#                                                                                        BENCH_S    (330 s)
+#   switches  balanced + 4 edits again with torch.compile(mode="reduce-overhead") (inductor + CUDA graphs):
+#             the compile time and the compiled items/min (the 6 items/min target)       SWITCH_S   (300 s)
+#   flux      FLUX.1-dev's architecture (12B transformer + T5-XXL, random, bf16) built in GPU memory,
+#             flux-balanced at 1024 px                                                   FLUX_S     (240 s)
 #
 # Needs: the diffusers wheel in .whl/ (see docs/gpu.md: `pip download ... -d .whl diffusers==0.42.1`) unless
-# diffusers is installed. Budget: about 7 minutes on an H100 (tests ~1.5, model build ~1, cases ~4).
+# diffusers is installed. Copy $OUT to docs/gpu-results/<date>-<card>/ afterwards.
 set -uo pipefail
 OUT=${OUT:-.gpu-out}
+SECTIONS=${SECTIONS:-tests,sdxl,switches,flux}
 mkdir -p "$OUT"
 if ! python3 -c "import diffusers" 2>/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/tp-site .whl/*.whl
@@ -21,18 +34,42 @@ export HF_HUB_OFFLINE=1 TIGHT_PIPELINE_HOME=/tmp/tp-home
     python3 -c "import sys, torch, transformers, diffusers; print(sys.version.split()[0], torch.__version__, transformers.__version__, diffusers.__version__)"
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
+has() { [[ ",$SECTIONS," == *",$1,"* ]]; }
+WORK=/tmp/tp-bench-full-sdxl   # the random full-size SDXL folder, written once and reused by later sections
 
-echo "== pytest -m gpu"
-timeout "${TESTS_S:-200}" python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider > "$OUT/pytest.txt" 2>&1
-echo "pytest rc=$?" | tee -a "$OUT/pytest.txt"
-tail -25 "$OUT/pytest.txt"
+if has tests; then
+    echo "== pytest -m gpu"
+    timeout "${TESTS_S:-200}" python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider > "$OUT/pytest.txt" 2>&1
+    echo "pytest rc=$?" | tee -a "$OUT/pytest.txt"
+    tail -25 "$OUT/pytest.txt"
+fi
 
-echo "== bench_gpu"
-# The done-when cases first (batch 8: balanced 1 edit, the few-step presets — >= 5x balanced's items/min is the few-step
-# target —, off, faithful, balanced 4 edits), then batch 1 for comparison. Few-step presets keep their 4 steps.
-timeout "${BENCH_S:-330}" python3 benchmarks/bench_gpu.py --no-peers --floor-batches 1,4,8,16 \
-    --cases "${CASES:-balanced:1:8,turbo-balanced:1:8,turbo-faithful:1:8,off:1:8,faithful:1:8,balanced:4:8,balanced:1:1,off:1:1}" \
-    > "$OUT/bench.json" 2> "$OUT/bench.log"
-echo "bench rc=$?"
-grep -v '^\[transformers\]' "$OUT/bench.log" | tail -30
-cat "$OUT/bench.json"
+if has sdxl; then
+    echo "== bench_gpu sdxl"
+    # balanced first, then the few-step presets right after it (same card, same run: >= 5x balanced's items/min is
+    # the target), the few-step and balanced cases at 512 px, off, balanced + 4 edits, LEDITS++ (2 items: its pipeline
+    # inverts one image at a time); then the UNet floor and diffusers' own txt2img / LEDITS++.
+    timeout "${BENCH_S:-330}" python3 benchmarks/bench_gpu.py --work "$WORK" --floor-batches 1,8 \
+        --cases "${CASES:-balanced:1:8,turbo-balanced:1:8,turbo-faithful:1:8,lcm-balanced:1:8,turbo-balanced:1:8:512,balanced:1:8:512,off:1:8,balanced:4:8,ledits-pp:1:2}" \
+        > "$OUT/bench.json" 2> "$OUT/bench.log"
+    echo "bench rc=$?"
+    grep -v '^\[transformers\]' "$OUT/bench.log" | tail -30
+    cat "$OUT/bench.json"
+fi
+
+if has switches; then
+    echo "== bench_gpu switches"
+    timeout "${SWITCH_S:-300}" python3 benchmarks/bench_gpu.py --work "$WORK" --no-peers --floor-batches 8 \
+        --cases "${SWITCH_BASE:-balanced:4:8}" --switches "${SWITCHES:-reduce-overhead}" \
+        > "$OUT/switches.json" 2> "$OUT/switches.log"
+    echo "switches rc=$?"
+    grep -v '^\[transformers\]' "$OUT/switches.log" | tail -12
+fi
+
+if has flux; then
+    echo "== bench_gpu flux"
+    timeout "${FLUX_S:-240}" python3 benchmarks/bench_gpu.py --family flux --batch "${FLUX_BATCH:-1}" \
+        --cases "${FLUX_CASES:-flux-balanced:1:0}" > "$OUT/flux.json" 2> "$OUT/flux.log"
+    echo "flux rc=$? (124 = out of time; the log says how far it got)"
+    grep -v '^\[transformers\]' "$OUT/flux.log" | tail -12
+fi

@@ -49,7 +49,7 @@ def presets():
     for p in presets.values():
         scale = ("auto:" + ",".join(f"{s:g}" for s in p.auto_scales)) if p.auto else f"{p.inversion_scale:g}/{p.edit_scale:g}"
         typer.echo(f"{p.name:{width}s} {p.hash}  {p.method:12s} steps={p.steps:<3d} scale={scale} "
-                   f"cfg={p.guidance:g}  {p.description}")
+                   f"{'cfg++' if p.guidance_mode == 'cfgpp' else 'cfg'}={p.guidance:g}  {p.description}")
 
 
 @command()
@@ -316,7 +316,7 @@ def variants(
 
 @command()
 def demo(
-    preset: Optional[str] = typer.Option(None, help="preset (default: catalog-sharp, the demo model's best in the edit "
+    preset: Optional[str] = typer.Option(None, help="preset (default: catalog-cfgpp, the demo model's best in the edit "
                                          "benchmark (docs/benchmark.md); balanced with --photos)"),
     output: Optional[str] = typer.Option(None, help="output prefix (default: $TIGHT_PIPELINE_HOME/demo/out)"),
     model: Optional[str] = typer.Option(None, help="model (default: catalog-demo, the shipped demo model)"),
@@ -333,7 +333,7 @@ def demo(
     spec = resolve_model_spec(model)
     _ensure_default_model(model, spec)
     if preset is None:
-        preset = "catalog-sharp" if not photos and "catalog-sharp" in load_presets() else "balanced"
+        preset = "catalog-cfgpp" if not photos and "catalog-cfgpp" in load_presets() else "balanced"
         if spec.family == "flux":
             preset = "flux-balanced"
     folder = str(state_dir() / "demo" / ("photos" if photos else "catalog"))
@@ -372,9 +372,11 @@ def tradeoff(
     typer.echo(f"mlflow run {result['mlflow_run_id']}")
 
 
-# The demo model's peers: our presets, catalog-sharp without the image condition (@0: plain text-only DDIM at the same
-# steps), its automatic strength, its region-true output, LEDITS++ at the same step count.
-DEMO_PEERS = "catalog-sharp,catalog-balanced,catalog-sharp+mask,catalog-sharp@auto,catalog-sharp@0,catalog-ledits"
+# The demo model's peers: our presets (CFG++, CFG with the authors' sharpening, plain CFG), catalog-cfgpp without the
+# image condition (@0: text-only DDIM + CFG++ at the same steps), its automatic strength, its region-true output,
+# LEDITS++ at the same step count.
+DEMO_PEERS = ("catalog-cfgpp,catalog-sharp,catalog-balanced,catalog-cfgpp+mask,catalog-cfgpp@auto,catalog-cfgpp@0,"
+              "catalog-ledits")
 
 
 @command()

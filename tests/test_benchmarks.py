@@ -27,3 +27,42 @@ def test_bench_gpu_runs_on_the_tiny_model_on_cpu(tmp_path):
     assert all(r["s_per_item"] > 0 and r["items_per_min"] > 0 for r in report["items"])
     assert [f["batch"] for f in report["unet_floor"]] == [1, 4, 8]
     assert "balanced_over_off_batch2" in report["ratios"]
+
+
+def _bench(tmp_path, *args):
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--size", "tiny", "--device", "cpu", "--no-peers",
+         "--steps", "2", *args],
+        capture_output=True, text=True, timeout=400, env={"TORCH_THREADS": "2", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout)
+
+
+@pytest.mark.slow
+def test_bench_gpu_cases_at_two_resolutions_few_step_ratios_and_a_compile_switch(tmp_path):
+    """What gpu_check.sh's sdxl and switches sections run, on the tiny model: a case at another working size shares the
+    loaded pipeline, the few-step speed-up is reported against balanced, and the compiled network runs every step of
+    a case on one captured graph (the timestep reaches the UNet as a tensor: with a Python int, dynamo captured one
+    graph per timestep)."""
+    report = _bench(tmp_path, "--batch", "2", "--work", str(tmp_path / "model"), "--floor-batches", "1",
+                    "--cases", "balanced:1:2,turbo-balanced:1:2,turbo-balanced:1:2:32", "--switches", "eager",
+                    "--switch-cases", "balanced:1:2")
+    got = [(r["preset"], r["batch"], r["resolution"], r["steps"]) for r in report["items"]]
+    assert got == [("balanced", 2, 64, 2), ("turbo-balanced", 2, 64, 4), ("turbo-balanced", 2, 32, 4)]
+    assert report["ratios"]["turbo-balanced_speedup_over_balanced_batch2"] > 0
+    assert all(r["warmup_s"] > 0 for r in report["items"])
+    (switch,) = report["switches"]
+    assert switch["switch"] == "compile:eager" and switch["s_per_item"] > 0, switch
+    assert switch["graphs"] <= 2, switch  # one graph for the batch's shape (and one for a smaller last chunk at most)
+
+
+@pytest.mark.slow
+def test_bench_gpu_builds_the_flux_architecture_in_memory_and_times_it(tmp_path):
+    report = _bench(tmp_path, "--family", "flux", "--batch", "1", "--work", str(tmp_path / "flux"),
+                    "--cases", "flux-balanced:1:1")
+    assert report["family"] == "flux" and "unet_floor" not in report
+    (row,) = report["items"]
+    assert row["preset"] == "flux-balanced" and row["method"] == "rf_inversion" and row["s_per_item"] > 0
+    assert (tmp_path / "flux" / "ip_adapter" / "ip_adapter.safetensors").exists()
+    assert not (tmp_path / "flux" / "transformer").exists()  # the base lives in memory only

@@ -1,5 +1,5 @@
-"""Few-step models: the Euler-ancestral step and ReNoise's noise correction against diffusers and by hand, the
-tiny model in SDXL-Turbo's layout through the engine (batched == one item) and through `run`."""
+"""Few-step models: the Euler-ancestral and LCM steps and ReNoise's noise correction against diffusers and by hand,
+CFG++, the tiny model in SDXL-Turbo's layout through the engine (batched == one item) and through `run`."""
 
 from __future__ import annotations
 
@@ -60,6 +60,45 @@ def test_noise_correction_lands_on_the_target():
     assert not inversion.ancestral_noise(sample, eps, 0.3, 1.0, target).any()  # the last step adds no noise
 
 
+def _lcm_scheduler():
+    from diffusers import LCMScheduler
+
+    return LCMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
+
+
+def test_lcm_schedule_takes_lcm_timesteps_from_any_scheduler_config():
+    for source in (_lcm_scheduler(), _turbo_scheduler()):
+        schedule = inversion.make_schedule(source, 4, "lcm")
+        assert schedule.timesteps == [999, 759, 499, 259]  # 4 of LCM's 50-step grid (diffusers' LCMScheduler)
+        assert [schedule.below(t) for t in schedule.timesteps] == [759, 499, 259, -1] and schedule.alpha(-1) == 1.0
+    with pytest.raises(ValueError, match="at most 50 steps"):
+        inversion.make_schedule(_lcm_scheduler(), 60, "lcm")
+    c_skip, c_out = inversion.make_schedule(_lcm_scheduler(), 4, "lcm").boundary(259)
+    assert c_skip == pytest.approx(0.25 / (2590**2 + 0.25)) and c_out == pytest.approx(2590 / (2590**2 + 0.25) ** 0.5)
+
+
+def test_lcm_step_equals_diffusers_lcm_with_the_same_noise_and_its_correction_lands():
+    scheduler = _lcm_scheduler()
+    scheduler.set_timesteps(4)
+    schedule = inversion.make_schedule(_lcm_scheduler(), 4, "lcm")
+    rng = torch.Generator().manual_seed(0)
+    z = torch.randn((2, 4, 8, 8), generator=rng)
+    for k, t in enumerate(schedule.timesteps):
+        eps = torch.randn(z.shape, generator=rng)
+        expected = scheduler.step(eps, scheduler.timesteps[k], z, generator=torch.Generator().manual_seed(k)).prev_sample
+        noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(k))
+        ours = inversion.noised_move(schedule, t, z, eps, noise)
+        assert torch.allclose(ours, expected, atol=1e-5), (t, float((ours - expected).abs().max()))
+        # the inverse: from the landing point and the same ε and map back to z, and the correction's map is the noise
+        start, correct = inversion._corrected_step(schedule, t)
+        assert torch.allclose(start(eps, ours, noise), z, atol=1e-4)
+        if k < 3:
+            assert torch.allclose(correct(z, eps, ours), noise, atol=1e-4)
+        else:
+            assert not correct(z, eps, ours).any()  # the last step lands on the estimate itself
+        z = ours
+
+
 @pytest.fixture(scope="module")
 def turbo_dir(tmp_path_factory):
     from tight_pipeline.testing.tiny_models import make_tiny_model
@@ -114,7 +153,7 @@ def test_noise_corrected_inversion_reconstructs(turbo_engine, photo):
     pipe, z0, text, image = _latents(turbo_engine, photo, preset)
     schedule = inversion.make_schedule(pipe.scheduler, preset.steps, preset.sampler)
     trajectory = {}
-    z_T, maps = inversion.invert_renoise_ancestral(pipe, z0, schedule, text, image, iterations=4, average_last=2,
+    z_T, maps = inversion.invert_renoise_corrected(pipe, z0, schedule, text, image, iterations=4, average_last=2,
                                                    trajectory=trajectory)
     assert len(maps) == 4 and not maps[-1].any()
     rec = editing.denoise(pipe, z_T, schedule, text, image, 1, 0, 1.0, noises=maps)
@@ -131,6 +170,75 @@ def test_noise_corrected_inversion_reconstructs(turbo_engine, photo):
         out = predict_noise(pipe, z, t, text, image)
         z = inversion.ancestral_move(z, out, a_t, a_prev, schedule.prediction_type, maps[i])
         assert torch.allclose(z, trajectory[t - schedule.step_ratio], atol=1e-3), (t, float((z - trajectory[t - schedule.step_ratio]).abs().max()))
+
+
+def test_noise_corrected_lcm_inversion_reconstructs(turbo_engine, photo):
+    """The LCM step inverted by ReNoise with the correction: each denoising step with the corrected maps lands on the
+    level the inversion went through; the whole reconstruction is far closer to z_0 than with the maps as drawn."""
+    from tight_pipeline.method import editing
+    from tight_pipeline.method.conditioning import predict_noise
+    from tight_pipeline.method.presets import load_preset
+
+    preset = load_preset("lcm-balanced")
+    pipe, z0, text, image = _latents(turbo_engine, photo, preset)
+    schedule = inversion.make_schedule(pipe.scheduler, preset.steps, preset.sampler)
+    trajectory = {}
+    z_T, maps = inversion.invert_renoise_corrected(pipe, z0, schedule, text, image, iterations=4, average_last=2,
+                                                   trajectory=trajectory)
+    assert schedule.timesteps == [999, 759, 499, 259] and len(maps) == 4 and not maps[-1].any()
+    z = z_T
+    for i, t in enumerate(schedule.timesteps[:-1]):
+        z = inversion.noised_move(schedule, t, z, predict_noise(pipe, z, t, text, image), maps[i])
+        assert torch.allclose(z, trajectory[schedule.below(t)], atol=1e-3), (t, float((z - trajectory[schedule.below(t)]).abs().max()))
+    rec = editing.denoise(pipe, z_T, schedule, text, image, 1, 0, 1.0, noises=maps)
+    drawn = [torch.randn(z0.shape, generator=torch.Generator().manual_seed(0)) for _ in maps]
+    off = editing.denoise(pipe, z_T, schedule, text, image, 1, 0, 1.0, noises=drawn)
+    assert float((rec - z0).abs().max()) < float((off - z0).abs().max()) / 5
+
+
+def test_cfgpp_step_by_hand_and_at_zero_is_the_unconditional_step(turbo_engine, photo):
+    """CFG++: x0 from the guided prediction, re-noised with the unconditional noise. One DDIM step by hand at λ = 0.6;
+    at λ = 0 a guided row is exactly the plain DDIM row of the unconditional prompt."""
+    from tight_pipeline.method import conditioning, editing
+    from tight_pipeline.method.conditioning import predict_noise
+    from tight_pipeline.method.presets import load_preset
+
+    pipe, z0, text, image = _latents(turbo_engine, photo, load_preset("turbo-balanced"))
+    negative = conditioning.embed_text(pipe, [""], 64, 64)
+    both = conditioning.TextCondition.cat([negative, text])
+    schedule = inversion.make_schedule(pipe.scheduler, 1)  # one step: t = 999 (trailing) down to the clean end
+    t, pt = schedule.timesteps[0], schedule.prediction_type
+    a_t, a_prev = schedule.alpha(t), schedule.alpha(schedule.below(t))
+    z = torch.randn(z0.shape, generator=torch.Generator().manual_seed(3))
+    out_u, out_c = predict_noise(pipe, z, t, negative, image), predict_noise(pipe, z, t, text, image)
+    x0_g, _ = inversion.split_prediction(out_u + 0.6 * (out_c - out_u), z, a_t, pt)
+    _, eps_u = inversion.split_prediction(out_u, z, a_t, pt)
+    by_hand = a_prev**0.5 * x0_g + (1 - a_prev) ** 0.5 * eps_u
+    ours = editing.denoise(pipe, z, schedule, both, torch.cat([image, image]), 0, 1, 0.6, cfgpp=True)
+    plain_cfg = editing.denoise(pipe, z, schedule, both, torch.cat([image, image]), 0, 1, 0.6)
+    assert torch.allclose(ours, by_hand, atol=1e-4) and not torch.allclose(ours, plain_cfg, atol=1e-3)
+    schedule = inversion.make_schedule(pipe.scheduler, 4)
+    zero = editing.denoise(pipe, z, schedule, both, torch.cat([image, image]), 0, 1, 0.0, cfgpp=True)
+    uncond = editing.denoise(pipe, z, schedule, negative, image, 1, 0, 1.0)
+    assert torch.allclose(zero, uncond, atol=1e-4)
+
+
+def test_cfgpp_preset_runs_through_the_engine_and_is_checked(turbo_engine, photo):
+    from tight_pipeline.method.items import ItemRequest
+    from tight_pipeline.method.presets import Preset, PresetError, load_preset
+
+    preset = load_preset("catalog-cfgpp")
+    assert preset.guidance_mode == "cfgpp" and 0 < preset.guidance <= 1
+    result = turbo_engine.edit_items([ItemRequest(photo, "a photo", [("red", "a red photo")])],
+                                     Preset("c", steps=4, guidance_mode="cfgpp", guidance=0.8))[0]
+    assert not isinstance(result, BaseException) and "red" in result.edits
+    with pytest.raises(PresetError, match="CFG\\+\\+'s λ, a number in 0..1"):
+        Preset("x", guidance_mode="cfgpp", guidance=7.5)
+    with pytest.raises(PresetError, match="not the lcm sampler"):
+        Preset("x", method="renoise", renoise_iterations=2, sampler="lcm", guidance_mode="cfgpp", guidance=0.5)
+    with pytest.raises(PresetError, match="guidance_mode 'x'"):
+        Preset("x", guidance_mode="x")
+    assert load_preset("balanced").hash == Preset("b", method="ddim", steps=50, guidance=7.5).hash
 
 
 def test_guidance_one_runs_the_conditional_rows_only(turbo_engine, photo):
@@ -180,6 +288,10 @@ def test_sampler_is_checked_in_presets():
                                                   guidance=7.5).hash  # the new field leaves old hashes alone
     with pytest.raises(PresetError, match="sampler euler_ancestral runs with method renoise"):
         Preset("x", method="ddim", sampler="euler_ancestral")
+    with pytest.raises(PresetError, match="sampler lcm runs with method renoise"):
+        Preset("x", method="ddim", sampler="lcm")
+    with pytest.raises(PresetError, match="at most 50 steps"):
+        Preset("x", method="renoise", renoise_iterations=2, sampler="lcm", steps=60)
     with pytest.raises(PresetError, match="sampler 'lms'"):
         Preset("x", sampler="lms")
 

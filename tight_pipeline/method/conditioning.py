@@ -142,6 +142,8 @@ def _unet_call(pipe, latents, t, text: TextCondition, image_embeds):
         added["time_ids"] = text.time_ids
     if image_embeds is not None:
         added["image_embeds"] = [image_embeds]
+    if not torch.is_tensor(t):  # a tensor, not a Python int: a compiled UNet would recompile for every timestep
+        t = torch.tensor(t, dtype=torch.int64 if isinstance(t, int) else torch.float32, device=latents.device)
     return unet(
         latents.to(unet.dtype),
         t,

@@ -18,10 +18,11 @@ z_t = (x_{t-Δ} - μ(x_t, ε(x_t, t))) / σ_t that makes the stochastic DDPM ste
 Denoising with the same maps (``editing.denoise(..., noises=...)``) reconstructs exactly; with an edit
 prompt it edits while the maps keep the structure.
 
-``invert_renoise_ancestral`` is ReNoise as its authors run it on few-step models (SDXL-Turbo): the Euler-ancestral
-sampler's step inverted with every step iterated to its fixed point, then the authors' *noise correction*: the
-step's noise map set so that the ancestral step with the prediction at the inverted latent lands exactly on the
-latent below it. Denoising with those maps (``Schedule.sampler = "euler_ancestral"``) reconstructs.
+``invert_renoise_corrected`` is ReNoise as its authors run it on few-step models: the sampler's stochastic step
+(Euler-ancestral for SDXL-Turbo, the LCM step for LCM / LCM-LoRA models) inverted with every step iterated to its
+fixed point, then the authors' *noise correction*: the step's noise map set so that the step with the prediction at
+the inverted latent lands exactly on the latent below it. Denoising with those maps (``Schedule.sampler``
+``"euler_ancestral"`` / ``"lcm"``) reconstructs.
 """
 
 from __future__ import annotations
@@ -43,17 +44,43 @@ class Schedule:
     alphas_cumprod: torch.Tensor
     final_alpha_cumprod: float  # alpha-bar "below" the last timestep (level of the clean latent)
     prediction_type: str
-    sampler: str = "ddim"  # how stochastic steps move with their noise maps: "ddim" (DDPM, η = 1) or "euler_ancestral"
+    sampler: str = "ddim"  # how stochastic steps move with their noise maps: "ddim" (DDPM, η = 1), "euler_ancestral", "lcm"
+    lower: tuple[int, ...] = ()  # the timestep below each one where the spacing is not uniform (LCM's); -1 = clean
+    timestep_scaling: float = 10.0  # LCM's boundary condition (diffusers' ``LCMScheduler.timestep_scaling``)
 
     def alpha(self, t: int) -> float:
         return float(self.alphas_cumprod[t]) if t >= 0 else self.final_alpha_cumprod
+
+    def below(self, t: int) -> int:
+        """The timestep one step below ``t`` (negative: the clean latent's level)."""
+        return self.lower[self.timesteps.index(t)] if self.lower else t - self.step_ratio
+
+    def boundary(self, t: int) -> tuple[float, float]:
+        """LCM's consistency boundary condition at ``t``: (c_skip, c_out), σ_data = 0.5, as diffusers'
+        ``LCMScheduler.get_scalings_for_boundary_condition_discrete``."""
+        scaled = t * self.timestep_scaling
+        return 0.25 / (scaled**2 + 0.25), scaled / (scaled**2 + 0.25) ** 0.5
 
 
 def make_schedule(scheduler, steps: int, sampler: str = "ddim") -> Schedule:
     """The schedule for ``steps`` steps from a diffusers scheduler's config (any SD scheduler: the noise levels and
     the timestep spacing are read as DDIM reads them — ``trailing`` starts at t = 999, as Turbo and Lightning do).
-    ``sampler = "euler_ancestral"`` ends at the clean latent itself (σ = 0, ᾱ = 1), as Euler samplers do."""
-    from diffusers import DDIMScheduler
+    ``sampler = "euler_ancestral"`` ends at the clean latent itself (σ = 0, ᾱ = 1), as Euler samplers do.
+    ``sampler = "lcm"`` takes LCM's own timesteps (``LCMScheduler.set_timesteps``: ``steps`` of the
+    ``original_inference_steps`` grid, e.g. 999, 759, 499, 259 for 4 of 50) and also ends at the clean latent."""
+    from diffusers import DDIMScheduler, LCMScheduler
+
+    if sampler == "lcm":
+        lcm = scheduler if isinstance(scheduler, LCMScheduler) else LCMScheduler.from_config(scheduler.config)
+        if steps > lcm.config.original_inference_steps:
+            raise ValueError(f"the LCM sampler takes at most {lcm.config.original_inference_steps} steps "
+                             f"(its original_inference_steps), got {steps}")
+        lcm.set_timesteps(steps)
+        timesteps = [int(t) for t in lcm.timesteps]
+        return Schedule(timesteps=timesteps, step_ratio=lcm.config.num_train_timesteps // steps,
+                        alphas_cumprod=lcm.alphas_cumprod.clone(), final_alpha_cumprod=1.0,
+                        prediction_type=lcm.config.prediction_type, sampler=sampler,
+                        lower=tuple(timesteps[1:]) + (-1,), timestep_scaling=float(lcm.config.timestep_scaling))
 
     ddim = scheduler if isinstance(scheduler, DDIMScheduler) else DDIMScheduler.from_config(scheduler.config)
     ddim.set_timesteps(steps)
@@ -105,7 +132,7 @@ def invert_ddim(pipe, latents: torch.Tensor, schedule: Schedule, text: TextCondi
     """
     z = latents.float()
     for i, t in enumerate(reversed(schedule.timesteps)):
-        a_from, a_to = schedule.alpha(t - schedule.step_ratio), schedule.alpha(t)
+        a_from, a_to = schedule.alpha(schedule.below(t)), schedule.alpha(t)
         out = predict_noise(pipe, z, t, text, image_embeds, max_batch)
         z = ddim_move(z, out, a_from, a_to, schedule.prediction_type)
         if trajectory is not None:
@@ -191,7 +218,7 @@ def invert_renoise(
                            for _ in range(z0.shape[0])]).to(z0.device)
         gens = [torch.Generator().manual_seed(seed + 1) for _ in range(z0.shape[0])]
     for i, t in enumerate(reversed(schedule.timesteps)):
-        a_from, a_to = schedule.alpha(t - schedule.step_ratio), schedule.alpha(t)
+        a_from, a_to = schedule.alpha(schedule.below(t)), schedule.alpha(t)
         def up(eps, z=z, a_from=a_from, a_to=a_to):  # with ε fixed the DDIM step is affine: the z_t that lands on z
             return ddim_move(z, eps, a_from, a_to, "epsilon")
 
@@ -248,21 +275,78 @@ def ancestral_noise(sample, eps, alpha_t: float, alpha_prev: float, target) -> t
     return (target / alpha_prev**0.5 - (sample / alpha_t**0.5 + eps * (s_down - s_t))) / s_up
 
 
+def lcm_move(sample, output, alpha_t: float, alpha_prev: float, prediction_type: str, noise, c_skip: float,
+             c_out: float):
+    """One LCM step from ``alpha_t`` down to ``alpha_prev`` driven by the given ``noise``: the consistency function's
+    clean estimate d = c_out x0 + c_skip z, then z ← sqrt(ᾱ_prev) d + sqrt(1 - ᾱ_prev) n (d itself at the clean end).
+    The same arithmetic as diffusers' ``LCMScheduler.step`` with that noise (tested)."""
+    x0, _ = split_prediction(output, sample, alpha_t, prediction_type)
+    d = c_out * x0 + c_skip * sample
+    return alpha_prev**0.5 * d + (1 - alpha_prev) ** 0.5 * noise if alpha_prev < 1 else d
+
+
+def noised_move(schedule: Schedule, t: int, sample, output, noise, prediction_type: str | None = None):
+    """The schedule's stochastic step from ``t`` to the level below it, driven by ``noise``: Euler-ancestral, LCM or
+    DDPM (η = 1)."""
+    pt = prediction_type or schedule.prediction_type
+    a_t, a_low = schedule.alpha(t), schedule.alpha(schedule.below(t))
+    if schedule.sampler == "euler_ancestral":
+        return ancestral_move(sample, output, a_t, a_low, pt, noise)
+    if schedule.sampler == "lcm":
+        return lcm_move(sample, output, a_t, a_low, pt, noise, *schedule.boundary(t))
+    return ddpm_move(sample, output, a_t, a_low, pt, noise)
+
+
+def _corrected_step(schedule: Schedule, t: int):
+    """For the stochastic step from ``t`` down: ``start(eps, z, n)`` — the latent at ``t`` from which the step with
+    noise prediction ε and map n lands on ``z`` (affine with ε and n fixed: what ReNoise iterates) — and
+    ``correct(z_t, eps, z)`` — the map with which the step from ``z_t`` with ε lands exactly on ``z`` (the noise
+    correction; zeros where the step adds no noise)."""
+    a_t, a_low = schedule.alpha(t), schedule.alpha(schedule.below(t))
+    if schedule.sampler == "euler_ancestral":
+        s_t, _, s_up, s_down = ancestral_sigmas(a_t, a_low)
+
+        def start(eps, z, n):
+            return a_t**0.5 * (z / a_low**0.5 - eps * (s_down - s_t) - n * s_up)
+
+        return start, lambda z_t, eps, z: ancestral_noise(z_t, eps, a_t, a_low, z)
+    if schedule.sampler == "lcm":
+        c_skip, c_out = schedule.boundary(t)
+        b_t = (1 - a_t) ** 0.5
+
+        def start(eps, z, n):  # the consistency estimate d the step needs, then the z_t whose estimate it is
+            d = (z - (1 - a_low) ** 0.5 * n) / a_low**0.5 if a_low < 1 else z
+            return (d + c_out * b_t / a_t**0.5 * eps) / (c_out / a_t**0.5 + c_skip)
+
+        def correct(z_t, eps, z):
+            if a_low >= 1:
+                return torch.zeros_like(z)
+            d = c_out * (z_t - b_t * eps) / a_t**0.5 + c_skip * z_t
+            return (z - a_low**0.5 * d) / (1 - a_low) ** 0.5
+
+        return start, correct
+    raise ValueError(f"no noise-corrected inversion for sampler {schedule.sampler!r} (euler_ancestral or lcm)")
+
+
 @torch.no_grad()
-def invert_renoise_ancestral(pipe, latents: torch.Tensor, schedule: Schedule, text: TextCondition, image_embeds,
+def invert_renoise_corrected(pipe, latents: torch.Tensor, schedule: Schedule, text: TextCondition, image_embeds,
                              iterations: int = 4, average_last: int = 1, callback=None, max_batch: int = 0,
                              early_t: int = 0, early_average: int = 5, reg: NoiseRegularization = NoiseRegularization(),
                              seed: int = 0, trajectory: dict | None = None):
-    """ReNoise with the Euler-ancestral sampler and its noise correction (Garibi et al. 2024, the authors' SDXL-Turbo
-    setting). Returns (z_T, noise maps in denoising order, one per step).
+    """ReNoise on a few-step model's stochastic step with its noise correction (Garibi et al. 2024: the authors'
+    SDXL-Turbo setting on the Euler-ancestral step; their LCM scheduler's ``inv_step`` on the LCM step). Returns
+    (z_T, noise maps in denoising order, one per step).
 
-    Per step, from z = z_{t-Δ} up to level t, each item draws a Gaussian map n_t from its own generator (``seed``):
-    the ancestral step from z_t, x_{t-Δ} = x_t + ε (σ_down - σ_t) + σ_up n_t, solved for x_t with ε fixed is
-    affine, so the fixed-point iteration and the averaging windows are ``invert_renoise``'s (ε_0 = ε(z, t), then
-    ε at each guess; ``early_t`` / ``early_average`` near the clean end; ``reg`` regularises the used predictions).
-    Then the noise correction: with ε = ε(z_t, t) at the result, n_t becomes the map that makes the step from z_t land
-    exactly on z (``ancestral_noise``). The schedule must end at the clean latent (``make_schedule(...,
-    sampler="euler_ancestral")``)."""
+    Per step, from z = z_{t↓} (the level below) up to level t, each item draws a Gaussian map n_t from its own
+    generator (``seed``). The step from z_t, with ε and n_t fixed, is affine in z_t
+    (Euler-ancestral: x_{t↓} = x_t + ε (σ_down - σ_t) + σ_up n_t; LCM: z_{t↓} = sqrt(ᾱ_{t↓}) (c_out x0(z_t, ε) +
+    c_skip z_t) + sqrt(1 - ᾱ_{t↓}) n_t), so solving it for z_t is ``_corrected_step``'s ``start``, and the
+    fixed-point iteration and the averaging windows are ``invert_renoise``'s (ε_0 = ε(z, t), then ε at each guess;
+    ``early_t`` / ``early_average`` near the clean end; ``reg`` regularises the used predictions). Then the noise
+    correction: with ε = ε(z_t, t) at the result, n_t becomes the map that makes the step from z_t land exactly on
+    z. The schedule must end at the clean latent (``make_schedule(..., sampler="euler_ancestral" | "lcm")``).
+    (The authors' LCM ``inv_step`` divides by c_out sqrt(ᾱ_{t↓}) / sqrt(ᾱ_t) + c_skip where the step's algebra gives
+    sqrt(ᾱ_{t↓}) (c_out / sqrt(ᾱ_t) + c_skip); c_skip < 1e-5 at every t ≥ 19, so the two agree.)"""
     if iterations < 1 or not 1 <= average_last <= iterations:
         raise ValueError(f"renoise needs iterations >= 1 and 1 <= average_last <= iterations, got {iterations}, {average_last}")
     z0 = latents.float()
@@ -277,18 +361,18 @@ def invert_renoise_ancestral(pipe, latents: torch.Tensor, schedule: Schedule, te
     pt = schedule.prediction_type
     maps: dict[int, torch.Tensor] = {}
     for i, t in enumerate(reversed(schedule.timesteps)):
-        a_low, a_t = schedule.alpha(t - schedule.step_ratio), schedule.alpha(t)
+        a_low, a_t = schedule.alpha(schedule.below(t)), schedule.alpha(t)
         n_t = torch.cat([torch.randn((1, *z0.shape[1:]), generator=g) for g in draws]).to(z0.device)
-        s_t, _, s_up, s_down = ancestral_sigmas(a_t, a_low)
+        start, correct = _corrected_step(schedule, t)
 
-        def up(eps, z=z, n_t=n_t):  # the ancestral step from level t solved for its start, ε and n_t fixed
-            return a_t**0.5 * (z / a_low**0.5 - eps * (s_down - s_t) - n_t * s_up)
+        def up(eps, z=z, n_t=n_t, start=start):  # the step from level t solved for its start, ε and n_t fixed
+            return start(eps, z, n_t)
 
         mean = _fixed_point(pipe, z, t, a_low, a_t, up, text, image_embeds, max_batch, pt, iterations, average_last,
                             early_t, early_average, reg, z0, noise, gens)
         z_t = up(mean)
         _, eps = split_prediction(predict_noise(pipe, z_t, t, text, image_embeds, max_batch), z_t, a_t, pt)
-        maps[t] = ancestral_noise(z_t, eps, a_t, a_low, z)  # the noise correction
+        maps[t] = correct(z_t, eps, z)  # the noise correction
         z = z_t
         if trajectory is not None:
             trajectory[t] = z
@@ -320,7 +404,7 @@ def invert_ddpm_ef(pipe, latents: torch.Tensor, schedule: Schedule, text: TextCo
         trajectory.update(levels)
     noises = []
     for i, t in enumerate(schedule.timesteps):
-        t_prev = t - schedule.step_ratio
+        t_prev = schedule.below(t)
         a_t, a_prev = schedule.alpha(t), schedule.alpha(t_prev)
         out = predict_noise(pipe, levels[t], t, text, image_embeds, max_batch)
         target = levels[t_prev] if t_prev in levels else latents

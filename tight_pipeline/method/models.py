@@ -164,10 +164,25 @@ def load_pipeline(spec: ModelSpec):
                 "Convert them, or set allow_pickle: true if you trust the .bin files."
             ) from exc
         raise ModelError(_missing_hint(f"model {spec.name!r}: base", spec.base) + f" ({text.splitlines()[0]})") from exc
+    return prepare_pipeline(pipe, spec)
+
+
+def prepare_pipeline(pipe, spec: ModelSpec):
+    """What ``load_pipeline`` does after reading the base weights: the spec's scheduler, LoRA and IP-Adapter, the
+    device, progress bars off, the speed settings. Also for a pipeline built in memory (``bench_gpu.py --family
+    flux`` builds FLUX's 12B architecture on the GPU rather than writing and reading 36 GB)."""
+    import torch
+
+    dtype = torch_dtype(spec.dtype)
+    device = pick_device(spec)
     if spec.family != "flux":
         pipe.scheduler = _scheduler(spec, pipe.scheduler.config)
     if spec.lora:
         _fuse_lora(pipe, spec)
+    if getattr(getattr(pipe, "unet", None), "config", None) is not None and pipe.unet.config.get("time_cond_proj_dim"):
+        raise ModelError(f"model {spec.name!r}: its UNet takes a guidance embedding (time_cond_proj_dim: an LCM-distilled "
+                         "UNet such as lcm-sdxl); the engine does not feed one — use the base model with its LCM-LoRA "
+                         "(lora:, scheduler: lcm) instead")
     if spec.adapter is not None and spec.family == "flux":
         _load_flux_adapter(pipe, spec, dtype)
     elif spec.adapter is not None:

@@ -30,7 +30,7 @@ _OMITTED_FROM_HASH = {"gamma": 0.0, "eta": 0.0, "eta_start": 0.0, "eta_stop": 0.
                    "renoise_reg_steps": 0, "renoise_reg_rolls": 5, "cfg_sharpening": 1.0,
                    "region": "whole", "region_fill": "auto", "region_blend_start": 1.0,
                    "ledits_skip": 0.15, "ledits_threshold": 0.9, "ledits_source_guidance": 0.0,
-                   "sampler": "ddim"}
+                   "sampler": "ddim", "guidance_mode": "cfg"}
 # ``name@auto``: the candidate adapter scales tried, strongest first (see method/auto/strength.py).
 DEFAULT_AUTO_SCALES = (1.0, 0.4, 0.0)
 
@@ -106,10 +106,15 @@ class Preset:
             0.15, 0.9) and the inversion's ``source_guidance_scale``: 0 (the default, as diffusers' example inverts)
             inverts without the source prompt; above 0 with it, at that guidance (on the demo model 3.5 broke the
             reconstruction: 10.6 dB vs 26 dB at 0). ``guidance`` is its ``edit_guidance_scale``. ``ledits_pp`` only.
-        sampler: how a step moves: ``ddim`` (DDIM; DDPM with ``ddpm_ef``'s noise maps) or ``euler_ancestral`` (the
-            Euler-ancestral sampler of few-step models such as SDXL-Turbo; ``renoise`` only: its inversion keeps
-            a noise map per step, corrected so that denoising lands on the inversion's own latents —
-            ``inversion.invert_renoise_ancestral``).
+        sampler: how a step moves: ``ddim`` (DDIM; DDPM with ``ddpm_ef``'s noise maps), ``euler_ancestral`` (the
+            Euler-ancestral sampler of few-step models such as SDXL-Turbo) or ``lcm`` (the LCM step of LCM / LCM-LoRA
+            models, on LCM's own timesteps; at most 50 steps). The last two run with ``renoise`` only: its inversion
+            keeps a noise map per step, corrected so that denoising lands on the inversion's own latents —
+            ``inversion.invert_renoise_corrected``.
+        guidance_mode: ``cfg`` (classifier-free guidance, ``guidance`` in 1..30) or ``cfgpp`` (CFG++: the edit's clean
+            estimate from the guided prediction, re-noised with the unconditional one — ``editing.denoise``;
+            ``guidance`` is then CFG++'s λ in 0..1; not with ``lcm``, whose step re-noises with its own map, nor
+            ``cfg_sharpening``).
         description: one line for people choosing a preset.
     """
 
@@ -150,6 +155,7 @@ class Preset:
     ledits_threshold: float = 0.9
     ledits_source_guidance: float = 0.0
     sampler: str = "ddim"
+    guidance_mode: str = "cfg"
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -172,7 +178,17 @@ class Preset:
             value = getattr(self, key)
             if not isinstance(value, (int, float)) or not 0.0 <= value <= 2.0:
                 problems.append(f"{key} {value!r} must be a number in 0..2")
-        if not isinstance(self.guidance, (int, float)) or not 1.0 <= self.guidance <= 30.0:
+        if self.guidance_mode not in ("cfg", "cfgpp"):
+            problems.append(f"guidance_mode {self.guidance_mode!r} must be 'cfg' or 'cfgpp' (CFG++)")
+        elif self.guidance_mode == "cfgpp":
+            if not isinstance(self.guidance, (int, float)) or isinstance(self.guidance, bool) or not 0.0 <= self.guidance <= 1.0:
+                problems.append(f"guidance {self.guidance!r} must be CFG++'s λ, a number in 0..1, with guidance_mode cfgpp")
+            if self.method not in ("ddim", "renoise", "ddpm_ef") or self.sampler == "lcm":
+                problems.append(f"guidance_mode cfgpp runs with the ddim, renoise and ddpm_ef methods and not the lcm "
+                                f"sampler (got method {self.method}, sampler {self.sampler})")
+            if self.cfg_sharpening != 1.0:
+                problems.append("guidance_mode cfgpp takes no cfg_sharpening (leave it at 1.0)")
+        elif not isinstance(self.guidance, (int, float)) or not 1.0 <= self.guidance <= 30.0:
             problems.append(f"guidance {self.guidance!r} must be a number in 1..30")
         if self.method == "renoise" and (
             not isinstance(self.renoise_iterations, int) or self.renoise_iterations < 1
@@ -214,11 +230,13 @@ class Preset:
             value = getattr(self, key)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
                 problems.append(f"{key} {value!r} must be a number in {low:g}..{high:g}")
-        if self.sampler not in ("ddim", "euler_ancestral"):
-            problems.append(f"sampler {self.sampler!r} must be 'ddim' or 'euler_ancestral'")
-        elif self.sampler == "euler_ancestral" and self.method != "renoise":
-            problems.append(f"sampler euler_ancestral runs with method renoise (its noise-corrected inversion), "
+        if self.sampler not in ("ddim", "euler_ancestral", "lcm"):
+            problems.append(f"sampler {self.sampler!r} must be 'ddim', 'euler_ancestral' or 'lcm'")
+        elif self.sampler != "ddim" and self.method != "renoise":
+            problems.append(f"sampler {self.sampler} runs with method renoise (its noise-corrected inversion), "
                             f"not {self.method}")
+        elif self.sampler == "lcm" and isinstance(self.steps, int) and self.steps > 50:
+            problems.append(f"sampler lcm takes at most 50 steps (LCM's original_inference_steps), got {self.steps}")
         if self.method == "ledits_pp" and self.auto_scales:
             problems.append("automatic strength chooses Tight Inversion's adapter scale; LEDITS++ (ledits_pp) has none")
         if not isinstance(self.negative_source, bool):

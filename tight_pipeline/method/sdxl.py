@@ -122,15 +122,15 @@ class TightInversion(Engine):
                                             callback=callback, max_batch=mb, trajectory=trajectory)
         reg = NoiseRegularization(kl=preset.renoise_reg_kl, ac=preset.renoise_reg_ac, steps=preset.renoise_reg_steps,
                                   rolls=preset.renoise_reg_rolls)
-        # few-step models: the noise-corrected ancestral inversion, which also returns its noise maps
-        ancestral = preset.sampler == "euler_ancestral"
-        out = (inversion.invert_renoise_ancestral if ancestral else inversion.invert_renoise)(
+        # few-step models: the noise-corrected inversion of their stochastic step, which also returns its noise maps
+        corrected = preset.sampler in ("euler_ancestral", "lcm")
+        out = (inversion.invert_renoise_corrected if corrected else inversion.invert_renoise)(
             self.pipe, z0, schedule, text, image_rows, iterations=preset.renoise_iterations,
             average_last=preset.renoise_average_last, callback=callback, max_batch=mb,
             early_t=preset.renoise_early_t, early_average=preset.renoise_early_average, reg=reg, seed=preset.seed,
             trajectory=trajectory,
         )
-        return out if ancestral else (out, None)
+        return out if corrected else (out, None)
 
     def run_group(self, requests: list[ItemRequest], fitted: list[Image.Image], warnings: list[list[str]],
                   preset: Preset, progress=None) -> list[ItemResult]:
@@ -168,7 +168,7 @@ class TightInversion(Engine):
         z_T, noises = self.invert(z0, source, image_rows((items, False)), schedule, preset, step("invert"), trajectory)
         blend = None if trajectory is None else region.Blend(
             torch.cat([region.latent_mask(r.mask, *z0.shape[-2:]) for r in regions]).to(z0.device), edit_owner,
-            trajectory, z0, lambda i: schedule.timesteps[i] - schedule.step_ratio,
+            trajectory, z0, lambda i: schedule.below(schedule.timesteps[i]),
             int(round(preset.region_blend_start * preset.steps)))
         timings.invert_s = time.perf_counter() - t0
 
@@ -185,7 +185,8 @@ class TightInversion(Engine):
             text = conditioning.TextCondition.cat([text_all.rows(redo), guided_text]) if e else text_all.rows(redo)
             img = image_rows((redo, False), (edit_owner, True), (edit_owner, False))
             z = editing.denoise(pipe, z_T[rows], schedule, text, img, len(redo), e, preset.guidance, step("denoise"),
-                                _pick(noises, rows), max_batch=mb, sharpening=preset.cfg_sharpening, blend=blend)
+                                _pick(noises, rows), max_batch=mb, sharpening=preset.cfg_sharpening, blend=blend,
+                                cfgpp=preset.guidance_mode == "cfgpp")
         else:
             z_rec = z_T[:0]
             if redo:
@@ -195,7 +196,8 @@ class TightInversion(Engine):
             z_edit = editing.denoise(pipe, z_T[edit_owner], schedule, guided_text,
                                      image_rows((edit_owner, True), (edit_owner, False)), 0, e, preset.guidance,
                                      step("denoise"), _pick(noises, edit_owner), max_batch=mb,
-                                     sharpening=preset.cfg_sharpening, blend=blend)
+                                     sharpening=preset.cfg_sharpening, blend=blend,
+                                     cfgpp=preset.guidance_mode == "cfgpp")
             z = torch.cat([z_rec, z_edit])
         timings.denoise_s = time.perf_counter() - t0
 

@@ -281,9 +281,44 @@ def _t5_word_tokenizer(out: Path, words: list[str], max_length: int = 64) -> Non
     tok.save_pretrained(out)
 
 
-def build_tiny_flux(seed: int = 0, folder: Path | None = None):
+# FLUX.1-dev's published architecture (transformer/, vae/, text_encoder/, text_encoder_2/ configs), XLabs' adapter over
+# openai/clip-vit-large-patch14: what ``build_tiny_flux(size="full")`` builds with random weights.
+_FLUX_SIZES = {
+    "tiny": dict(
+        transformer=dict(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+                         num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
+                         guidance_embeds=False),
+        vae=dict(block_out_channels=(16, 32), layers_per_block=1, latent_channels=4, norm_num_groups=8,
+                 sample_size=TINY_RESOLUTION, shift_factor=0.0609, scaling_factor=1.5035),
+        clip=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, projection_dim=32),
+        t5=dict(d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4),
+        vision=dict(hidden_size=32, projection_dim=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+                    image_size=32, patch_size=4),
+        t5_tokens=64,
+    ),
+    "full": dict(
+        transformer=dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+                         num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
+                         axes_dims_rope=[16, 56, 56], guidance_embeds=True),
+        vae=dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=16, norm_num_groups=32,
+                 sample_size=1024, shift_factor=0.1159, scaling_factor=0.3611),
+        clip=dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
+                  projection_dim=768, hidden_act="quick_gelu"),
+        t5=dict(d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64, feed_forward_proj="gated-gelu"),
+        vision=dict(hidden_size=1024, projection_dim=768, num_hidden_layers=24, num_attention_heads=16,
+                    intermediate_size=4096, image_size=224, patch_size=14, hidden_act="quick_gelu"),
+        t5_tokens=512,
+    ),
+}
+
+
+def build_tiny_flux(seed: int = 0, folder: Path | None = None, size: str = "tiny"):
     """A tiny FluxPipeline (CLIP + T5 text encoders, 2-block transformer, factor-2 VAE) with random weights,
-    its CLIP image encoder and an IP-Adapter state dict in the XLabs layout. Returns (pipe, vision, state)."""
+    its CLIP image encoder and an IP-Adapter state dict in the XLabs layout. Returns (pipe, vision, state).
+
+    ``size="full"``: FLUX.1-dev's real architecture (12B transformer, T5-XXL, 16-channel VAE; ViT-L/14 image encoder),
+    built where ``torch``'s default device and dtype say (``bench_gpu.py --family flux`` builds it in CUDA memory
+    in bf16: ~36 GB, never written to disk); the tokenizers stay the tiny ones (any ids they give are valid)."""
     import tempfile
 
     import torch
@@ -293,59 +328,61 @@ def build_tiny_flux(seed: int = 0, folder: Path | None = None):
 
     from tight_pipeline.demo_model.products import vocabulary
 
+    cfg = _FLUX_SIZES[size]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(folder) if folder else Path(tmp)
         if not (root / "tokenizer" / "vocab.json").exists():
             _byte_level_tokenizer(root / "tokenizer")
         if not (root / "tokenizer_2" / "tokenizer.json").exists():
-            _t5_word_tokenizer(root / "tokenizer_2", vocabulary() + "cup of coffee saucer motorcycle rocket studio".split())
+            _t5_word_tokenizer(root / "tokenizer_2", vocabulary() + "cup of coffee saucer motorcycle rocket studio".split(),
+                               max_length=cfg["t5_tokens"])
         tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer")
         tokenizer_2 = T5TokenizerFast.from_pretrained(root / "tokenizer_2")
     torch.manual_seed(seed)
-    transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
-        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
-        guidance_embeds=False,
-    )
+    transformer = FluxTransformer2DModel(**cfg["transformer"])
     torch.manual_seed(seed + 1)
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, block_out_channels=(16, 32), layers_per_block=1, latent_channels=4,
-        norm_num_groups=8, sample_size=TINY_RESOLUTION, use_quant_conv=False, use_post_quant_conv=False,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        shift_factor=0.0609, scaling_factor=1.5035,
+        in_channels=3, out_channels=3, use_quant_conv=False, use_post_quant_conv=False,
+        down_block_types=("DownEncoderBlock2D",) * len(cfg["vae"]["block_out_channels"]),
+        up_block_types=("UpDecoderBlock2D",) * len(cfg["vae"]["block_out_channels"]), **cfg["vae"],
     )
     torch.manual_seed(seed + 2)
     text_encoder = CLIPTextModel(CLIPTextConfig(
-        bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32, intermediate_size=37, num_attention_heads=4,
-        num_hidden_layers=2, projection_dim=32, vocab_size=600, max_position_embeddings=77,
+        bos_token_id=0, eos_token_id=1, pad_token_id=1, vocab_size=600 if size == "tiny" else 49408,
+        max_position_embeddings=77, **cfg["clip"],
     ))
     torch.manual_seed(seed + 3)
     text_encoder_2 = T5EncoderModel(T5Config(
-        vocab_size=len(tokenizer_2), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
-        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+        vocab_size=len(tokenizer_2) if size == "tiny" else 32128, pad_token_id=0, eos_token_id=1,
+        decoder_start_token_id=0, **cfg["t5"],
     ))
+    scheduler = (FlowMatchEulerDiscreteScheduler() if size == "tiny" else  # FLUX.1-dev's scheduler config
+                 FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                 base_image_seq_len=256, max_image_seq_len=4096))
     pipe = FluxPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+        scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
         text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, transformer=transformer,
         image_encoder=None, feature_extractor=None,
     )
     torch.manual_seed(seed + 4)
-    vision = CLIPVisionModelWithProjection(CLIPVisionConfig(
-        hidden_size=32, projection_dim=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-        image_size=32, patch_size=4,
-    ))
-    gen = torch.Generator().manual_seed(seed + 5)
+    vision = CLIPVisionModelWithProjection(CLIPVisionConfig(**cfg["vision"]))
     joint, inner = transformer.config.joint_attention_dim, transformer.inner_dim
+    dev, dtype = transformer.device, transformer.dtype
+    gen = torch.Generator(device=dev).manual_seed(seed + 5)
+
+    def randn(*shape):
+        return (torch.randn(*shape, generator=gen, device=dev, dtype=torch.float32) * 0.2).to(dtype)
+
     state = {
-        "ip_adapter_proj_model.proj.weight": torch.randn(4 * joint, vision.config.projection_dim, generator=gen) * 0.2,
-        "ip_adapter_proj_model.proj.bias": torch.zeros(4 * joint),
-        "ip_adapter_proj_model.norm.weight": torch.ones(joint),
-        "ip_adapter_proj_model.norm.bias": torch.zeros(joint),
+        "ip_adapter_proj_model.proj.weight": randn(4 * joint, vision.config.projection_dim),
+        "ip_adapter_proj_model.proj.bias": torch.zeros(4 * joint, device=dev, dtype=dtype),
+        "ip_adapter_proj_model.norm.weight": torch.ones(joint, device=dev, dtype=dtype),
+        "ip_adapter_proj_model.norm.bias": torch.zeros(joint, device=dev, dtype=dtype),
     }
     for i in range(transformer.config.num_layers):  # double-stream blocks carry the image attention
         for kind in ("k", "v"):
-            state[f"double_blocks.{i}.processor.ip_adapter_double_stream_{kind}_proj.weight"] = torch.randn(inner, joint, generator=gen) * 0.2
-            state[f"double_blocks.{i}.processor.ip_adapter_double_stream_{kind}_proj.bias"] = torch.zeros(inner)
+            state[f"double_blocks.{i}.processor.ip_adapter_double_stream_{kind}_proj.weight"] = randn(inner, joint)
+            state[f"double_blocks.{i}.processor.ip_adapter_double_stream_{kind}_proj.bias"] = torch.zeros(inner, device=dev, dtype=dtype)
     return pipe, vision, state
 
 
