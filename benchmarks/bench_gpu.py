@@ -266,7 +266,7 @@ def main() -> None:
     ap.add_argument("--switch-cases", default="", help="cases for --switches (default: the first two cases)")
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--cases", default="", help="PRESET:EDITS:BATCH[:RESOLUTION] list run in this order, e.g. "
-                    "'balanced:1:8,turbo-balanced:1:8:512' (batch 0 = --batch); default: off/balanced/faithful x "
+                    "'balanced:1:8,turbo-balanced:1:8:512' (batch 0 = --batch; 'none' = only --switch-cases); default: off/balanced/faithful x "
                     "1/4 edits x --batch/1 (FLUX: off/flux-balanced/flux-draft x 1 edit)")
     ap.add_argument("--resolution", type=int, default=None, help="override the model's resolution (CPU smoke runs)")
     ap.add_argument("--floor-batches", default="", help="UNet floor batch sizes, e.g. '1,8' (default 1,2,4,8,16 full)")
@@ -308,7 +308,9 @@ def main() -> None:
         report["weights_gib"] = round(torch.cuda.memory_allocated() / 2**30, 2)
     print(json.dumps({k: report[k] for k in ("device", "family", "size", "load_s")}), file=sys.stderr, flush=True)
 
-    if args.cases:
+    if args.cases == "none":  # only the --switch-cases (the eager figures come from another run on the card)
+        cases = []
+    elif args.cases:
         cases = [(n, e, b or args.batch, r) for n, e, b, r in parse_cases(args.cases)]
     elif flux:
         cases = [(n, 1, args.batch, 0) for n in ("off", "flux-balanced", "flux-draft")]
@@ -337,6 +339,8 @@ def main() -> None:
     if args.switches:
         switch_cases = ([(n, e, b or args.batch, r) for n, e, b, r in parse_cases(args.switch_cases)]
                         if args.switch_cases else cases[:2])
+        if not switch_cases:
+            raise SystemExit("error: --switches needs cases: give --switch-cases (or --cases)")
         report["switches"] = switches(engine, args.device, [m.strip() for m in args.switches.split(",") if m.strip()],
                                       switch_cases, steps)
     if not flux:
