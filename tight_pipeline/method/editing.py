@@ -73,8 +73,8 @@ def denoise(
     ``cfgpp``: CFG++ (Chung et al. 2025, "Manifold-constrained classifier free guidance"): a guided row's clean
     estimate x0 comes from the guided prediction (``guidance`` is then CFG++'s λ, in 0..1) but the step re-noises
     it with the *unconditional* noise, z ← sqrt(a_prev) x0(ε̂) + sqrt(1 - a_prev) ε_u (with noise maps the same
-    substitution in the stochastic step): the step stays on the data manifold at a guidance scale that plain CFG
-    would need 5-10x larger for. Plain rows are unchanged.
+    substitution in the stochastic step), which keeps each step nearer the data manifold than CFG's extrapolated
+    noise does. Plain rows are unchanged.
     """
     p, g = n_plain, n_guided
     z_T = z_T.float()
