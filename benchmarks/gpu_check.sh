@@ -19,6 +19,8 @@
 #   flux      FLUX.1-dev's architecture (12B transformer + T5-XXL, random, bf16) built in GPU memory,
 #             flux-balanced at 1024 px                                                   FLUX_S     (240 s)
 #
+# BENCH_EXTRA is appended to every bench_gpu.py call: `BENCH_EXTRA="--size tiny --device cpu --steps 2"` runs the
+# whole script on CPU in a minute (tests/test_benchmarks.py does, so that a lease is never spent on a script error).
 # Needs: the diffusers wheel in .whl/ (see docs/gpu.md: `pip download ... -d .whl diffusers==0.42.1`) unless
 # diffusers is installed. Copy $OUT to docs/gpu-results/<date>-<card>/ afterwards.
 set -uo pipefail
@@ -38,7 +40,8 @@ export HF_HUB_OFFLINE=1 TIGHT_PIPELINE_HOME=/tmp/tp-home
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 has() { [[ ",$SECTIONS," == *",$1,"* ]]; }
-WORK=/tmp/tp-bench-full-sdxl   # the random full-size SDXL folder, written once and reused by later sections
+WORK=${WORK:-/tmp/tp-bench-full-sdxl}   # the random SDXL folder, written once and reused by later sections
+EXTRA=(${BENCH_EXTRA:-})
 
 if has tests; then
     echo "== pytest -m gpu"
@@ -52,7 +55,7 @@ if has sdxl; then
     # balanced first, then the few-step presets right after it (same card, same run: >= 5x balanced's items/min is
     # the target), turbo-balanced at 512 px, balanced + 4 edits, LEDITS++ through the engine (2 items: its pipeline
     # inverts one image at a time); then the UNet floor and diffusers' own txt2img (batch 1 and 8) / LEDITS++.
-    timeout "${BENCH_S:-420}" python3 benchmarks/bench_gpu.py --work "$WORK" --floor-batches 1,8 \
+    timeout "${BENCH_S:-420}" python3 benchmarks/bench_gpu.py --work "$WORK" --floor-batches 1,8 "${EXTRA[@]}" \
         --cases "${CASES:-balanced:1:8,turbo-balanced:1:8,turbo-faithful:1:8,lcm-balanced:1:8,turbo-balanced:1:8:512,balanced:4:8,ledits-pp:1:2}" \
         > "$OUT/bench.json" 2> "$OUT/bench.log"
     echo "bench rc=$?"
@@ -62,7 +65,7 @@ fi
 
 if has switches; then
     echo "== bench_gpu switches"
-    timeout "${SWITCH_S:-300}" python3 benchmarks/bench_gpu.py --work "$WORK" --no-peers --floor-batches 8 \
+    timeout "${SWITCH_S:-300}" python3 benchmarks/bench_gpu.py --work "$WORK" --no-peers --floor-batches 8 "${EXTRA[@]}" \
         --cases none --switch-cases "${SWITCH_CASES:-balanced:4:8}" --switches "${SWITCHES:-reduce-overhead}" \
         > "$OUT/switches.json" 2> "$OUT/switches.log"
     echo "switches rc=$?"
@@ -71,7 +74,7 @@ fi
 
 if has flux; then
     echo "== bench_gpu flux"
-    timeout "${FLUX_S:-240}" python3 benchmarks/bench_gpu.py --family flux --batch "${FLUX_BATCH:-1}" \
+    timeout "${FLUX_S:-240}" python3 benchmarks/bench_gpu.py --family flux --batch "${FLUX_BATCH:-1}" "${EXTRA[@]}" \
         --cases "${FLUX_CASES:-flux-balanced:1:0}" > "$OUT/flux.json" 2> "$OUT/flux.log"
     echo "flux rc=$? (124 = out of time; the log says how far it got)"
     grep -v '^\[transformers\]' "$OUT/flux.log" | tail -12

@@ -66,3 +66,34 @@ def test_bench_gpu_builds_the_flux_architecture_in_memory_and_times_it(tmp_path)
     assert row["preset"] == "flux-balanced" and row["method"] == "rf_inversion" and row["s_per_item"] > 0
     assert (tmp_path / "flux" / "ip_adapter" / "ip_adapter.safetensors").exists()
     assert not (tmp_path / "flux" / "transformer").exists()  # the base lives in memory only
+
+
+@pytest.mark.slow
+def test_gpu_check_script_runs_every_bench_section_on_cpu(tmp_path):
+    """The one script a scarce GPU lease runs, run on CPU with the tiny models (BENCH_EXTRA), so that a lease is never
+    spent on a script error; and every preset its default cases name exists."""
+    import os
+    import re
+
+    from tight_pipeline.method.presets import load_preset
+
+    script = (ROOT / "benchmarks" / "gpu_check.sh").read_text()
+    for default in re.findall(r'\$\{(?:CASES|SWITCH_CASES|FLUX_CASES):-([^}]*)\}', script):
+        for part in default.split(","):
+            load_preset(part.split(":")[0])  # raises for an unknown preset
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "OUT": str(tmp_path / "out"), "TORCH_THREADS": "2",
+           "SECTIONS": "sdxl,switches,flux", "BENCH_EXTRA": "--size tiny --device cpu --steps 2",
+           "WORK": str(tmp_path / "model"), "CASES": "balanced:1:2,turbo-balanced:1:2,turbo-balanced:1:2:32",
+           "SWITCH_CASES": "balanced:1:2", "SWITCHES": "eager", "FLUX_CASES": "flux-balanced:1:1",
+           "HOME": os.environ.get("HOME", "/tmp")}
+    out = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "bench rc=0" in out.stdout and "switches rc=0" in out.stdout and "flux rc=0" in out.stdout, out.stdout[-3000:]
+    bench = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert [r["preset"] for r in bench["items"]] == ["balanced", "turbo-balanced", "turbo-balanced"]
+    assert "turbo-balanced_speedup_over_balanced_batch2" in bench["ratios"] and "txt2img_cfg_batch8_s_per_image" in bench["peers"]
+    switches = json.loads((tmp_path / "out" / "switches.json").read_text())
+    assert switches["items"] == [] and switches["switches"][0]["switch"] == "compile:eager"
+    flux = json.loads((tmp_path / "out" / "flux.json").read_text())
+    assert flux["family"] == "flux" and flux["items"][0]["preset"] == "flux-balanced"
