@@ -209,3 +209,38 @@ def test_a_flux_reconstruction_brought_by_the_request_is_kept(flux_engine, shot)
                                                 full.reconstruction)], preset)[0]
     assert again.reconstruction.tobytes() == full.reconstruction.tobytes()
     assert np.abs(np.asarray(again.edits["b"], dtype=int) - np.asarray(full.edits["b"], dtype=int)).max() <= 1
+
+
+def test_full_size_flux_that_bench_gpu_builds_is_flux1_dev_on_the_meta_device():
+    """``bench_gpu.py --family flux`` builds FLUX.1-dev's architecture on a GPU; here on the meta device (shapes, no
+    memory): the published parameter counts, the XLabs adapter's shapes against the transformer, and a 1024-px
+    forward pass (4096 image tokens, 512 T5 tokens) of the transformer and the T5 encoder."""
+    import torch
+
+    from tight_pipeline.testing.tiny_models import build_tiny_flux
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device("meta"):
+            pipe, vision, state = build_tiny_flux(0, size="full")
+    finally:
+        torch.set_default_dtype(previous)
+
+    def billions(module):
+        return round(sum(p.numel() for p in module.parameters()) / 1e9, 2)
+
+    assert (billions(pipe.transformer), billions(pipe.text_encoder_2)) == (11.9, 4.76)  # FLUX.1-dev, T5-XXL encoder
+    assert billions(vision) == 0.3 and pipe.tokenizer_2.model_max_length == 512
+    doubles = [k for k in state if k.startswith("double_blocks.")]
+    assert len(doubles) == 19 * 4 and state["double_blocks.0.processor.ip_adapter_double_stream_k_proj.weight"].shape == (3072, 4096)
+    assert state["ip_adapter_proj_model.proj.weight"].shape == (4 * 4096, 768)
+    bf16 = dict(dtype=torch.bfloat16)
+    with torch.device("meta"):
+        out = pipe.transformer(hidden_states=torch.empty(1, 4096, 64, **bf16),
+                               encoder_hidden_states=torch.empty(1, 512, 4096, **bf16),
+                               pooled_projections=torch.empty(1, 768, **bf16), timestep=torch.empty(1, **bf16),
+                               img_ids=torch.empty(4096, 3), txt_ids=torch.empty(512, 3),
+                               guidance=torch.empty(1, **bf16), return_dict=False)[0]
+        text = pipe.text_encoder_2(torch.zeros(1, 512, dtype=torch.long)).last_hidden_state
+    assert out.shape == (1, 4096, 64) and text.shape == (1, 512, 4096)
