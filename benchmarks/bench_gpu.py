@@ -332,7 +332,7 @@ def main() -> None:
             report["ratios"][f"balanced_over_off_batch{b}"] = round(balanced / off, 3)
         if faithful and balanced:
             report["ratios"][f"faithful_over_balanced_batch{b}"] = round(faithful / balanced, 3)
-        for fast in ("turbo-balanced", "turbo-faithful", "lcm-balanced"):
+        for fast in ("turbo-balanced", "turbo-draft", "turbo-faithful", "lcm-balanced"):
             few = per_item(fast, 1, b)
             if few and balanced:  # the few-step target: >= 5x balanced's items/min, same card, same run
                 report["ratios"][f"{fast}_speedup_over_balanced_batch{b}"] = round(balanced / few, 2)

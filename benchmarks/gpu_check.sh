@@ -56,7 +56,7 @@ if has sdxl; then
     # the target), turbo-balanced at 512 px, balanced + 4 edits, LEDITS++ through the engine (2 items: its pipeline
     # inverts one image at a time); then the UNet floor and diffusers' own txt2img (batch 1 and 8) / LEDITS++.
     timeout "${BENCH_S:-420}" python3 benchmarks/bench_gpu.py --work "$WORK" --floor-batches 1,8 "${EXTRA[@]}" \
-        --cases "${CASES:-balanced:1:8,turbo-balanced:1:8,turbo-faithful:1:8,lcm-balanced:1:8,turbo-balanced:1:8:512,balanced:4:8,ledits-pp:1:2}" \
+        --cases "${CASES:-balanced:1:8,turbo-balanced:1:8,turbo-draft:1:8,turbo-faithful:1:8,lcm-balanced:1:8,turbo-balanced:1:8:512,balanced:4:8,ledits-pp:1:2}" \
         > "$OUT/bench.json" 2> "$OUT/bench.log"
     echo "bench rc=$?"
     grep -v '^\[transformers\]' "$OUT/bench.log" | tail -30
