@@ -335,3 +335,34 @@ def test_a_lora_in_the_spec_is_fused_into_the_unet(tmp_path, turbo_dir):
     none = load_pipeline(resolve_model_spec(str(turbo_dir), device="cpu", lora=str(weight), lora_scale=0.0)).unet.state_dict()
     assert all(torch.allclose(plain[k], none[k]) for k in changed)
     assert not any("lora" in k for k in fused)  # fused, the LoRA layers unloaded
+
+
+def test_lora_references_reach_diffusers_as_a_repo_and_a_weight_name(tmp_path):
+    """A LoRA named as one file of a cached repo (SDXL-Lightning ships several) is that repo + weight_name; a repo
+    id alone, a local file and a missing absolute path as before. Named specs for Turbo, Lightning and LCM-LoRA."""
+    from tight_pipeline.method import models
+    from tight_pipeline.method.specs import ModelError, resolve_model_spec
+
+    calls = []
+
+    class Pipe:
+        def load_lora_weights(self, where, **kwargs):
+            calls.append((where, kwargs.get("weight_name")))
+
+        def fuse_lora(self, lora_scale):
+            pass
+
+        def unload_lora_weights(self):
+            pass
+
+    local = tmp_path / "lcm.safetensors"
+    local.write_bytes(b"")
+    for ref in ("ByteDance/SDXL-Lightning/sdxl_lightning_4step_lora.safetensors", "latent-consistency/lcm-lora-sdxl",
+                str(local)):
+        models._fuse_lora(Pipe(), resolve_model_spec("tiny-sdxl", lora=ref))
+    assert calls == [("ByteDance/SDXL-Lightning", "sdxl_lightning_4step_lora.safetensors"),
+                     ("latent-consistency/lcm-lora-sdxl", None), (str(tmp_path), "lcm.safetensors")]
+    with pytest.raises(ModelError, match="does not exist"):
+        models._fuse_lora(Pipe(), resolve_model_spec("tiny-sdxl", lora=str(tmp_path / "none.safetensors")))
+    assert resolve_model_spec("sdxl-lightning-ip").lora.endswith("4step_lora.safetensors")
+    assert (resolve_model_spec("sdxl-lcm-ip").scheduler, resolve_model_spec("sdxl-turbo-ip").timestep_spacing) == ("lcm", "trailing")

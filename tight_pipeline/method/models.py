@@ -99,14 +99,18 @@ def _scheduler(spec: ModelSpec, config):
 
 
 def _fuse_lora(pipe, spec: ModelSpec) -> None:
-    """Load the spec's LoRA (a .safetensors file, a folder or a cached repo id; never downloaded) and fuse it into
-    the UNet at ``lora_scale``, so that the network runs at its plain speed and the IP-Adapter loads on top."""
+    """Load the spec's LoRA (a .safetensors file, a folder, a cached repo id, or ``owner/repo/file.safetensors`` for
+    one file of a cached repo that holds several — SDXL-Lightning's; never downloaded) and fuse it into the UNet at
+    ``lora_scale``, so that the network runs at its plain speed and the IP-Adapter loads on top."""
     path = Path(spec.lora).expanduser()
     where, kwargs = str(spec.lora), {}
     if path.is_file():
         where, kwargs = str(path.parent), {"weight_name": path.name}
     elif path.is_absolute() and not path.exists():
         raise ModelError(f"model {spec.name!r}: lora {path} does not exist")
+    elif spec.lora.endswith(".safetensors") and len(Path(spec.lora).parts) >= 3 and not spec.lora.startswith("."):
+        parts = Path(spec.lora).parts  # owner/repo/[subfolder/]file.safetensors of the Hugging Face cache
+        where, kwargs = "/".join(parts[:2]), {"weight_name": "/".join(parts[2:])}
     try:
         pipe.load_lora_weights(where, adapter_name="spec", local_files_only=True, **kwargs)
     except (OSError, ValueError) as exc:
