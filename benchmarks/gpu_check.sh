@@ -9,7 +9,7 @@
 # comes last because a cut-off FLUX section still says how far it got).
 #
 # Sections (SECTIONS, comma-separated; default all four):
-#   tests     pytest -m gpu (thresholds as committed)                                   TESTS_S    (150 s)
+#   tests     pytest -m gpu (7 tests; thresholds as committed)                                 TESTS_S    (150 s)
 #   sdxl      full-size SDXL, bf16, 1024 px, batch 8: balanced vs the few-step presets (the >= 5x target), 512 px,
 #             balanced + 4 edits, LEDITS++ through the engine; UNet floor; diffusers' txt2img + LEDITS++ peers
 #                                                                                        BENCH_S    (420 s)
