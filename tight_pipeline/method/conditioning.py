@@ -144,10 +144,15 @@ def _unet_call(pipe, latents, t, text: TextCondition, image_embeds):
         added["image_embeds"] = [image_embeds]
     if not torch.is_tensor(t):  # a tensor, not a Python int: a compiled UNet would recompile for every timestep
         t = torch.tensor(t, dtype=torch.int64 if isinstance(t, int) else torch.float32, device=latents.device)
-    return unet(
+    out = unet(
         latents.to(unet.dtype),
         t,
         encoder_hidden_states=text.embeds,
         added_cond_kwargs=added or None,
         return_dict=False,
-    )[0].float()
+    )[0]
+    if out.dtype == torch.float32 and getattr(unet, "_compiled_call_impl", None) is not None:
+        # compiled with CUDA graphs (compile: reduce-overhead), the next call reuses this output's buffer: keep a copy
+        # (a half-precision output is copied by the cast below anyway)
+        return out.clone()
+    return out.float()
