@@ -38,13 +38,19 @@ GRID = [(f, 0.4) for f in (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)] + [(f, s) for f in (1.
 IMAGES = 64
 
 
-def main(out_dir: str = "docs/demo-model") -> list[dict]:
-    t_start = time.perf_counter()
-    engine = load_engine(resolve_model_spec("catalog-demo"))
-    shots = [render_product(ProductSpec.sample(HELDOUT_SEED_OFFSET, i)) for i in range(IMAGES)]
+def colour_edits(images: int = IMAGES):
+    """The held-out shots (the evaluation's, seed 10000), their target colours and one colour-edit request each."""
+    shots = [render_product(ProductSpec.sample(HELDOUT_SEED_OFFSET, i)) for i in range(images)]
     targets = [target_colour(s.spec.colour) for s in shots]
     requests = [ItemRequest(s.image, s.caption, [("colour", s.caption.replace(s.spec.colour, t, 1))])
                 for s, t in zip(shots, targets)]
+    return shots, targets, requests
+
+
+def main(out_dir: str = "docs/demo-model") -> list[dict]:
+    t_start = time.perf_counter()
+    engine = load_engine(resolve_model_spec("catalog-demo"))
+    shots, targets, requests = colour_edits()
     rows, sheet = [], [np.concatenate([np.asarray(s.image) for s in shots[:10]], 1)]
     for factor, scale in GRID:
         preset = Preset(name=f"ddim-10-sharpening-{factor:g}", method="ddim", steps=10, guidance=7.5,

@@ -25,10 +25,10 @@ import torch  # noqa: E402
 
 torch.set_num_threads(int(os.environ.get("TORCH_THREADS", os.cpu_count() or 1)))
 
-from lab.demo_model.evaluate import score_edit, target_colour  # noqa: E402
-from tight_pipeline.demo_model.products import HELDOUT_SEED_OFFSET, ProductSpec, render_product  # noqa: E402
+from benchmarks.cfg_sharpening import colour_edits  # noqa: E402  (the same shots and edits)
+from lab.demo_model.evaluate import score_edit  # noqa: E402
+from tight_pipeline.demo_model.products import HELDOUT_SEED_OFFSET  # noqa: E402
 from tight_pipeline.method.factory import load_engine  # noqa: E402
-from tight_pipeline.method.items import ItemRequest  # noqa: E402
 from tight_pipeline.method.presets import load_preset  # noqa: E402
 from tight_pipeline.method.specs import resolve_model_spec  # noqa: E402
 
@@ -48,10 +48,7 @@ def grid():
 def main(out_dir: str = "docs/demo-model") -> list[dict]:
     t_start = time.perf_counter()
     engine = load_engine(resolve_model_spec("catalog-demo"))
-    shots = [render_product(ProductSpec.sample(HELDOUT_SEED_OFFSET, i)) for i in range(IMAGES)]
-    targets = [target_colour(s.spec.colour) for s in shots]
-    requests = [ItemRequest(s.image, s.caption, [("colour", s.caption.replace(s.spec.colour, t, 1))])
-                for s, t in zip(shots, targets)]
+    shots, targets, requests = colour_edits(IMAGES)
     rows = []
     for label, preset in grid():
         t0 = time.perf_counter()

@@ -69,6 +69,10 @@ def stop_pids(pids: list[int], grace: float = 8.0) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    deadline = time.time() + 3.0  # a killed process is gone a moment later, not at once: wait for it (bounded)
+    while alive and time.time() < deadline:
+        alive = [p for p in alive if _alive(p)]
+        time.sleep(0.05)
 
 
 def _alive(pid: int) -> bool:
@@ -227,7 +231,13 @@ class RayHead:
         return found
 
     def stop(self) -> None:
-        stop_pids(self.pids(), grace=5.0)
+        # In rounds: the raylet can start a worker while its siblings are being stopped (a process not in the first
+        # list); three rounds at most.
+        for _ in range(3):
+            pids = self.pids()
+            if not pids:
+                return
+            stop_pids(pids, grace=5.0)
 
     def __enter__(self):
         return self.start()
