@@ -127,7 +127,6 @@ def load_pipeline(spec: ModelSpec):
     model's own scheduler config and the spec's ``timestep_spacing`` (FLUX keeps its flow-matching scheduler), the
     spec's LoRA fused into the UNet, the IP-Adapter loaded (scale 0 until set) and progress bars off.
     """
-    import torch
     import diffusers
     import transformers
 
@@ -146,7 +145,7 @@ def load_pipeline(spec: ModelSpec):
     else:
         cls = StableDiffusionXLPipeline if spec.family == "sdxl" else StableDiffusionPipeline
     dtype = torch_dtype(spec.dtype)
-    device = pick_device(spec)
+    pick_device(spec)  # a missing device fails here, before any weights are read
     kwargs: dict[str, Any] = dict(dtype=dtype, local_files_only=True, use_safetensors=not spec.allow_pickle)
     if spec.variant:
         kwargs["variant"] = spec.variant
