@@ -8,7 +8,9 @@ Generates an N-item JSONL manifest (3 locales each; images: 16 distinct small PN
 2. unless ``--plan-only``: runs it end to end (``run_job``, ``--model passthrough``: decode, resize, write PNGs
    and score parts; no diffusion) and reports rows/s, the rows in ``scores/`` and that each key is there once;
 3. marks half of the items done (``--plan-only``: writes ok rows for them as a Parquet part, as a finished run
-   would, PNG checks aside) and plans again: the resumed run's planning time.
+   would, PNG checks aside) and plans again: the resumed run's planning time (each edit's request digest looked up);
+   ``--plan-only`` also plans against rows without request digests (written by versions before them: a second
+   lookup per edit).
 Each phase runs in a fresh Python process, so the peak RSS is that phase's own. Prints one JSON.
 """
 
@@ -79,8 +81,9 @@ def write_manifest(folder: Path, n: int) -> str:
     return str(path)
 
 
-def mark_half_done(manifest: str, output: str, home: str) -> None:
-    """Ok rows for every other item, written like a finished run's part (so the resumed plan has work to skip)."""
+def mark_half_done(manifest: str, output: str, home: str, legacy: bool = False) -> None:
+    """Ok rows for every other item, written like a finished run's part (so the resumed plan has work to skip);
+    ``legacy``: without request digests, as versions before them wrote rows."""
     code = r"""
 import json, os, sys
 os.environ.setdefault("TIGHT_PIPELINE_HOME", sys.argv[3])
@@ -88,21 +91,24 @@ from tight_pipeline.data import scores
 from tight_pipeline.method.specs import resolve_model_spec
 from tight_pipeline.method.fingerprints import model_digest
 from tight_pipeline.method.presets import load_preset
+from tight_pipeline.data.manifest import iter_manifest
 digest, preset = model_digest(resolve_model_spec("passthrough")), load_preset("draft")
+legacy = sys.argv[4] == "legacy"  # rows as versions before request digests wrote them
 rows = []
-with open(sys.argv[1]) as f:
-    for i, line in enumerate(f):
-        if i % 2:
+for chunk in iter_manifest(sys.argv[1], chunk_rows=50_000):
+    for item in chunk.items:
+        if item.row % 2 == 0:
             continue
-        rec = json.loads(line)
-        for loc in rec["locales"]:
-            rows.append({"item_id": rec["item_id"], "edit_id": loc, "preset_hash": preset.hash, "status": "ok",
-                         "model_digest": digest, "finished_at": "2026-01-01T00:00:00", "run_id": "seeded"})
+        for e in item.edits:
+            rows.append({"item_id": item.item_id, "edit_id": e.edit_id, "preset_hash": preset.hash, "status": "ok",
+                         "model_digest": digest, "finished_at": "2026-01-01T00:00:00", "run_id": "seeded",
+                         "request_digest": None if legacy else item.request_digest(e)})
         if len(rows) >= 300000:
             scores.write_part(sys.argv[2], "seeded", rows, "seed"); rows = []
 scores.write_part(sys.argv[2], "seeded", rows, "seed")
 """
-    subprocess.run([sys.executable, "-c", code, manifest, output, home], check=True)
+    subprocess.run([sys.executable, "-c", code, manifest, output, home, "legacy" if legacy else "current"], check=True,
+                   env={**os.environ, "TIGHT_PIPELINE_HOME": home})
 
 
 def main() -> None:
@@ -127,6 +133,9 @@ def main() -> None:
     else:
         mark_half_done(manifest, output, home)
         report["resumed_plan"] = phase("plan", manifest, output, home)
+        legacy = str(work / "out-legacy")
+        mark_half_done(manifest, legacy, home, legacy=True)
+        report["resumed_plan_legacy_rows"] = phase("plan", manifest, legacy, home)
     print(json.dumps(report, indent=1))
 
 

@@ -35,6 +35,7 @@ def catalog_localization(
     batch_size: int = 0,
     actor_wait_s: float = 900.0,
     output_size: str = "input",
+    recheck_photos: bool = False,
     flow_label: str = "catalog-localization",
 ) -> dict:
     """One catalog run; the compute settings are ``JobConfig``'s (deployments set them per cluster)."""
@@ -44,7 +45,7 @@ def catalog_localization(
                        actor_cpus=actor_cpus, max_failure_rate=max_failure_rate,
                        item_timeout_s=item_timeout_s, max_pixels=max_pixels, min_actors=min_actors,
                        gpus_per_actor=gpus_per_actor, batch_size=batch_size, actor_wait_s=actor_wait_s,
-                       output_size=output_size).with_run_id()
+                       output_size=output_size, recheck_photos=recheck_photos).with_run_id()
     return run_tracked(config, flow_label)
 
 

@@ -217,6 +217,8 @@ GPUS_PER_ACTOR = typer.Option(None, help="GPUs per actor (default: 1 for a devic
 BATCH_SIZE = typer.Option(0, help="items per model batch (0 = the model spec's max_batch)")
 ACTOR_WAIT = typer.Option(900.0, help="seconds to wait for the first actors (nodes scaling up, model loading) "
                           "before stopping with an error")
+RECHECK_PHOTOS = typer.Option(False, "--recheck-photos", help="before skipping a done item, read its photo and redo it "
+                              "when its bytes changed (a photo replaced at the same URI); one read per done item")
 OUTPUT_SIZE = typer.Option("input", "--output-size", help="input: output PNGs at each photo's own size, composited "
                            "by each edit's region; working: the model's working-size images")
 
@@ -238,6 +240,7 @@ def run(
     item_timeout: float = typer.Option(0.0, help="per-item time limit in seconds (0 = none)"),
     max_pixels: int = typer.Option(40_000_000, help="refuse images with more pixels (checked before decoding)"),
     output_size: str = OUTPUT_SIZE,
+    recheck_photos: bool = RECHECK_PHOTOS,
     dry_run: bool = typer.Option(False, "--dry-run", help="validate and plan only: print items to do / done before / "
                                  "invalid rows per preset, and exit without loading a model or starting Ray/Prefect"),
 ):
@@ -261,7 +264,7 @@ def run(
                         actors=actors, actor_cpus=actor_cpus, max_failure_rate=max_failure_rate,
                         item_timeout_s=item_timeout, max_pixels=max_pixels, min_actors=min_actors,
                         gpus_per_actor=gpus_per_actor, batch_size=batch_size, actor_wait_s=actor_wait,
-                        output_size=output_size)
+                        output_size=output_size, recheck_photos=recheck_photos)
     print_summary(summary)
     fail_over_limit(summary, max_failure_rate)
 
@@ -283,6 +286,7 @@ def variants(
     batch_size: int = BATCH_SIZE,
     actor_wait: float = ACTOR_WAIT,
     max_failure_rate: float = typer.Option(1.0, help="exit non-zero when more rows than this fraction fail"),
+    recheck_photos: bool = RECHECK_PHOTOS,
     dry_run: bool = typer.Option(False, "--dry-run", help="validate and plan only (variants to do / done before)"),
 ):
     """N styled variants of every item (one inversion per item serves all its variants). Re-runs skip done
@@ -308,7 +312,7 @@ def variants(
     summary = run_flow(variant_generation, manifest=manifest, output=output, n=n, styles=styles, preset=preset,
                         model=model, actors=actors, actor_cpus=actor_cpus, max_failure_rate=max_failure_rate,
                         min_actors=min_actors, gpus_per_actor=gpus_per_actor, batch_size=batch_size,
-                        actor_wait_s=actor_wait)
+                        actor_wait_s=actor_wait, recheck_photos=recheck_photos)
     print_summary(summary)
     typer.echo(f"  variant sheets  {output}/<preset-hash>/<item_id>/variants.png")
     fail_over_limit(summary, max_failure_rate)

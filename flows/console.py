@@ -132,10 +132,15 @@ def print_plan(manifest: str, output: str, preset: str, model: str | None, varia
         typer.echo(f"invalid: {message}", err=True)
     typer.echo(f"manifest {manifest}: {plan.items} items, {plan.invalid_rows} invalid rows "
                f"(planned in {plan.plan_s:.1f} s, peak memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB)")
-    typer.echo(f"  {'preset':28s} {'to do':>10s} {'done before':>12s} {'invalid':>8s}")
+    typer.echo(f"  {'preset':28s} {'to do':>10s} {'(changed)':>10s} {'done before':>12s} {'invalid':>8s}")
     for name, c in sorted(plan.by_preset.items()):
-        typer.echo(f"  {name:28s} {c['todo']:>10d} {c['done_before']:>12d} {c['invalid']:>8d}")
-    typer.echo("  (done before = every edit ok for this model; the workers also check that their PNGs exist)")
+        typer.echo(f"  {name:28s} {c['todo']:>10d} {c['changed']:>10d} {c['done_before']:>12d} {c['invalid']:>8d}")
+    typer.echo("  (done before = every edit ok for this model and for what it asks now; the workers also check that "
+               "their PNGs exist;\n   changed = to do because an edit's prompt, mask, photo URI or region changed "
+               "under the same ids)")
+    if plan.changed_sample:
+        typer.echo(f"  changed since their last run: {', '.join(plan.changed_sample)}"
+                   + (f" and {plan.changed_items - len(plan.changed_sample)} more" if plan.changed_items > len(plan.changed_sample) else ""))
     if plan.rivals:
         typer.echo(f"  automatic strength weighs each edit against {len(plan.rivals)} rival phrases of this manifest: "
                    f"{', '.join(plan.rivals)}")

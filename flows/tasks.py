@@ -40,6 +40,10 @@ def validate_manifest(config: JobConfig) -> dict:
     logger.info("manifest %s: %d valid items (%d to do, %d done before), %d invalid rows, digest %s, planned in %.1f s",
                 storage.redact(config.manifest), plan.items, plan.todo_items, plan.candidate_items, plan.invalid_rows,
                 plan.manifest_digest[:12], plan.plan_s)
+    if plan.changed_items:
+        logger.info("%d of the items to do were done before for another request (an edit's prompt, mask, photo URI or "
+                    "region changed under the same ids): they run again, e.g. %s", plan.changed_items,
+                    ", ".join(plan.changed_sample[:5]))
     return {"items": plan.items, "invalid": plan.invalid_rows, "digest": plan.manifest_digest, "by_preset": plan.by_preset}
 
 
@@ -90,7 +94,7 @@ def run_facts(result: JobResult) -> tracking.RunFacts:
     cfg, plan = result.config, result.plan
     params: dict = {"actors": cfg.actors, "min_actors": cfg.min_actors or cfg.actors, "actor_cpus": cfg.actor_cpus,
                     "gpus_per_actor": "by device" if cfg.gpus_per_actor is None else cfg.gpus_per_actor,
-                    "batch_size": cfg.batch_size}
+                    "batch_size": cfg.batch_size, "recheck_photos": cfg.recheck_photos}
     request = cfg.variant_request()
     if request is not None:  # a variant job: the run's default count and style set (items may override)
         params.update({"variants.n": request.n, "variants.style_set": request.style_set.name,
@@ -103,7 +107,7 @@ def run_facts(result: JobResult) -> tracking.RunFacts:
         wall_s=result.wall_s, processed_items=result.processed_items, counts=dict(result.counts),
         scores_uri=result.scores_uri, params=params, manifest_filter=result.manifest_filter(),
         plan={"items": plan.items, "invalid_rows": plan.invalid_rows, "to_do": plan.todo_items,
-              "done_before": plan.candidate_items},
+              "done_before": plan.candidate_items, "changed_request": plan.changed_items},
     )
 
 

@@ -60,6 +60,66 @@ def test_passthrough_run_resume_and_dry_run(tmp_path, ray_session):
     assert len(latest) == 3 * n + 10
 
 
+def test_resume_redoes_changed_requests_and_with_recheck_replaced_photos(tmp_path, ray_session):
+    import hashlib
+
+    from tight_pipeline.data.manifest import read_manifest
+
+    folder = tmp_path / "in"
+    records = _write(folder, 6)
+    (folder / "img" / "own.png").write_bytes(image_files()["gray.png"])
+    records[5]["image_uri"] = "img/own.png"
+    manifest = _jsonl(folder / "m.jsonl", records)
+    out = tmp_path / "out"
+    config = JobConfig(manifest=str(manifest), output=str(out), preset="draft", model="passthrough",
+                       actor_cpus=0.5, batch_size=4)
+    first = run_job(config)
+    assert first.processed_items == 6 and first.counts == {"ok": 18}
+    items = {i.item_id: i for i in read_manifest(str(manifest)).items}
+    rows = first.rows.set_index(["item_id", "edit_id"])
+    for item in items.values():  # each row records what its edit asked and which photo bytes it was made from
+        photo = (folder / "img" / ("own.png" if item.item_id == "sku-00005" else "a.png")).read_bytes()
+        for e in item.edits:
+            assert rows.loc[(item.item_id, e.edit_id), "request_digest"] == item.request_digest(e)
+            assert rows.loc[(item.item_id, e.edit_id), "image_sha256"] == hashlib.sha256(photo).hexdigest()
+    folder5 = out / first.plan.presets["draft"].hash / "sku-00005"
+    assert json.loads((folder5 / "source.json").read_text())["image_sha256"] == hashlib.sha256(
+        (folder / "img" / "own.png").read_bytes()).hexdigest()
+
+    # Same ids, other requests: one locale's prompt, one item's photo URI, one item's source prompt.
+    records[1]["locales"]["de-DE"] = "ein roter Becher"
+    records[3]["image_uri"] = "img/own.png"
+    records[4]["source_prompt"] = "a white cup"
+    _jsonl(manifest, records)
+    plan = plan_job(config)
+    assert (plan.todo_items, plan.candidate_items, plan.changed_items, plan.changed_edits) == (3, 3, 3, 7)
+    assert plan.changed_sample == ["sku-00001", "sku-00003", "sku-00004"]
+    assert plan.by_preset["draft"]["changed"] == 3
+    second = run_job(config)
+    assert second.processed_items == 3 and second.counts == {"ok": 18}
+    latest = second.rows.set_index(["item_id", "edit_id"])
+    assert latest.loc[("sku-00001", "de-DE"), "edit_prompt"] == "ein roter Becher"
+    assert latest.loc[("sku-00001", "de-DE"), "run_id"] == second.config.run_id
+    assert latest.loc[("sku-00003", "fr-FR"), "image_sha256"] == latest.loc[("sku-00005", "fr-FR"), "image_sha256"]
+    assert latest.loc[("sku-00000", "fr-FR"), "run_id"] == first.config.run_id  # unchanged: left as it was
+    assert len(scores.read_latest(str(out))) == 18
+
+    # A photo replaced at the same URI: the plan cannot see it; --recheck-photos reads the done items' photos.
+    (folder / "img" / "own.png").write_bytes(image_files()["palette.png"])
+    assert run_job(config).processed_items == 0
+    recheck = dataclasses.replace(config, recheck_photos=True, run_id="")
+    third = run_job(recheck)
+    assert third.processed_items == 2 and third.counts == {"ok": 18}
+    new_sha = hashlib.sha256((folder / "img" / "own.png").read_bytes()).hexdigest()
+    redone = third.rows[third.rows["run_id"] == third.config.run_id]
+    assert sorted(set(redone["item_id"])) == ["sku-00003", "sku-00005"] and set(redone["image_sha256"]) == {new_sha}
+    assert json.loads((folder5 / "source.json").read_text())["image_sha256"] == new_sha
+    # outputs without a record of their photo (an older version's) cannot be checked: redone under --recheck-photos
+    (out / first.plan.presets["draft"].hash / "sku-00000" / "source.json").unlink()
+    assert run_job(recheck).processed_items == 1
+    assert run_job(recheck).processed_items == 0
+
+
 def test_an_item_that_kills_its_worker_ends_as_an_error_row(tmp_path, ray_session):
     n = 12
     manifest = _jsonl(tmp_path / "in" / "m.jsonl", _write(tmp_path / "in", n, poison={5}))
@@ -98,20 +158,51 @@ def test_manifest_prefix_of_several_formats_streams_with_row_numbers_across_file
         read_manifest(str(tmp_path / "empty") + "/")
 
 
-def test_done_keys_follow_the_latest_row_and_the_model(tmp_path):
+def test_done_keys_follow_the_latest_row_the_model_and_the_request(tmp_path):
     out = str(tmp_path / "out")
 
-    def row(item, status, digest, t):
+    def row(item, status, digest, t, request="r"):
         return {"preset_hash": "p", "item_id": item, "edit_id": "e", "status": status, "model_digest": digest,
-                "finished_at": t}
+                "finished_at": t, "request_digest": request}
 
     scores.write_part(out, "r1", [row("a", "ok", "m1", "1"), row("b", "error", "m1", "1"), row("c", "ok", "m1", "1"),
-                                  row("d", "ok", "m0", "1")])
-    scores.write_part(out, "r2", [row("b", "ok", "m1", "2"), row("c", "error", "m1", "2")])
+                                  row("d", "ok", "m0", "1"), row("e", "ok", "m1", "1", "old"),
+                                  row("f", "ok", "m1", "1", None)])
+    scores.write_part(out, "r2", [row("b", "ok", "m1", "2"), row("c", "error", "m1", "2"), row("e", "ok", "m1", "2")])
     done = scores.done_keys(out, "m1")
-    h = scores.key_hashes(["p"] * 4, ["a", "b", "c", "d"], ["e"] * 4)
-    assert scores.contains(done, h).tolist() == [True, True, False, False]
-    assert len(scores.read_latest(out)) == 4 and len(scores.read(out, scores.KEY)) == 6
+    assert len(done) == 4 and done.legacy  # a, b, e, f; f's row predates request digests
+    ids = ["a", "b", "c", "d", "e", "f"]
+    found, changed = done.lookup(["p"] * 6, ids, ["e"] * 6, ["r"] * 6)
+    assert found.tolist() == [True, True, False, False, True, True]
+    assert not changed.any()
+    # another request under the same ids: done keys become "changed" (to do), except the digest-less row, which
+    # stays done whatever its edit asks now
+    found, changed = done.lookup(["p"] * 6, ids, ["e"] * 6, ["r2"] * 6)
+    assert found.tolist() == [False, False, False, False, False, True]
+    assert changed.tolist() == [True, True, False, False, True, False]
+    assert len(scores.read_latest(out)) == 6 and len(scores.read(out, scores.KEY)) == 9
+    empty = scores.done_keys(str(tmp_path / "none"), "m1")
+    assert len(empty) == 0 and empty.lookup(["p"], ["a"], ["e"], ["r"])[0].tolist() == [False]
+
+
+def test_request_digest_covers_what_an_edit_asks_and_nothing_else():
+    from tight_pipeline.data.manifest import Edit, Item, request_digest
+
+    item = Item(1, "sku", "s3://b/a.png", "a mug", (Edit("de", "ein Becher"), Edit("fr", "une tasse", "s3://b/m.png")),
+                metadata={"sku": "1"}, mask_uri="s3://b/item.png")
+    de, fr = item.edits
+    base = item.request_digest(de)
+    assert len(base) == 16 and base == request_digest("s3://b/a.png", "a mug", "ein Becher", "s3://b/item.png", None)
+    assert item.request_digest(fr) == request_digest("s3://b/a.png", "a mug", "une tasse", "s3://b/m.png", None)
+    changed = [dataclasses.replace(item, image_uri="s3://b/b.png"), dataclasses.replace(item, source_prompt="a cup"),
+               dataclasses.replace(item, mask_uri=None), dataclasses.replace(item, edits=(Edit("de", "ein Krug"),)),
+               dataclasses.replace(item, edits=(Edit("de", "ein Becher", region="auto"),))]
+    assert all(c.request_digest(c.edits[0]) != base for c in changed)
+    # ids, row number, preset and metadata are not what the edit asks
+    same = dataclasses.replace(item, row=9, preset="faithful", metadata={})
+    assert same.request_digest(de) == base
+    # fields cannot run into each other
+    assert request_digest("a", "b c", "d", None, None) != request_digest("a", "b", "c d", None, None)
 
 
 def test_dry_run_prints_counts_without_starting_services(tmp_path):
@@ -121,7 +212,7 @@ def test_dry_run_prints_counts_without_starting_services(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "5 items, 1 invalid rows" in proc.stdout
-    assert [line.split() for line in proc.stdout.splitlines() if line.strip().startswith("draft")] == [["draft", "5", "0", "1"]]
+    assert [line.split() for line in proc.stdout.splitlines() if line.strip().startswith("draft")] == [["draft", "5", "0", "0", "1"]]
     assert "invalid: manifest row 6" in proc.stderr and "rival" not in proc.stdout  # no auto item: no rivals
     assert not (tmp_path / "out").exists()  # nothing written, no Ray, no Prefect
 

@@ -74,6 +74,12 @@ class Item:
     metadata: dict[str, Any] = field(default_factory=dict)
     mask_uri: str | None = None  # where the item's edits may change the photo
 
+    def request_digest(self, edit: Edit) -> str:
+        """What ``edit`` asks of this item, as 16 hex digits: ``request_digest`` of its photo URI, source prompt,
+        edit prompt, mask (its own, else the item's) and region."""
+        return request_digest(self.image_uri, self.source_prompt, edit.prompt, edit.mask_uri or self.mask_uri,
+                              edit.region)
+
     def to_json(self) -> str:
         return json.dumps(
             {
@@ -93,6 +99,15 @@ class Item:
         d = json.loads(text)
         return cls(d["row"], d["item_id"], d["image_uri"], d["source_prompt"],
                    tuple(Edit(*e) for e in d["edits"]), d["preset"], d["metadata"], d.get("mask_uri"))
+
+
+def request_digest(image_uri: str, source_prompt: str, prompt: str, mask_uri: str | None, region: str | None) -> str:
+    """16 hex digits (blake2b, the same in every process and version) of everything a manifest says about one
+    edit besides its ids: stored on its rows, so that resume redoes an edit whose prompt, mask, photo URI or region
+    changed under the same ids (``scores.done_keys``). The photo's *bytes* are not in it (a photo replaced at the
+    same URI is not seen by the plan): ``--recheck-photos`` compares those."""
+    text = "\x00".join((image_uri, source_prompt, prompt, mask_uri or "\x01", region or "\x01"))
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,15 @@ rows, and the latest ``finished_at`` wins::
                (PARTITION BY preset_hash, item_id, edit_id ORDER BY finished_at DESC) = 1"
     pandas:  tight_pipeline.data.scores.read_latest("out")   (or pd.read_parquet("out/scores") + sort + drop_duplicates)
 
-Resume is an anti-join on the key columns only (``done_keys``): the driver never loads score columns to plan.
+Resume is an anti-join on the key columns and each edit's ``request_digest`` (``done_keys``: what the manifest asked
+of it, ``Item.request_digest``): the driver never loads score columns to plan.
 """
 
 from __future__ import annotations
 
 import io
 import uuid
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -64,6 +66,9 @@ SCHEMA = pa.schema(
         # where the item ran: the Ray node's id and the GPU ids Ray gave its actor ("" = none)
         ("node_id", pa.string()), ("gpu_ids", pa.string()),
         *REGION_COLUMNS,
+        # what the manifest asked of the edit (Item.request_digest; null on rows written before it was recorded) and
+        # the sha256 of the photo's bytes the worker read (null on error rows before the fetch and on older rows)
+        ("request_digest", pa.string()), ("image_sha256", pa.string()),
     ]
 )
 
@@ -132,29 +137,66 @@ def read_latest(output: str, columns: list[str] | None = None, filter=None) -> p
     return latest(read(output, cols, filter).to_pandas())
 
 
-def key_hashes(preset_hash, item_id, edit_id, count: int = -1) -> np.ndarray:
-    """64-bit hashes of keys (this process only: Python's string hash is salted per process)."""
-    return np.fromiter((hash((p, i, e)) for p, i, e in zip(preset_hash, item_id, edit_id)), dtype=np.int64, count=count)
+def key_hashes(preset_hash, item_id, edit_id, count: int = -1, request=None) -> np.ndarray:
+    """64-bit hashes of keys, or of keys and request digests (``request``) — this process only: Python's string
+    hash is salted per process."""
+    if request is None:
+        return np.fromiter((hash((p, i, e)) for p, i, e in zip(preset_hash, item_id, edit_id)), dtype=np.int64,
+                           count=count)
+    return np.fromiter((hash((p, i, e, r)) for p, i, e, r in zip(preset_hash, item_id, edit_id, request)),
+                       dtype=np.int64, count=count)
 
 
-def done_keys(output: str, digest: str) -> np.ndarray:
-    """Sorted hashes of the keys whose latest row is ok and was made with ``digest`` (spec + weights).
+@dataclass(frozen=True)
+class DoneKeys:
+    """The keys whose latest row is ok and made by the run's model, as sorted 64-bit hashes (``done_keys``).
 
-    Reads four columns; memory ~16 bytes per stored row. PNG existence is checked by the workers."""
-    table = read(output, KEY + ["status", "model_digest", "finished_at"])
+    ``requests``: of (key, request digest) — a row written before digests were recorded counts with ``None``, i.e.
+    done whatever its edit asks now; ``keys``: of the key alone (to tell an edit whose request changed from a new
+    one). Memory: 16 bytes per done key."""
+
+    requests: np.ndarray
+    keys: np.ndarray
+    legacy: bool = False  # some done row has no request digest
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def lookup(self, preset_hash: list, item_id: list, edit_id: list, request: list) -> tuple[np.ndarray, np.ndarray]:
+        """Per edit: (done: its key is done for this very request, changed: its key is done for another request)."""
+        n = len(item_id)
+        if len(self.keys) == 0:
+            return np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+        done = contains(self.requests, key_hashes(preset_hash, item_id, edit_id, n, request))
+        if self.legacy:
+            done |= contains(self.requests, key_hashes(preset_hash, item_id, edit_id, n, [None] * n))
+        changed = ~done & contains(self.keys, key_hashes(preset_hash, item_id, edit_id, n))
+        return done, changed
+
+
+def done_keys(output: str, digest: str) -> DoneKeys:
+    """The keys whose latest row is ok and was made with ``digest`` (spec + weights), with their request digests.
+
+    Reads five columns; memory ~24 bytes per stored row while reading. PNG existence is checked by the workers."""
+    table = read(output, KEY + ["request_digest", "status", "model_digest", "finished_at"])
     if table.num_rows == 0:
-        return np.empty(0, dtype=np.int64)
+        return DoneKeys(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))
     good = pc.and_(pc.equal(table["status"], "ok"), pc.equal(table["model_digest"], digest))
     good = good.fill_null(False).to_numpy(zero_copy_only=False)
-    h = key_hashes(*(table[c].to_pylist() for c in KEY))
+    columns = [table[c].to_pylist() for c in KEY]
+    h = key_hashes(*columns)
     t = np.asarray(table["finished_at"].to_pylist(), dtype=object)
-    del table
     # the latest row of each key decides: order by (key, time), keep each key's last row
     order = np.lexsort((t.astype(str), h))
-    h, good = h[order], good[order]
     last = np.ones(len(h), dtype=bool)
-    last[:-1] = h[1:] != h[:-1]
-    return np.sort(h[last & good])
+    last[:-1] = h[order][1:] != h[order][:-1]
+    keep = np.sort(order[last & good[order]])
+    requests = table["request_digest"].take(keep).to_pylist()
+    del table
+    picked = [[col[k] for k in keep.tolist()] for col in columns]
+    del columns
+    return DoneKeys(np.sort(key_hashes(*picked, count=len(keep), request=requests)), np.sort(h[keep]),
+                    legacy=any(r is None for r in requests))
 
 
 def contains(sorted_hashes: np.ndarray, hashes: np.ndarray) -> np.ndarray:

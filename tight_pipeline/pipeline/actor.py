@@ -11,7 +11,9 @@ error row after ``max_attempts`` starts instead of being retried forever by Ray'
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import logging
 import math
 import os
@@ -190,22 +192,22 @@ class EditorActor:
 
         t_start = time.perf_counter()
         rows: list[dict] = []
-        fetched: list[tuple[Item, Any, list[str], float]] = []
+        fetched: list[tuple[Item, Any, list[str], float, str]] = []
         requests = []
         for item in items:
             t0 = time.perf_counter()
             try:
-                photo = self.fetch(item)
+                photo, sha = self.fetch(item)
                 regions = self.regions(item, photo)
             except Exception as exc:  # noqa: BLE001 - one bad item must never fail the block
                 rows.extend(self.error_rows(item, preset, exc, t0))
                 continue
-            fetched.append((item, photo.image, photo.notes, time.perf_counter() - t0))
+            fetched.append((item, photo.image, photo.notes, time.perf_counter() - t0, sha))
             requests.append(ItemRequest(photo.image, item.source_prompt, [(e.edit_id, e.prompt) for e in item.edits],
                                         regions=regions, pixels=photo.pixels))
         results = strength.run_items(self.engine, requests, preset, self._deadline(time.perf_counter(), len(requests)),
                                      self.rivals) if requests else []
-        for (item, image, notes, fetch_s), request, result in zip(fetched, requests, results):
+        for (item, image, notes, fetch_s, sha), request, result in zip(fetched, requests, results):
             if isinstance(result, BatchError):
                 result = strength.run_items(self.engine, [request], preset, self._deadline(time.perf_counter()),
                                             self.rivals)[0]
@@ -213,12 +215,13 @@ class EditorActor:
                 rows.extend(self.error_rows(item, preset, result, t_start))
                 continue
             try:
-                rows.extend(self.write(item, preset, result, notes, fetch_s, t_start))
+                rows.extend(self.write(item, preset, result, notes, fetch_s, t_start, sha))
             except Exception as exc:  # noqa: BLE001
                 rows.extend(self.error_rows(item, preset, exc, t_start))
         return rows
 
-    def fetch(self, item: Item) -> storage.Photo:
+    def fetch(self, item: Item) -> tuple[storage.Photo, str]:
+        """The decoded photo and the sha256 of its bytes (recorded on the rows and in the item's ``source.json``)."""
         from tight_pipeline.method.items import InputError
 
         storage.check_scheme(item.image_uri, self.allowed)
@@ -226,7 +229,7 @@ class EditorActor:
             data = storage.read_bytes(item.image_uri, self.limits.max_bytes)
         except FileNotFoundError:
             raise InputError(f"image {storage.redact(item.image_uri)} does not exist") from None
-        return storage.decode_photo(data, self.limits)
+        return storage.decode_photo(data, self.limits), hashlib.sha256(data).hexdigest()
 
     def regions(self, item: Item, photo: storage.Photo) -> dict:
         """Each edit's region: its own mask, else the item's (``mask`` unless the edit says ``auto``/``whole``);
@@ -288,9 +291,11 @@ class EditorActor:
             tiles.append((re.sub(r"{[A-Za-z_][A-Za-z0-9_]*}", "", style).strip(" ,"), image))
         return sheets.side_by_side(tiles, tile=256)
 
-    def write(self, item: Item, preset: Preset, result, notes: list[str], fetch_s: float, t_start: float) -> list[dict]:
+    def write(self, item: Item, preset: Preset, result, notes: list[str], fetch_s: float, t_start: float,
+              sha: str) -> list[dict]:
         """Write the item's PNGs (reconstruction last; at the photo's size unless ``output_size`` is ``working``)
-        and return its ok rows."""
+        and ``source.json`` (the photo's sha256 and each edit's request digest: what ``--recheck-photos``
+        compares), and return its ok rows."""
         from PIL import Image
 
         t0 = time.perf_counter()
@@ -316,6 +321,7 @@ class EditorActor:
         if variants:
             storage.write_bytes_atomic(storage.join(folder, "variants.png"),
                                        storage.encode_png(self.variant_sheet(item, preset, result, variants)))
+        storage.write_bytes_atomic(storage.join(folder, SOURCE_FILE), source_record(item, sha))
         # The reconstruction is written last: its presence marks the item's images complete.
         storage.write_bytes_atomic(recon_uri, png(Image.fromarray(result.full_reconstruction) if full
                                                   else result.reconstruction))
@@ -332,8 +338,19 @@ class EditorActor:
             "time_total_s": time.perf_counter() - t_start,
         }
         uris = {"input": input_uri, "reconstruction": recon_uri, "edit": edit_uris, "region": region_uris, "size": sizes}
-        return score_rows.ok_rows(self.base_row(item, preset), item, result, notes, timings, uris, self.worker_columns())
+        return score_rows.ok_rows(self.base_row(item, preset), item, result, notes, timings, uris,
+                                  self.worker_columns(), image_sha256=sha)
 
+
+
+SOURCE_FILE = "source.json"
+
+
+def source_record(item: Item, sha: str) -> bytes:
+    """``<item folder>/source.json``: the photo the outputs were made from (URI, sha256 of its bytes) and what each
+    edit asked (``Item.request_digest``)."""
+    return json.dumps({"item_id": item.item_id, "image_uri": storage.redact(item.image_uri), "image_sha256": sha,
+                       "edits": {e.edit_id: item.request_digest(e) for e in item.edits}}, indent=1).encode()
 
 
 def outputs_exist(output: str, preset_hash: str, item: Item) -> bool:
@@ -343,18 +360,35 @@ def outputs_exist(output: str, preset_hash: str, item: Item) -> bool:
         storage.exists(storage.output_key(output, preset_hash, item.item_id, e.edit_id)) for e in item.edits)
 
 
-class DoneFilter:
-    """A cheap CPU stage before the actors: drops resume candidates whose PNGs all exist (they stay done)."""
+def photo_unchanged(output: str, preset_hash: str, item: Item, max_bytes: int) -> bool:
+    """The photo at the item's URI has the bytes its outputs were made from (``source.json``'s sha256). False when
+    that record is missing (outputs of a version before it: they cannot be checked, so they are redone) or the
+    photo cannot be read (the worker then writes the item's error row)."""
+    try:
+        record = json.loads(storage.read_bytes(storage.join(output, preset_hash, item.item_id, SOURCE_FILE)))
+        data = storage.read_bytes(item.image_uri, max_bytes)
+    except (FileNotFoundError, storage.StorageError, ValueError):
+        return False
+    return record.get("image_sha256") == hashlib.sha256(data).hexdigest()
 
-    def __init__(self, output: str, preset_hashes: dict[str, str]):
+
+class DoneFilter:
+    """A cheap CPU stage before the actors: drops resume candidates whose PNGs all exist (they stay done); with
+    ``recheck_photos``, only those whose photo also has the bytes it had (``photo_unchanged``)."""
+
+    def __init__(self, output: str, preset_hashes: dict[str, str], recheck_photos: bool = False,
+                 max_bytes: int = 0):
         self.output, self.hashes = output, preset_hashes
+        self.recheck_photos, self.max_bytes = recheck_photos, max_bytes or storage.ImageLimits().max_bytes
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         keep_item, keep_cand = [], []
         for text, cand in zip(batch["item"], batch["candidate"]):
             if cand:
                 item = Item.from_json(str(text))
-                if outputs_exist(self.output, self.hashes[item.preset], item):
+                digest = self.hashes[item.preset]
+                if outputs_exist(self.output, digest, item) and (
+                        not self.recheck_photos or photo_unchanged(self.output, digest, item, self.max_bytes)):
                     continue
             keep_item.append(text)
             keep_cand.append(bool(cand))

@@ -53,6 +53,9 @@ class JobConfig:
         lease_ttl_s: a run's claim on its output expires this long after its driver stopped renewing it.
         output_size: ``input``: output PNGs at the photo's own size (after EXIF orientation), each edit composited
             by its region (``method/region.py``); ``working``: the model's working-size images as they came out.
+        recheck_photos: before skipping a done item, read its photo and compare the bytes' sha256 with the one its
+            outputs were made from (``<item>/source.json``): a photo replaced at the same URI is redone. Costs one
+            read per done item (a CPU stage, no model); the plan itself sees prompt, mask, URI and region changes.
     """
 
     manifest: str
@@ -80,6 +83,7 @@ class JobConfig:
     lease_wait_s: float = 0.0
     lease_ttl_s: float = 120.0
     output_size: str = "input"
+    recheck_photos: bool = False
 
     def __post_init__(self):
         if self.output_size not in ("input", "working"):

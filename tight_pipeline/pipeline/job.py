@@ -108,6 +108,10 @@ def run_job(config: JobConfig, progress: Callable[[int, int], None] | None = Non
         log.info("manifest %s: %d items (%d to do, %d resume candidates), %d invalid rows; planned in %.1f s",
                  storage.redact(config.manifest), plan.items, plan.todo_items, plan.candidate_items, plan.invalid_rows,
                  plan.plan_s)
+        if plan.changed_items:
+            log.info("%d items run again: %d of their edits were done before for another request (prompt, mask, "
+                     "photo URI or region changed under the same ids), e.g. %s", plan.changed_items,
+                     plan.changed_edits, ", ".join(plan.changed_sample[:5]))
         counts = {"invalid": plan.invalid_rows} if plan.invalid_rows else {}
         processed = redone_candidate_rows = 0
         if plan.files:
@@ -123,6 +127,9 @@ def run_job(config: JobConfig, progress: Callable[[int, int], None] | None = Non
                             redone_candidate_rows += int(rows)
             finally:
                 storage.remove(storage.join(scores.prefix(config.output), "_plan", config.run_id), recursive=True)
+    if redone_candidate_rows:
+        log.info("%d rows of resume candidates ran again (a PNG of theirs was missing%s)", redone_candidate_rows,
+                 ", or their photo's bytes changed" if config.recheck_photos else "")
     skipped_rows = plan.candidate_rows - redone_candidate_rows + plan.kept_rows
     if skipped_rows:
         counts["ok"] = counts.get("ok", 0) + skipped_rows
@@ -167,7 +174,9 @@ def _run_ray(config: JobConfig, spec: ModelSpec, digest: str, plan: Plan, progre
         # Blocks of one batch each: resume candidates with all PNGs drop out here, and the actors' batches
         # spread over the pool instead of one block per plan file.
         ds = ds.map_batches(_done_filter, fn_kwargs={"output": config.output,
-                                                      "hashes": {n: p.hash for n, p in plan.presets.items()}},
+                                                      "hashes": {n: p.hash for n, p in plan.presets.items()},
+                                                      "recheck_photos": config.recheck_photos,
+                                                      "max_bytes": limits.max_bytes},
                             batch_size=batch, num_cpus=0.1)
         if plan.todo_items == 0:
             # Only resume candidates: check their PNGs before any actor loads a model (a re-run of a finished job
@@ -214,5 +223,5 @@ def _run_ray(config: JobConfig, spec: ModelSpec, digest: str, plan: Plan, progre
         ray.kill(ledger)
 
 
-def _done_filter(batch, output: str, hashes: dict[str, str]):
-    return DoneFilter(output, hashes)(batch)
+def _done_filter(batch, output: str, hashes: dict[str, str], recheck_photos: bool = False, max_bytes: int = 0):
+    return DoneFilter(output, hashes, recheck_photos, max_bytes)(batch)

@@ -1,5 +1,5 @@
 """The plan: the manifest streamed in chunks, each item *to do* or a *resume candidate* (an anti-join of its
-keys against the ``scores/`` key columns), written as Parquet files Ray Data reads; counts for --dry-run."""
+keys and request digests against the ``scores/`` key columns), written as Parquet files Ray Data reads; counts for --dry-run."""
 
 from __future__ import annotations
 
@@ -39,6 +39,11 @@ class Plan:
     todo_items: int = 0
     candidate_items: int = 0  # every edit already ok for this model: skipped if the workers find their PNGs
     candidate_rows: int = 0
+    # to-do items with an edit done before for another request (its prompt, mask, photo URI or region changed under
+    # the same ids): they run again, and their new rows replace the old ones as the latest
+    changed_items: int = 0
+    changed_edits: int = 0
+    changed_sample: list[str] = field(default_factory=list)  # the first 20 such items' ids
     kept_rows: int = 0  # ok rows of partly done variant items, left as they are (only their new variants run)
     by_preset: dict[str, dict[str, int]] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
@@ -55,7 +60,7 @@ class Plan:
                                                         default=0))
 
     def count(self, preset: str, what: str, n: int = 1) -> None:
-        self.by_preset.setdefault(preset, {"todo": 0, "done_before": 0, "invalid": 0})[what] += n
+        self.by_preset.setdefault(preset, {"todo": 0, "done_before": 0, "invalid": 0, "changed": 0})[what] += n
 
 
 # -- the plan ------------------------------------------------------------------------------------------
@@ -98,15 +103,19 @@ def _plan_job(config: JobConfig, default: Preset | None, digest: str | None, wri
                 if preset.auto:
                     run_vocabulary(((item.source_prompt, e.prompt) for e in item.edits), plan.vocabulary)
         # the anti-join, one vectorised lookup per chunk: an item is a resume candidate when all its keys are done
+        # for what its edits ask now (their request digests)
         sizes = np.fromiter((len(item.edits) for item in chunk.items), dtype=np.int64, count=len(chunk.items))
-        hashes = scores.key_hashes((p.hash for p, item in zip(chosen, chunk.items) for _ in item.edits),
-                                   (item.item_id for item in chunk.items for _ in item.edits),
-                                   (e.edit_id for item in chunk.items for e in item.edits), int(sizes.sum()))
-        found = scores.contains(done, hashes)
+        found, changed = done.lookup([p.hash for p, item in zip(chosen, chunk.items) for _ in item.edits],
+                                     [item.item_id for item in chunk.items for _ in item.edits],
+                                     [e.edit_id for item in chunk.items for e in item.edits],
+                                     [item.request_digest(e) for item in chunk.items for e in item.edits])
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]) if len(sizes) else sizes
         candidate = np.minimum.reduceat(found, starts) if len(sizes) and len(found) else np.zeros(len(sizes), bool)
+        redo = np.maximum.reduceat(changed, starts) if len(sizes) and len(changed) else np.zeros(len(sizes), bool)
+        plan.changed_edits += int(changed.sum())
         texts = []
-        for item, preset, cand, n, start in zip(chunk.items, chosen, candidate.tolist(), sizes.tolist(), starts.tolist()):
+        for item, preset, cand, n, start, again in zip(chunk.items, chosen, candidate.tolist(), sizes.tolist(),
+                                                        starts.tolist(), redo.tolist()):
             plan.items += 1
             if cand:
                 plan.candidate_items += 1
@@ -115,6 +124,11 @@ def _plan_job(config: JobConfig, default: Preset | None, digest: str | None, wri
             else:
                 plan.todo_items += 1
                 plan.count(preset.name, "todo")
+                if again:
+                    plan.changed_items += 1
+                    plan.count(preset.name, "changed")
+                    if len(plan.changed_sample) < 20:
+                        plan.changed_sample.append(item.item_id)
             if write:
                 if variants is not None and not cand:
                     # A variant item runs only its variants not done yet (--n raised later adds only those);

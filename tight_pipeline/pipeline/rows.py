@@ -38,18 +38,20 @@ def error_message(item: Item, exc: BaseException) -> str:
 
 def error_rows(base: dict, item: Item, message: str, worker: dict, total_s: float) -> list[dict]:
     """One ``error`` row per edit of ``item``; ``worker``: the worker's and its placement's columns."""
-    return [{**base, **worker, "edit_id": e.edit_id, "edit_prompt": e.prompt, "status": "error", "error": message,
-             "time_total_s": total_s, "finished_at": now()} for e in item.edits]
+    return [{**base, **worker, "edit_id": e.edit_id, "edit_prompt": e.prompt, "request_digest": item.request_digest(e),
+             "status": "error", "error": message, "time_total_s": total_s, "finished_at": now()} for e in item.edits]
 
 
-def ok_rows(base: dict, item: Item, result, notes: list[str], timings: dict, uris: dict, worker: dict) -> list[dict]:
+def ok_rows(base: dict, item: Item, result, notes: list[str], timings: dict, uris: dict, worker: dict,
+            image_sha256: str | None = None) -> list[dict]:
     """One ``ok`` row per edit of ``item``: the item's and the edit's scores (``result``: the engine's
     ``ItemResult``), the phase times, where its images are (``uris``: ``input``, ``reconstruction``, and per edit id
-    ``edit``, ``region`` and ``size``) and the worker's columns."""
+    ``edit``, ``region`` and ``size``), the worker's columns and the sha256 of the photo's bytes."""
     return [
         {
             **base, **result.scores, **result.edit_scores[e.edit_id], **timings, **worker,
-            "edit_id": e.edit_id, "edit_prompt": e.prompt, "status": "ok", "error": None,
+            "edit_id": e.edit_id, "edit_prompt": e.prompt, "request_digest": item.request_digest(e),
+            "image_sha256": image_sha256, "status": "ok", "error": None,
             "warnings": "; ".join(notes + result.warnings) or None,
             "input_uri": uris["input"], "reconstruction_uri": uris["reconstruction"],
             "edit_uri": uris["edit"][e.edit_id], "region_uri": uris["region"].get(e.edit_id),
