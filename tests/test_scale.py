@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -171,6 +172,8 @@ def test_done_keys_follow_the_latest_row_the_model_and_the_request(tmp_path):
     scores.write_part(out, "r2", [row("b", "ok", "m1", "2"), row("c", "error", "m1", "2"), row("e", "ok", "m1", "2")])
     done = scores.done_keys(out, "m1")
     assert len(done) == 4 and done.legacy  # a, b, e, f; f's row predates request digests
+    small = scores.done_keys(out, "m1", block=2)  # hashed in blocks of 2 rows: the same sets
+    assert np.array_equal(small.keys, done.keys) and np.array_equal(small.requests, done.requests)
     ids = ["a", "b", "c", "d", "e", "f"]
     found, changed = done.lookup(["p"] * 6, ids, ["e"] * 6, ["r"] * 6)
     assert found.tolist() == [True, True, False, False, True, True]
