@@ -217,8 +217,8 @@ GPUS_PER_ACTOR = typer.Option(None, help="GPUs per actor (default: 1 for a devic
 BATCH_SIZE = typer.Option(0, help="items per model batch (0 = the model spec's max_batch)")
 ACTOR_WAIT = typer.Option(900.0, help="seconds to wait for the first actors (nodes scaling up, model loading) "
                           "before stopping with an error")
-RECHECK_PHOTOS = typer.Option(False, "--recheck-photos", help="before skipping a done item, read its photo and redo it "
-                              "when its bytes changed (a photo replaced at the same URI); one read per done item")
+RECHECK_PHOTOS = typer.Option(False, "--recheck-photos", help="before skipping a done item, read its photo and masks and "
+                              "redo it when their bytes changed (replaced at the same URI); one read per done item")
 OUTPUT_SIZE = typer.Option("input", "--output-size", help="input: output PNGs at each photo's own size, composited "
                            "by each edit's region; working: the model's working-size images")
 

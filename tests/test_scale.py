@@ -70,6 +70,13 @@ def test_resume_redoes_changed_requests_and_with_recheck_replaced_photos(tmp_pat
     records = _write(folder, 6)
     (folder / "img" / "own.png").write_bytes(image_files()["gray.png"])
     records[5]["image_uri"] = "img/own.png"
+    from PIL import Image
+
+    size = Image.open(folder / "img" / "a.png").size
+    mask = Image.new("L", size, 0)
+    mask.paste(255, (0, 0, size[0] // 2, size[1]))
+    mask.save(folder / "img" / "mask.png")
+    records[2]["mask_uri"] = "img/mask.png"
     manifest = _jsonl(folder / "m.jsonl", records)
     out = tmp_path / "out"
     config = JobConfig(manifest=str(manifest), output=str(out), preset="draft", model="passthrough",
@@ -115,6 +122,14 @@ def test_resume_redoes_changed_requests_and_with_recheck_replaced_photos(tmp_pat
     redone = third.rows[third.rows["run_id"] == third.config.run_id]
     assert sorted(set(redone["item_id"])) == ["sku-00003", "sku-00005"] and set(redone["image_sha256"]) == {new_sha}
     assert json.loads((folder5 / "source.json").read_text())["image_sha256"] == new_sha
+    # a mask replaced at the same URI: seen by --recheck-photos too
+    assert json.loads((out / first.plan.presets["draft"].hash / "sku-00002" / "source.json").read_text())["masks"]
+    mask.paste(255, (0, 0, size[0], size[1] // 2))
+    mask.save(folder / "img" / "mask.png")
+    assert run_job(config).processed_items == 0
+    fourth = run_job(recheck)
+    assert fourth.processed_items == 1
+    assert set(fourth.rows.loc[fourth.rows["run_id"] == fourth.config.run_id, "item_id"]) == {"sku-00002"}
     # outputs without a record of their photo (an older version's) cannot be checked: redone under --recheck-photos
     (out / first.plan.presets["draft"].hash / "sku-00000" / "source.json").unlink()
     assert run_job(recheck).processed_items == 1

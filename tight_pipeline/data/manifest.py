@@ -104,8 +104,8 @@ class Item:
 def request_digest(image_uri: str, source_prompt: str, prompt: str, mask_uri: str | None, region: str | None) -> str:
     """16 hex digits (blake2b, the same in every process and version) of everything a manifest says about one
     edit besides its ids: stored on its rows, so that resume redoes an edit whose prompt, mask, photo URI or region
-    changed under the same ids (``scores.done_keys``). The photo's *bytes* are not in it (a photo replaced at the
-    same URI is not seen by the plan): ``--recheck-photos`` compares those."""
+    changed under the same ids (``scores.done_keys``). The photo's and mask's *bytes* are not in it (a file
+    replaced at the same URI is not seen by the plan): ``--recheck-photos`` compares those."""
     text = "\x00".join((image_uri, source_prompt, prompt, mask_uri or "\x01", region or "\x01"))
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
 

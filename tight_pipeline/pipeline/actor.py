@@ -198,16 +198,16 @@ class EditorActor:
             t0 = time.perf_counter()
             try:
                 photo, sha = self.fetch(item)
-                regions = self.regions(item, photo)
+                regions, mask_shas = self.regions(item, photo)
             except Exception as exc:  # noqa: BLE001 - one bad item must never fail the block
                 rows.extend(self.error_rows(item, preset, exc, t0))
                 continue
-            fetched.append((item, photo.image, photo.notes, time.perf_counter() - t0, sha))
+            fetched.append((item, photo.image, photo.notes, time.perf_counter() - t0, (sha, mask_shas)))
             requests.append(ItemRequest(photo.image, item.source_prompt, [(e.edit_id, e.prompt) for e in item.edits],
                                         regions=regions, pixels=photo.pixels))
         results = strength.run_items(self.engine, requests, preset, self._deadline(time.perf_counter(), len(requests)),
                                      self.rivals) if requests else []
-        for (item, image, notes, fetch_s, sha), request, result in zip(fetched, requests, results):
+        for (item, image, notes, fetch_s, shas), request, result in zip(fetched, requests, results):
             if isinstance(result, BatchError):
                 result = strength.run_items(self.engine, [request], preset, self._deadline(time.perf_counter()),
                                             self.rivals)[0]
@@ -215,7 +215,7 @@ class EditorActor:
                 rows.extend(self.error_rows(item, preset, result, t_start))
                 continue
             try:
-                rows.extend(self.write(item, preset, result, notes, fetch_s, t_start, sha))
+                rows.extend(self.write(item, preset, result, notes, fetch_s, t_start, shas))
             except Exception as exc:  # noqa: BLE001
                 rows.extend(self.error_rows(item, preset, exc, t_start))
         return rows
@@ -231,14 +231,15 @@ class EditorActor:
             raise InputError(f"image {storage.redact(item.image_uri)} does not exist") from None
         return storage.decode_photo(data, self.limits), hashlib.sha256(data).hexdigest()
 
-    def regions(self, item: Item, photo: storage.Photo) -> dict:
+    def regions(self, item: Item, photo: storage.Photo) -> tuple[dict, dict[str, str]]:
         """Each edit's region: its own mask, else the item's (``mask`` unless the edit says ``auto``/``whole``);
         edits without a mask or a region of their own get the preset's (absent from the dict). Masks are read
-        once per URL and must have the photo's upright size."""
+        once per URL and must have the photo's upright size. Also the sha256 of each mask's bytes, by URL."""
         from tight_pipeline.method.region import EditRegion, RegionError
         from tight_pipeline.method.items import InputError
 
         masks: dict[str, Any] = {}
+        shas: dict[str, str] = {}
 
         def mask(uri: str):
             if uri not in masks:
@@ -247,6 +248,7 @@ class EditorActor:
                     data = storage.read_bytes(uri, self.limits.max_bytes)
                 except FileNotFoundError:
                     raise InputError(f"mask {storage.redact(uri)} does not exist") from None
+                shas[uri] = hashlib.sha256(data).hexdigest()
                 masks[uri] = storage.decode_mask(data, photo.image.size, self.limits,
                                                  what=f"mask {storage.redact(uri)}")
             return masks[uri]
@@ -260,7 +262,7 @@ class EditorActor:
                     out[e.edit_id] = EditRegion(mode, mask(uri) if mode == "mask" else None)
         except RegionError as exc:
             raise InputError(str(exc)) from None
-        return out
+        return out, shas
     def error_rows(self, item: Item, preset: Preset, exc: BaseException, t_start: float) -> list[dict]:
         """One error row per edit of ``item``; the message names the item and the cause in one line."""
         message = score_rows.error_message(item, exc)
@@ -292,10 +294,10 @@ class EditorActor:
         return sheets.side_by_side(tiles, tile=256)
 
     def write(self, item: Item, preset: Preset, result, notes: list[str], fetch_s: float, t_start: float,
-              sha: str) -> list[dict]:
+              shas: tuple[str, dict[str, str]]) -> list[dict]:
         """Write the item's PNGs (reconstruction last; at the photo's size unless ``output_size`` is ``working``)
-        and ``source.json`` (the photo's sha256 and each edit's request digest: what ``--recheck-photos``
-        compares), and return its ok rows."""
+        and ``source.json`` (``shas``: the sha256 of the photo's and of each mask's bytes, which
+        ``--recheck-photos`` compares), and return its ok rows."""
         from PIL import Image
 
         t0 = time.perf_counter()
@@ -321,7 +323,7 @@ class EditorActor:
         if variants:
             storage.write_bytes_atomic(storage.join(folder, "variants.png"),
                                        storage.encode_png(self.variant_sheet(item, preset, result, variants)))
-        storage.write_bytes_atomic(storage.join(folder, SOURCE_FILE), source_record(item, sha))
+        storage.write_bytes_atomic(storage.join(folder, SOURCE_FILE), source_record(item, *shas))
         # The reconstruction is written last: its presence marks the item's images complete.
         storage.write_bytes_atomic(recon_uri, png(Image.fromarray(result.full_reconstruction) if full
                                                   else result.reconstruction))
@@ -339,17 +341,18 @@ class EditorActor:
         }
         uris = {"input": input_uri, "reconstruction": recon_uri, "edit": edit_uris, "region": region_uris, "size": sizes}
         return score_rows.ok_rows(self.base_row(item, preset), item, result, notes, timings, uris,
-                                  self.worker_columns(), image_sha256=sha)
+                                  self.worker_columns(), image_sha256=shas[0])
 
 
 
 SOURCE_FILE = "source.json"
 
 
-def source_record(item: Item, sha: str) -> bytes:
-    """``<item folder>/source.json``: the photo the outputs were made from (URI, sha256 of its bytes) and what each
-    edit asked (``Item.request_digest``)."""
+def source_record(item: Item, sha: str, mask_shas: dict[str, str] | None = None) -> bytes:
+    """``<item folder>/source.json``: the photo the outputs were made from (URI, sha256 of its bytes), the masks
+    (sha256 by URI) and what each edit asked (``Item.request_digest``)."""
     return json.dumps({"item_id": item.item_id, "image_uri": storage.redact(item.image_uri), "image_sha256": sha,
+                       "masks": {storage.redact(u): s for u, s in sorted((mask_shas or {}).items())},
                        "edits": {e.edit_id: item.request_digest(e) for e in item.edits}}, indent=1).encode()
 
 
@@ -361,15 +364,23 @@ def outputs_exist(output: str, preset_hash: str, item: Item) -> bool:
 
 
 def photo_unchanged(output: str, preset_hash: str, item: Item, max_bytes: int) -> bool:
-    """The photo at the item's URI has the bytes its outputs were made from (``source.json``'s sha256). False when
-    that record is missing (outputs of a version before it: they cannot be checked, so they are redone) or the
-    photo cannot be read (the worker then writes the item's error row)."""
+    """The photo at the item's URI, and each mask its edits use, have the bytes its outputs were made from
+    (``source.json``'s sha256s). False when that record is missing (outputs of a version before it: they cannot be
+    checked, so they are redone) or a file cannot be read (the worker then writes the item's error row)."""
+    def sha(uri: str) -> str:
+        return hashlib.sha256(storage.read_bytes(uri, max_bytes)).hexdigest()
+
     try:
         record = json.loads(storage.read_bytes(storage.join(output, preset_hash, item.item_id, SOURCE_FILE)))
-        data = storage.read_bytes(item.image_uri, max_bytes)
+        if record.get("image_sha256") != sha(item.image_uri):
+            return False
+        masks = record.get("masks") or {}
+        for uri in {e.mask_uri or item.mask_uri for e in item.edits if e.region in (None, "mask")} - {None}:
+            if masks.get(storage.redact(uri)) != sha(uri):
+                return False
     except (FileNotFoundError, storage.StorageError, ValueError):
         return False
-    return record.get("image_sha256") == hashlib.sha256(data).hexdigest()
+    return True
 
 
 class DoneFilter:

@@ -53,9 +53,10 @@ class JobConfig:
         lease_ttl_s: a run's claim on its output expires this long after its driver stopped renewing it.
         output_size: ``input``: output PNGs at the photo's own size (after EXIF orientation), each edit composited
             by its region (``method/region.py``); ``working``: the model's working-size images as they came out.
-        recheck_photos: before skipping a done item, read its photo and compare the bytes' sha256 with the one its
-            outputs were made from (``<item>/source.json``): a photo replaced at the same URI is redone. Costs one
-            read per done item (a CPU stage, no model); the plan itself sees prompt, mask, URI and region changes.
+        recheck_photos: before skipping a done item, read its photo and masks and compare their sha256 with those its
+            outputs were made from (``<item>/source.json``): a photo or mask replaced at the same URI is redone.
+            Costs one read per done item and mask (a CPU stage, no model); the plan itself sees prompt, mask URI,
+            photo URI and region changes.
     """
 
     manifest: str
