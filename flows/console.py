@@ -98,7 +98,8 @@ def user_errors():
 
 def print_summary(summary: dict) -> None:
     typer.echo("")
-    for key in ("status_ok", "status_error", "status_invalid", "items_processed", "items_skipped_done_before", "wall_s"):
+    for key in ("status_ok", "status_error", "status_invalid", "items_processed", "items_skipped_done_before",
+                "items_changed_request", "wall_s"):
         if key in summary:
             typer.echo(f"  {key:28s} {summary[key]}")
     typer.echo(f"  images          {summary['output']}/<preset-hash>/<item_id>/<edit_id>.png")

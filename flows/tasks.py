@@ -139,6 +139,8 @@ def publish_summary(result: JobResult, links: dict, sheet_uri: str, flow_name: s
         **{f"status_{k}": v for k, v in sorted(result.counts.items())},
         "items_processed": result.processed_items,
         "items_skipped_done_before": result.skipped_items,
+        # items run again because an edit's prompt, mask, photo URI or region changed under the same ids
+        "items_changed_request": result.plan.changed_items,
         "wall_s": round(result.wall_s, 1),
         "failure_rate": round(result.failure_rate, 4),
         "scores": storage.redact(result.scores_uri),

@@ -99,6 +99,18 @@ def test_catalog_localization_on_s3_tracks_everything_and_leaks_nothing(s3, ray_
     # Second run: nothing new to do but the broken row.
     again = catalog_localization(manifest=manifest, output="s3://catalog/out", preset="smoke", model=str(tiny_model_dir))
     assert again["items_processed"] == 1 and again["items_skipped_done_before"] == 3 and again["rows"] == 7
+    assert again["items_changed_request"] == 0
+
+    # Third run: one locale's prompt changed on S3, photos rechecked on S3 (unchanged): that item and the broken one.
+    text = fs.cat("catalog/in/manifest.jsonl").decode()
+    fs.pipe("catalog/in/manifest.jsonl", text.replace("製品写真", "製品写真、冬", 1).encode())
+    third = catalog_localization(manifest=manifest, output="s3://catalog/out", preset="smoke",
+                                 model=str(tiny_model_dir), recheck_photos=True)
+    assert third["items_processed"] == 2 and third["items_changed_request"] == 1 and third["rows"] == 7
+    current = scores_dataset.read_latest("s3://catalog/out").set_index(["item_id", "edit_id"])
+    assert current.loc[("sku-0", "ja-JP"), "edit_prompt"] == "製品写真、冬"
+    record = json.loads(fs.cat(f"catalog/out/{current.loc[('sku-0', 'ja-JP'), 'preset_hash']}/sku-0/source.json"))
+    assert record["image_sha256"] == current.loc[("sku-0", "ja-JP"), "image_sha256"]
 
     # No credential anywhere: MLflow DB and artifacts, Parquet, outputs, Prefect DB.
     secrets = [s3.secret_key.encode(), s3.access_key.encode()]
