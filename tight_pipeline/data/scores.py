@@ -162,8 +162,9 @@ class DoneKeys:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def lookup(self, preset_hash: list, item_id: list, edit_id: list, request: list) -> tuple[np.ndarray, np.ndarray]:
-        """Per edit: (done: its key is done for this very request, changed: its key is done for another request)."""
+    def lookup(self, preset_hash: list, item_id: list, edit_id: list, request) -> tuple[np.ndarray, np.ndarray]:
+        """Per edit: (done: its key is done for this very request, changed: its key is done for another request).
+        ``request``: the edits' request digests, any iterable — read once, and not at all when nothing is done."""
         n = len(item_id)
         if len(self.keys) == 0:
             return np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)

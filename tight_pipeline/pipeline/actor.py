@@ -192,7 +192,7 @@ class EditorActor:
 
         t_start = time.perf_counter()
         rows: list[dict] = []
-        fetched: list[tuple[Item, Any, list[str], float, str]] = []
+        fetched: list[tuple[Item, Any, list[str], float, tuple[str, dict[str, str]]]] = []
         requests = []
         for item in items:
             t0 = time.perf_counter()

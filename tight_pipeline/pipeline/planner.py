@@ -108,7 +108,7 @@ def _plan_job(config: JobConfig, default: Preset | None, digest: str | None, wri
         found, changed = done.lookup([p.hash for p, item in zip(chosen, chunk.items) for _ in item.edits],
                                      [item.item_id for item in chunk.items for _ in item.edits],
                                      [e.edit_id for item in chunk.items for e in item.edits],
-                                     [item.request_digest(e) for item in chunk.items for e in item.edits])
+                                     (item.request_digest(e) for item in chunk.items for e in item.edits))
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]) if len(sizes) else sizes
         candidate = np.minimum.reduceat(found, starts) if len(sizes) and len(found) else np.zeros(len(sizes), bool)
         redo = np.maximum.reduceat(changed, starts) if len(sizes) and len(changed) else np.zeros(len(sizes), bool)
