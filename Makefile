@@ -21,12 +21,13 @@ $(STAMP): pyproject.toml requirements.lock
 demo: $(STAMP)
 	$(VENV)/bin/tight-pipeline demo
 
-# Everything but the fault drills (about 11 minutes on 2 cores); CI runs this, then `make drills`.
+# Everything but the drills (8-9 minutes from a clean clone on 2 cores); CI runs this, then `make drills`.
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not drill" --durations=15
 
-# Fault drills and the browser check: a killed driver, a killed actor, an S3 restart mid-run, a separately started
-# Ray cluster, the Prefect/MLflow UIs in Chromium (minutes each; CI runs them after `make test`).
+# Fault, deployment and browser drills: a killed driver, a killed actor, an S3 restart mid-run, a separately started
+# Ray cluster, the image's install, the topology, the GPU lease script on CPU, the Prefect/MLflow UIs in Chromium
+# (up to minutes each; CI runs them after `make test`).
 drills: $(STAMP)
 	$(PY) -m pytest -q -m drill --durations=10
 

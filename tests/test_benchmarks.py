@@ -69,6 +69,7 @@ def test_bench_gpu_builds_the_flux_architecture_in_memory_and_times_it(tmp_path)
 
 
 @pytest.mark.slow
+@pytest.mark.drill  # a deployment drill (the script a lent GPU runs), ~45 s: `make drills`, not `make test`
 def test_gpu_check_script_runs_every_bench_section_on_cpu(tmp_path):
     """The one script a scarce GPU lease runs, run on CPU with the tiny models (BENCH_EXTRA), so that a lease is never
     spent on a script error; and every preset its default cases name exists."""
