@@ -80,6 +80,12 @@ class Item:
         return request_digest(self.image_uri, self.source_prompt, edit.prompt, edit.mask_uri or self.mask_uri,
                               edit.region)
 
+    def mask_for(self, edit: Edit) -> str | None:
+        """The mask ``edit`` reads: its own, else the item's, when its region is a mask (given, or by default when
+        there is a mask); None for ``auto`` / ``whole`` and for edits without a mask."""
+        uri = edit.mask_uri or self.mask_uri
+        return uri if (edit.region or "mask") == "mask" else None
+
     def to_json(self) -> str:
         return json.dumps(
             {

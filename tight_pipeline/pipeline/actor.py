@@ -256,10 +256,10 @@ class EditorActor:
         out = {}
         try:
             for e in item.edits:
-                uri = e.mask_uri or item.mask_uri
+                uri = item.mask_for(e)
                 mode = e.region or ("mask" if uri else None)
                 if mode is not None:
-                    out[e.edit_id] = EditRegion(mode, mask(uri) if mode == "mask" else None)
+                    out[e.edit_id] = EditRegion(mode, mask(uri) if uri else None)
         except RegionError as exc:
             raise InputError(str(exc)) from None
         return out, shas
@@ -375,7 +375,7 @@ def photo_unchanged(output: str, preset_hash: str, item: Item, max_bytes: int) -
         if record.get("image_sha256") != sha(item.image_uri):
             return False
         masks = record.get("masks") or {}
-        for uri in {e.mask_uri or item.mask_uri for e in item.edits if e.region in (None, "mask")} - {None}:
+        for uri in {item.mask_for(e) for e in item.edits} - {None}:
             if masks.get(storage.redact(uri)) != sha(uri):
                 return False
     except (FileNotFoundError, storage.StorageError, ValueError):
@@ -397,9 +397,9 @@ class DoneFilter:
         for text, cand in zip(batch["item"], batch["candidate"]):
             if cand:
                 item = Item.from_json(str(text))
-                digest = self.hashes[item.preset]
-                if outputs_exist(self.output, digest, item) and (
-                        not self.recheck_photos or photo_unchanged(self.output, digest, item, self.max_bytes)):
+                preset_hash = self.hashes[item.preset]
+                if outputs_exist(self.output, preset_hash, item) and (
+                        not self.recheck_photos or photo_unchanged(self.output, preset_hash, item, self.max_bytes)):
                     continue
             keep_item.append(text)
             keep_cand.append(bool(cand))
