@@ -103,7 +103,7 @@ def run_job(config: JobConfig, progress: Callable[[int, int], None] | None = Non
     check_compute(config)
     digest = resolve_digest(config, spec)
     # Two live runs on one output never process the same items: the second waits lease_wait_s, then stops.
-    with RunLease(config.output, config.run_id, ttl_s=config.lease_ttl_s, wait_s=config.lease_wait_s):
+    with RunLease(config.output, config.run_id, ttl_s=config.lease_ttl_s, wait_s=config.lease_wait_s) as lease:
         plan = plan_job(config, default, digest, write=True)
         log.info("manifest %s: %d items (%d to do, %d resume candidates), %d invalid rows; planned in %.1f s",
                  storage.redact(config.manifest), plan.items, plan.todo_items, plan.candidate_items, plan.invalid_rows,
@@ -117,6 +117,7 @@ def run_job(config: JobConfig, progress: Callable[[int, int], None] | None = Non
         if plan.files:
             try:
                 for summary in _run_ray(config, spec, digest, plan, progress):
+                    lease.check()  # taken over by another run: stop scheduling work (closing the stream stops it)
                     processed += len(summary["item_id"])
                     for ok, err, rows, cand in zip(summary["ok"], summary["error"], summary["rows"],
                                                    summary["candidate"]):
