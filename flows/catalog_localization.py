@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from prefect import flow
+from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
 from flows.tasks import (edit_items, flow_timeout_s, open_tracking, publish_summary, track_run, validate_manifest,
@@ -16,7 +17,7 @@ from flows.tasks import (edit_items, flow_timeout_s, open_tracking, publish_summ
 from tight_pipeline.reporting import tracking
 from tight_pipeline.method.specs import resolve_model_spec
 from tight_pipeline.pipeline.config import JobConfig, default_preset
-from tight_pipeline.pipeline.cluster import check_compute
+from tight_pipeline.pipeline.cluster import check_compute, ray_mode
 
 
 @flow(name="catalog-localization", log_prints=True, timeout_seconds=flow_timeout_s())
@@ -52,8 +53,14 @@ def catalog_localization(
 def run_tracked(config: JobConfig, flow_label: str) -> dict:
     """Validate, open the MLflow run, edit, sheet, track, summarise: the body every catalog-style flow shares.
     The MLflow run spans the job and ends FAILED (with the error) when the job raises."""
-    check_compute(config)  # impossible pool settings fail in one line before any work
-    validate_manifest(config)
+    check_compute(config)  # impossible pool settings and unusable Ray addresses fail in one line before any work
+    if ray_mode() == "submit":
+        # The job plans (validates) the manifest on the cluster, where the weights' digest is, before any actor
+        # starts; its plan's lines come to this flow run's logs.
+        get_run_logger().info("submitting to Ray's job API at %s: the job validates and plans the manifest there",
+                              os.environ["RAY_ADDRESS"])
+    else:
+        validate_manifest(config)
     tags = {"prefect_flow_run_id": str(flow_run.id)}
     if os.environ.get("PREFECT_API_URL") and flow_run.ui_url:
         tags["prefect_flow_run_url"] = flow_run.ui_url  # a temporary server's URL would be dead after the run

@@ -269,6 +269,32 @@ def run(
     fail_over_limit(summary, max_failure_rate)
 
 
+@command("run-job", hidden=True)
+def run_job_cmd(config: str = typer.Option(..., "--config", help="the run's JobConfig as JSON (written by the submitter)")):
+    """The driver of a submitted run (tight_pipeline/pipeline/submit.py): runs the job on this Ray node, prints its
+    progress, writes its result to <output>/runs/<run_id>/job_result.json. Not for people: `run` submits it."""
+    prepare_env()
+    import time as _time
+
+    from tight_pipeline.data import storage
+    from tight_pipeline.pipeline.job import run_job
+    from tight_pipeline.pipeline.submit import config_from_json, result_to_json, result_url
+
+    job_config = config_from_json(config)
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        if done == total or _time.monotonic() - last[0] >= 2.0:  # the submitter parses these lines
+            typer.echo(f"tight-pipeline progress: {done}/{total} items")
+            last[0] = _time.monotonic()
+
+    result = run_job(job_config, progress=progress)
+    storage.write_bytes_atomic(result_url(job_config), result_to_json(result).encode())
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items()))
+    typer.echo(f"run {job_config.run_id}: {counts}; {result.processed_items} items processed, "
+               f"{result.skipped_items} done before, {result.wall_s:.0f} s")
+
+
 @command()
 def variants(
     manifest: str = typer.Option(..., help="manifest URL (items need item_id, image_uri, source_prompt; edits are "

@@ -85,6 +85,7 @@ def user_errors():
     from tight_pipeline.method.items import InputError
     from tight_pipeline.pipeline.cluster import ClusterError, ComputeSettingError
     from tight_pipeline.pipeline.lease import RunLeaseHeld, RunLeaseLost
+    from tight_pipeline.pipeline.submit import RemoteJobFailed
     from tight_pipeline.data.manifest import ManifestError
     from tight_pipeline.method.presets import PresetError
     from tight_pipeline.data.storage import ImageDecodeError, StorageError
@@ -93,7 +94,7 @@ def user_errors():
     from tight_pipeline.data.piebench import BenchError
 
     return (ModelError, InputError, ManifestError, PresetError, ImageDecodeError, StorageError, FileNotFoundError,
-            VariantError, ClusterError, ComputeSettingError, RunLeaseHeld, RunLeaseLost, RegionError, UsageError, BenchError)
+            VariantError, ClusterError, ComputeSettingError, RunLeaseHeld, RunLeaseLost, RemoteJobFailed, RegionError, UsageError, BenchError)
 
 
 def print_summary(summary: dict) -> None:

@@ -17,8 +17,9 @@ from tight_pipeline.data import scores, storage
 
 from tight_pipeline.reporting import tracking
 from tight_pipeline.pipeline.config import JobConfig
-from tight_pipeline.pipeline.job import JobResult, run_job
+from tight_pipeline.pipeline.job import JobResult
 from tight_pipeline.pipeline.planner import plan_job
+from tight_pipeline.pipeline.submit import run_anywhere
 
 IO_RETRIES = dict(retries=3, retry_delay_seconds=[2, 10, 30])
 
@@ -74,7 +75,10 @@ def edit_items(config: JobConfig, flow_name: str = "tight-pipeline") -> JobResul
             last[0] = pct
 
     try:
-        result = run_job(config, progress=progress)
+        # Here, or as a Ray Job when RAY_ADDRESS is the job API (this host is not a Ray node): its log lines come here.
+        logger = get_run_logger()
+        result = run_anywhere(config, progress=progress, log_line=lambda line: logger.info("[ray job] %s", line),
+                              metadata={"prefect_flow": flow_name})
     finally:
         bar.close()
     update_progress_artifact(progress_id, progress=100.0)

@@ -19,7 +19,7 @@ from flows.tasks import IO_RETRIES, flow_timeout_s
 from tight_pipeline.reporting import plots, tracking
 from tight_pipeline.data import storage
 from tight_pipeline.pipeline.config import JobConfig
-from tight_pipeline.pipeline.job import run_job
+from tight_pipeline.pipeline.submit import run_anywhere
 from tight_pipeline.data.manifest import read_manifest
 
 
@@ -39,7 +39,7 @@ def write_sample(manifest: str, output: str, sample: int, presets: list[str]) ->
 @task(name="run-sweep")
 def run_sweep(manifest: str, output: str, presets: list[str], model: str | None) -> list[dict]:
     """One job over the sweep manifest; one point (means over its items) per preset."""
-    result = run_job(JobConfig(manifest=manifest, output=output, preset=presets[0], model=model))
+    result = run_anywhere(JobConfig(manifest=manifest, output=output, preset=presets[0], model=model))
     points = []
     for preset in presets:
         rows = result.rows[result.rows["preset"] == preset]

@@ -73,17 +73,83 @@ def inside_ray_job() -> bool:
 WORKER_ENV = ("HF_HUB_OFFLINE", "AWS_ENDPOINT_URL", "TIGHT_PIPELINE_CONFIGS")
 
 
-def check_ray_address() -> None:
-    """Raise ``ClusterError`` for a ``RAY_ADDRESS`` the job cannot use.
+# What a submitted job's runtime env carries from the submitter: offline hub and configs, never credentials (the head
+# and the workers have their own, from the cluster's secrets).
+SUBMIT_ENV = ("HF_HUB_OFFLINE", "TIGHT_PIPELINE_CONFIGS")
 
-    Measured (Ray 2.60): Ray Data's executor fails over Ray Client ("'Worker' object has no attribute 'core_worker'")
-    after the plan is written; say so before any work, with the two paths that work."""
-    address = os.environ.get("RAY_ADDRESS", "")
-    if address.startswith("ray://") and not inside_ray_job():
-        raise ClusterError(f"RAY_ADDRESS={address}: Ray Data jobs do not run over Ray Client (ray://); use the head's "
-                           "GCS address (e.g. tight-pipeline-head-svc:6379: this process joins the cluster as a driver) "
-                           "or submit the run as a Ray Job (ray job submit --address http://HEAD:8265 -- tight-pipeline "
-                           "run ...)")
+
+def ray_mode() -> str:
+    """How this process uses Ray, from ``RAY_ADDRESS``: ``embedded`` (unset: a loopback single-node Ray of its own),
+    ``submit`` (``http(s)://HEAD:8265``, the job API: the run goes to the cluster as a Ray Job, from any host),
+    ``driver`` (a GCS address, or inside a Ray Job: this process joins the cluster, so it must be on a Ray node)."""
+    if inside_ray_job():
+        return "driver"
+    address = os.environ.get("RAY_ADDRESS", "").strip()
+    if not address:
+        return "embedded"
+    if address.startswith(("http://", "https://")):
+        return "submit"
+    return "driver"
+
+
+def job_api_address() -> str:
+    address = os.environ.get("RAY_ADDRESS", "").strip()
+    if not address.startswith(("http://", "https://")):
+        raise ClusterError(f"RAY_ADDRESS={address or '(unset)'} is not Ray's job API (http://HEAD:8265)")
+    return address
+
+
+def local_raylet_sockets() -> list[str]:
+    """The raylet sockets this process can open: Ray's driver looks up a raylet *process* on this host and talks to it
+    through its Unix socket, and aborts the interpreter when it cannot (a host that is not a Ray node)."""
+    import socket as _socket
+
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            cmd = proc.info["cmdline"] or []
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if not cmd or not os.path.basename(cmd[0]).startswith("raylet"):
+            continue
+        for arg in cmd:
+            if arg.startswith("--raylet_socket_name="):
+                path = arg.split("=", 1)[1]
+                probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+                probe.settimeout(2)
+                try:
+                    probe.connect(path)
+                    found.append(path)
+                except OSError:
+                    pass  # a raylet of another host (another mount namespace), or a dead socket file
+                finally:
+                    probe.close()
+    return found
+
+
+def check_ray_address() -> None:
+    """Raise ``ClusterError`` for a ``RAY_ADDRESS`` this process cannot use, in one line saying which one to use.
+
+    Measured (Ray 2.60): Ray Data's executor fails over Ray Client ("'Worker' object has no attribute
+    'core_worker'") after the plan is written; a driver joining by the GCS address from a host without a raylet
+    aborts the interpreter ("Failed to connect to socket ... raylet"). Both are refused here, before any work."""
+    address = os.environ.get("RAY_ADDRESS", "").strip()
+    if inside_ray_job() or not address:
+        return
+    submit_hint = (f"set RAY_ADDRESS to the head's job API (e.g. http://{_host_of(address)}:8265): the run is then "
+                   "submitted as a Ray Job and its driver runs on the head")
+    if address.startswith("ray://"):
+        raise ClusterError(f"RAY_ADDRESS={address}: Ray Data jobs do not run over Ray Client (ray://); "
+                           f"{submit_hint}, or use the GCS address (HEAD:6379) from a process on a Ray node")
+    if ray_mode() == "driver" and not local_raylet_sockets():
+        raise ClusterError(f"RAY_ADDRESS={address} is the cluster's GCS address, which only a process on a Ray node "
+                           f"can use (a driver needs a raylet on its own host, and this host has none); {submit_hint}")
+
+
+def _host_of(address: str) -> str:
+    return address.split("://")[-1].rsplit(":", 1)[0] or "HEAD"
 
 
 def connect_ray(num_cpus: int | None = None):
@@ -107,6 +173,9 @@ def connect_ray(num_cpus: int | None = None):
         # enabled ... Set RAY_AUTH_MODE=disabled to opt out"): the protection stays, the notice is not for our users.
         # (Setting RAY_AUTH_MODE here instead breaks a process that imported ray before: its client sends no token.)
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    if ray_mode() == "submit":
+        raise ClusterError(f"RAY_ADDRESS={address} is the job API: this process submits Ray Jobs and joins no cluster "
+                           "(tight_pipeline.pipeline.submit)")
     import ray
 
     if ray.is_initialized():
