@@ -169,11 +169,15 @@ def _ensure_default_model(ref: str | None, spec) -> None:
 
 @command()
 def deploy(serve: bool = typer.Option(False, "--serve", help="register without a work pool and run the flows from "
-                                      "this process when due (blocks)")):
+                                      "this process when due (blocks)"),
+           pool_type: str = typer.Option("process", "--pool-type", help="the work pool's type when it does not exist "
+                                         "yet: process (a worker process runs each flow run) or kubernetes (a pod "
+                                         "per flow run, from infra/prefect/k8s-base-job-template.json)")):
     """Register the scheduled flows of infra/prefect/prefect.yaml (nightly localization, weekly variants, monthly
     trade-off) with the Prefect server at PREFECT_API_URL: work pool, schedules, concurrency limit 1, parameters.
     Site values are the file's {{ $TP_* }} placeholders, from the environment or the file's site_defaults. A worker
-    of the pool runs them: prefect worker start --pool tight-pipeline-pool (docs/deploy.md)."""
+    of the pool runs them: prefect worker start --pool tight-pipeline-pool, or the Deployment of
+    infra/k8s/prefect-worker.yaml for --pool-type kubernetes (docs/deploy.md)."""
     prepare_env()
     from prefect.settings import PREFECT_API_URL
 
@@ -190,7 +194,7 @@ def deploy(serve: bool = typer.Option(False, "--serve", help="register without a
             registered = [{"flow": d.flow_name, "name": d.name, "cron": ", ".join(c for c, _ in x.crons), "pool": "-",
                            "id": "served here"} for d, x in zip(deployments, definitions)]
         else:
-            registered = register(definitions)
+            registered = register(definitions, pool_type=pool_type)
         for d in registered:
             typer.echo(f"  {d['flow']}/{d['name']:24s} cron {d['cron']:12s} pool {d['pool']:22s} id {d['id']}")
     except DeploymentFileError as exc:

@@ -2,6 +2,7 @@
 the same file, so the two ways of registering them cannot disagree).
 
     tight-pipeline deploy                  # register them with the Prefect server at PREFECT_API_URL
+    tight-pipeline deploy --pool-type kubernetes   # ... on a Kubernetes work pool (infra/prefect/k8s-base-job-template.json)
     tight-pipeline deploy --serve          # register them without a work pool and run them from this process
 
 Site values are ``{{ $TP_* }}`` placeholders resolved from the environment, as ``prefect deploy`` resolves them
@@ -41,10 +42,34 @@ class Definition:
     description: str
 
 
+POOL_TYPES = ("process", "kubernetes")
+IMAGE_CODE_DIR = Path("/opt/tight-pipeline")  # where the image keeps infra/prefect (infra/docker/Dockerfile)
+
+
 def prefect_file() -> Path:
-    """``$TP_PREFECT_FILE``, else ``infra/prefect/prefect.yaml`` of this checkout (the image keeps one at
-    /opt/tight-pipeline/infra/prefect)."""
-    return Path(os.environ.get("TP_PREFECT_FILE") or ROOT / "infra" / "prefect" / "prefect.yaml")
+    """``$TP_PREFECT_FILE``; else the first ``infra/prefect/prefect.yaml`` of: this checkout, the working directory,
+    ``$TP_CODE_DIR``, the image's /opt/tight-pipeline (an installed wheel keeps no infra/ beside its code)."""
+    if os.environ.get("TP_PREFECT_FILE"):
+        return Path(os.environ["TP_PREFECT_FILE"])
+    roots = [ROOT, Path.cwd()] + ([Path(os.environ["TP_CODE_DIR"])] if os.environ.get("TP_CODE_DIR") else []) + \
+        [IMAGE_CODE_DIR]
+    candidates = [r / "infra" / "prefect" / "prefect.yaml" for r in roots]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise DeploymentFileError("no prefect.yaml in " + ", ".join(str(c.parent) for c in candidates)
+                              + " (set TP_PREFECT_FILE)")
+
+
+def base_job_template(path: Path | None = None) -> dict:
+    """The Kubernetes work pool's base job template, kept beside prefect.yaml."""
+    import json
+
+    path = path or prefect_file().parent / "k8s-base-job-template.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DeploymentFileError(f"{path} does not exist: a kubernetes pool needs its base job template") from None
 
 
 def site_values(raw: dict, env: dict | None = None) -> dict[str, str]:
@@ -130,25 +155,36 @@ def load_flow(definition: Definition, code_dir: Path = ROOT):
     return flow
 
 
-def register(definitions: list[Definition] | None = None, create_pool: bool = True) -> list[dict]:
+def register(definitions: list[Definition] | None = None, create_pool: bool = True,
+             pool_type: str = "process") -> list[dict]:
     """Create or update each deployment at the Prefect server (PREFECT_API_URL), on its work pool, with its
-    schedules, concurrency limit and pull steps; a missing work pool is created as a ``process`` pool.
-    Returns flow, name, id, cron and pool of each."""
+    schedules, concurrency limit and pull steps. A missing work pool is created as ``pool_type`` (``kubernetes``:
+    with the base job template beside prefect.yaml); an existing pool of another type is an error, not a
+    silent mismatch. Returns flow, name, id, cron and pool of each."""
     from prefect import get_client
     from prefect.client.schemas.actions import DeploymentScheduleCreate, WorkPoolCreate
     from prefect.client.schemas.schedules import CronSchedule
     from prefect.exceptions import ObjectNotFound
     from prefect.utilities.callables import parameter_schema
 
+    if pool_type not in POOL_TYPES:
+        raise DeploymentFileError(f"pool type {pool_type!r}: use one of {', '.join(POOL_TYPES)}")
+    template = base_job_template() if pool_type == "kubernetes" and create_pool else None
     out = []
     with get_client(sync_client=True) as client:
         for d in definitions or load():
             flow = load_flow(d)
             if d.work_pool and create_pool:
                 try:
-                    client.read_work_pool(d.work_pool)
+                    pool = client.read_work_pool(d.work_pool)
                 except ObjectNotFound:
-                    client.create_work_pool(WorkPoolCreate(name=d.work_pool, type="process"))
+                    client.create_work_pool(WorkPoolCreate(name=d.work_pool, type=pool_type,
+                                                           **({"base_job_template": template} if template else {})))
+                else:
+                    if pool.type != pool_type:
+                        raise DeploymentFileError(
+                            f"work pool {d.work_pool!r} is a {pool.type} pool, not {pool_type}: deploy with "
+                            f"--pool-type {pool.type}, or name another pool with TP_WORK_POOL")
             flow_id = client.create_flow_from_name(flow.name)
             deployment_id = client.create_deployment(
                 flow_id=flow_id, name=d.name, entrypoint=d.entrypoint, parameters=d.parameters,

@@ -201,7 +201,8 @@ def test_deploy_registers_the_three_scheduled_flows(prefect_harness):
     nightly = found["nightly-localization"]
     assert nightly.work_pool_name == "tight-pipeline-pool" and nightly.entrypoint.startswith("flows/")
     assert nightly.global_concurrency_limit is not None and nightly.global_concurrency_limit.limit == 1
-    assert nightly.job_variables["env"]["RAY_ADDRESS"] == "tight-pipeline-head-svc:6379"
+    # The job API, fully qualified: a flow run in another namespace (the kubernetes pool's) resolves it too.
+    assert nightly.job_variables["env"]["RAY_ADDRESS"] == "http://tight-pipeline-head-svc.tight-pipeline.svc:8265"
 
 
 def test_deploy_without_a_server_says_what_to_start(tmp_path):

@@ -32,7 +32,8 @@ project() {
     cp -r "$root/pyproject.toml" "$root/README.md" "$root/tight_pipeline" "$root/flows" "$src/"
     "${pip[@]}" wheel -q --no-deps -w "$wheels" "$src"
     # The wheel with its dependencies, held to the lock file (torch too: never replaced by another build).
-    "${pip[@]}" install -q -c "$root/requirements.lock" "$wheels"/tight_pipeline-*.whl
+    # [worker]: prefect-kubernetes, so the same image runs a Kubernetes work pool's worker (infra/k8s/prefect-worker.yaml).
+    "${pip[@]}" install -q -c "$root/requirements.lock" "$(ls "$wheels"/tight_pipeline-*.whl)[worker]"
     rm -rf "$wheels" "$src"
 }
 

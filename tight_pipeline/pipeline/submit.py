@@ -101,7 +101,14 @@ def result_from_json(text: str) -> JobResult:
 
 
 # -- submit and follow ----------------------------------------------------------------------------------------
+MOUNTED_TOKEN = "/var/run/secrets/ray/auth_token"  # where the Kubernetes pool's pods get the Ray token Secret
+
+
 def client(address: str | None = None):
+    """Ray's job client for ``address``, presenting the Ray token when there is one: RAY_AUTH_TOKEN, the file at
+    RAY_AUTH_TOKEN_PATH, the Secret the Kubernetes work pool mounts (MOUNTED_TOKEN), or ~/.ray/auth_token."""
+    if not os.environ.get("RAY_AUTH_TOKEN") and not os.environ.get("RAY_AUTH_TOKEN_PATH") and os.path.isfile(MOUNTED_TOKEN):
+        os.environ["RAY_AUTH_TOKEN_PATH"] = MOUNTED_TOKEN
     token_file = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
     if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or os.path.exists(token_file)):
         os.environ["RAY_AUTH_MODE"] = "token"  # a cluster started with a token refuses requests without it
