@@ -251,7 +251,7 @@ def run(
     """Run the catalog-localization flow over a manifest (a file, or a prefix ending in / of many files)."""
     prepare_env()
     from tight_pipeline.method.specs import resolve_model_spec
-    from tight_pipeline.pipeline.cluster import check_ray_address
+    from tight_pipeline.pipeline.submit import check_cluster
 
     spec = resolve_model_spec(model)
     if not dry_run:
@@ -261,7 +261,7 @@ def run(
         fail(f"--output-size {output_size!r} must be input or working")
     if dry_run:
         return print_plan(manifest, output, preset, model)
-    check_ray_address()
+    check_cluster()
     from flows.catalog_localization import catalog_localization
 
     summary = run_flow(catalog_localization, manifest=manifest, output=output, preset=preset, model=model,
@@ -323,7 +323,7 @@ def variants(
     variants; a larger --n adds only the new ones. Writes <item>/variants.png (input + variants) per item."""
     prepare_env()
     from tight_pipeline.method.specs import resolve_model_spec
-    from tight_pipeline.pipeline.cluster import check_ray_address
+    from tight_pipeline.pipeline.submit import check_cluster
     from tight_pipeline.data.variants import VariantRequest, load_style_set
 
     spec = resolve_model_spec(model)
@@ -334,7 +334,7 @@ def variants(
     preset = _default_preset(preset, spec)
     if dry_run:
         return print_plan(manifest, output, preset, model, n, styles)
-    check_ray_address()
+    check_cluster()
     from flows.variant_generation import variant_generation
 
     typer.echo(f"{n} variants per item from style set {style_set.name!r} ({style_set.hash}): "

@@ -8,6 +8,7 @@ import sys
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.logging import get_run_logger
+from prefect.runtime import flow_run
 
 import pandas as pd
 from tqdm import tqdm
@@ -78,7 +79,7 @@ def edit_items(config: JobConfig, flow_name: str = "tight-pipeline") -> JobResul
         # Here, or as a Ray Job when RAY_ADDRESS is the job API (this host is not a Ray node): its log lines come here.
         logger = get_run_logger()
         result = run_anywhere(config, progress=progress, log_line=lambda line: logger.info("[ray job] %s", line),
-                              metadata={"prefect_flow": flow_name})
+                              metadata={"prefect_flow": flow_name, "prefect_flow_run_id": str(flow_run.id or "")})
     finally:
         bar.close()
     update_progress_artifact(progress_id, progress=100.0)

@@ -108,10 +108,14 @@ class SeaweedS3:
     secret_key: str = field(default_factory=lambda: secrets.token_hex(20))
     port: int = 0
     proc: subprocess.Popen | None = None
+    # Another host (infra/local/netns.py): its address, the command prefix that runs a process there, and fixed
+    # ports (the address is the host's own, so nothing else can hold them).
+    host: str = HOST
+    launcher: tuple[str, ...] = ()
 
     @property
     def endpoint(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def env(self) -> dict[str, str]:
         return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": self.access_key,
@@ -125,11 +129,13 @@ class SeaweedS3:
             {"accessKey": self.access_key, "secretKey": self.secret_key}],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
         config.chmod(0o600)
-        self.port = self.port or free_port()
-        ports = {name: free_port() for name in (
-            "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
-            "s3.port.grpc", "admin.port", "admin.port.grpc", "s3.port.iceberg", "s3.port.lance")}
-        args = [_bin("weed"), "mini", f"-dir={self.root / 'data'}", f"-ip={HOST}", f"-ip.bind={HOST}",
+        own_host = self.host != HOST
+        self.port = self.port or (8333 if own_host else free_port())
+        names = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
+                 "s3.port.grpc", "admin.port", "admin.port.grpc", "s3.port.iceberg", "s3.port.lance")
+        ports = {name: (21000 + i if own_host else free_port()) for i, name in enumerate(names)}
+        args = [*self.launcher, _bin("weed"), "mini", f"-dir={self.root / 'data'}", f"-ip={self.host}",
+                f"-ip.bind={self.host}",
                 f"-s3.port={self.port}", f"-s3.config={config}", "-webdav=false", "-admin.ui=false"]
         args += [f"-{k}={v}" for k, v in ports.items()]
         log = open(self.root / "weed.log", "ab")

@@ -32,7 +32,7 @@ from typing import Callable
 from tight_pipeline.data import storage
 from tight_pipeline.method.presets import load_preset
 from tight_pipeline.method.specs import ModelSpec
-from tight_pipeline.pipeline.cluster import SUBMIT_ENV, ClusterError, job_api_address
+from tight_pipeline.pipeline.cluster import SUBMIT_ENV, ClusterError, check_ray_address, job_api_address, ray_mode
 from tight_pipeline.pipeline.config import JobConfig
 from tight_pipeline.pipeline.job import JobResult
 from tight_pipeline.pipeline.planner import Plan
@@ -109,9 +109,12 @@ def client(address: str | None = None):
     RAY_AUTH_TOKEN_PATH, the Secret the Kubernetes work pool mounts (MOUNTED_TOKEN), or ~/.ray/auth_token."""
     if not os.environ.get("RAY_AUTH_TOKEN") and not os.environ.get("RAY_AUTH_TOKEN_PATH") and os.path.isfile(MOUNTED_TOKEN):
         os.environ["RAY_AUTH_TOKEN_PATH"] = MOUNTED_TOKEN
-    token_file = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
-    if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or os.path.exists(token_file)):
-        os.environ["RAY_AUTH_MODE"] = "token"  # a cluster started with a token refuses requests without it
+    if "RAY_AUTH_MODE" not in os.environ:
+        # A token is there but the mode is unset: Ray reads the mode once, when it is imported, so setting the
+        # variable now would not reach this process's client. Ray's own switch refreshes it (what `ray.init` does).
+        from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
     from ray.job_submission import JobSubmissionClient
 
     address = address or job_api_address()
@@ -120,6 +123,14 @@ def client(address: str | None = None):
     except Exception as exc:  # noqa: BLE001 - ConnectionError, or a 401/403 from a cluster with token auth
         raise ClusterError(f"cannot reach Ray's job API at {address}: {storage.redact(str(exc)).splitlines()[0][:300]}"
                            " (check RAY_ADDRESS, and RAY_AUTH_TOKEN when the cluster uses token auth)") from None
+
+
+def check_cluster() -> None:
+    """Before any work: refuse a ``RAY_ADDRESS`` this process cannot use (``cluster.check_ray_address``), and in
+    submission mode reach the job API once, so a wrong address or a missing token is one line, not a failed run."""
+    check_ray_address()
+    if ray_mode() == "submit":
+        client()
 
 
 def submit_job(config: JobConfig, progress: Callable[[int, int], None] | None = None,
@@ -250,7 +261,6 @@ def run_anywhere(config: JobConfig, progress: Callable[[int, int], None] | None 
                  log_line: Callable[[str], None] | None = None, metadata: dict | None = None) -> JobResult:
     """``run_job`` here (embedded Ray, or a driver on a Ray node), or ``submit_job`` when ``RAY_ADDRESS`` is the job
     API: what every flow and ``run`` call, so a scale-out is configuration."""
-    from tight_pipeline.pipeline.cluster import ray_mode
     from tight_pipeline.pipeline.job import run_job
 
     if ray_mode() == "submit":
