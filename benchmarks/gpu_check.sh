@@ -5,6 +5,7 @@
 #   bash benchmarks/gpu_check.sh                          # every section, in order of importance (~13 min on an H100)
 #   SECTIONS=tests,sdxl bash benchmarks/gpu_check.sh      # one lease call (~7 min) ...
 #   SECTIONS=switches,flux bash benchmarks/gpu_check.sh   # ... and the next (~6 min): each under a 10-minute call
+#   SECTIONS=pipeline bash benchmarks/gpu_check.sh        # the whole pipeline on 4-MP photos (~4 min, after sdxl)
 # (a lease is 15 minutes of device time in all, its start included: the estimates leave ~1 minute spare; FLUX
 # comes last because a cut-off FLUX section still says how far it got).
 #
@@ -18,6 +19,10 @@
 #             section's, same card)                                                      SWITCH_S   (300 s)
 #   flux      FLUX.1-dev's architecture (12B transformer + T5-XXL, random, bf16) built in GPU memory,
 #             flux-balanced at 1024 px                                                   FLUX_S     (240 s)
+#   pipeline  (not in the default list) the real pipeline, not the engine alone: run_job on 4-MP catalog photos
+#             with the sdxl section's random SDXL folder, balanced + 1 edit, batches of 8, the in-line actor
+#             (actor_pipeline=1, PNG level 6) vs the default overlap (benchmarks/bench_overlap.py --model)
+#                                                                                        PIPE_S     (240 s)
 #
 # BENCH_EXTRA is appended to every bench_gpu.py call: `BENCH_EXTRA="--size tiny --device cpu --steps 2"` runs the
 # whole script on CPU in a minute (tests/test_benchmarks.py does, so that a lease is never spent on a script error).
@@ -78,4 +83,12 @@ if has flux; then
         --cases "${FLUX_CASES:-flux-balanced:1:0}" > "$OUT/flux.json" 2> "$OUT/flux.log"
     echo "flux rc=$? (124 = out of time; the log says how far it got)"
     grep -v '^\[transformers\]' "$OUT/flux.log" | tail -12
+fi
+
+if has pipeline; then
+    echo "== bench_overlap pipeline (4-MP photos, the real actor path)"
+    ACTOR_CPUS=${ACTOR_CPUS:-8} timeout "${PIPE_S:-240}" python3 benchmarks/bench_overlap.py --model "$WORK" \
+        --preset balanced --edits 1 --items "${PIPE_ITEMS:-24}" --batch-size 8 > "$OUT/pipeline.json" 2> "$OUT/pipeline.log"
+    echo "pipeline rc=$?"
+    cat "$OUT/pipeline.json"
 fi

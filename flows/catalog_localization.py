@@ -36,6 +36,7 @@ def catalog_localization(
     batch_size: int = 0,
     actor_wait_s: float = 900.0,
     output_size: str = "input",
+    png_level: int = 2,
     recheck_photos: bool = False,
     flow_label: str = "catalog-localization",
 ) -> dict:
@@ -46,7 +47,7 @@ def catalog_localization(
                        actor_cpus=actor_cpus, max_failure_rate=max_failure_rate,
                        item_timeout_s=item_timeout_s, max_pixels=max_pixels, min_actors=min_actors,
                        gpus_per_actor=gpus_per_actor, batch_size=batch_size, actor_wait_s=actor_wait_s,
-                       output_size=output_size, recheck_photos=recheck_photos).with_run_id()
+                       output_size=output_size, png_level=png_level, recheck_photos=recheck_photos).with_run_id()
     return run_tracked(config, flow_label)
 
 

@@ -152,6 +152,31 @@ def test_an_item_that_kills_its_worker_ends_as_an_error_row(tmp_path, ray_sessio
     assert (rows.loc[rows["status"] == "ok", "item_id"].value_counts() == 3).all()
 
 
+def test_a_write_that_fails_beside_other_batches_ends_as_that_item_s_error_row(tmp_path, ray_session):
+    """Batches overlap in an actor (actor_pipeline=3: one on the model, others fetching or writing): a write that
+    fails ends as that item's error rows; no row is lost or written twice, the other items are untouched."""
+    from tight_pipeline.method.presets import load_preset
+
+    n = 5
+    manifest = _jsonl(tmp_path / "in" / "m.jsonl", _write(tmp_path / "in", n))
+    out = tmp_path / "out"
+    blocked = out / load_preset("draft").hash / "sku-00004"
+    blocked.parent.mkdir(parents=True)
+    blocked.write_text("a file where the item's folder must go")  # every write of that item fails
+    config = JobConfig(manifest=str(manifest), output=str(out), preset="draft", model="passthrough",
+                       actor_cpus=1.0, batch_size=1, actor_pipeline=3)
+    rows = run_job(config).rows
+    assert len(rows) == 3 * n and not rows.duplicated(scores.KEY).any()
+    bad = rows[rows["status"] == "error"]
+    assert set(bad["item_id"]) == {"sku-00004"} and len(bad) == 3
+    assert bad["error"].str.startswith("item 'sku-00004': ").all()
+    ok = rows[rows["status"] == "ok"]
+    assert len(ok) == 3 * (n - 1) and all(Path(u).is_file() for u in ok["edit_uri"])
+    # The photo is stored as it is decoded: no input.png copy of it; the rows point at the photo itself.
+    assert set(ok["input_uri"]) == {str(tmp_path / "in" / "img" / "a.png")}
+    assert not list(out.glob("*/*/input.png"))
+
+
 def test_manifest_prefix_of_several_formats_streams_with_row_numbers_across_files(tmp_path):
     folder = tmp_path / "m"
     records = _write(tmp_path, 7)

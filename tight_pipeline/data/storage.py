@@ -93,15 +93,16 @@ def _fs(url: str):
 
 
 def with_retries(fn, what, attempts: int = 8, base_delay: float = 0.5, max_delay: float = 8.0):
-    """Call ``fn`` with exponential backoff on I/O errors (object stores hiccup, servers restart).
+    """Call ``fn`` with exponential backoff on I/O errors (object stores hiccup, servers restart); errors no retry
+    mends (not found, a file where a folder must be, permission refused) are raised at once.
 
     ``what`` names the operation in the final error: a string, or a callable giving it (built only on failure:
     redacting a URL costs more than writing a small PNG)."""
     for attempt in range(attempts):
         try:
             return fn()
-        except FileNotFoundError:
-            raise
+        except (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError):
+            raise  # no retry mends these: a missing object, a file where a folder must be, a refused credential
         except (OSError, TimeoutError, ConnectionError) as exc:  # botocore errors subclass neither: below
             last = exc
         except Exception as exc:  # noqa: BLE001 - s3fs/aiobotocore raise their own types for network errors
@@ -167,9 +168,13 @@ def remove(url: str, recursive: bool = False) -> None:
         pass
 
 
-def encode_png(image: Image.Image) -> bytes:
+PNG_LEVEL = 6  # Pillow's default; runs set their own (JobConfig.png_level)
+
+
+def encode_png(image: Image.Image, level: int = PNG_LEVEL) -> bytes:
+    """PNG bytes at zlib ``level`` (Pillow releases the GIL while it compresses: threads encode in parallel)."""
     buf = io.BytesIO()
-    image.save(buf, format="PNG")
+    image.save(buf, format="PNG", compress_level=level)
     return buf.getvalue()
 
 

@@ -35,6 +35,9 @@ class Engine:
     """One loaded diffusers pipeline (one per process / Ray actor) and the recipe of its family."""
 
     families: tuple[str, ...] = ()
+    # True: results carry their outputs at the photo's size (``finish_regions``). A worker that overlaps CPU work
+    # with the accelerator sets it False and finishes each result itself, off the model's critical path.
+    finish_outputs: bool = True
 
     def __init__(self, pipe, spec: ModelSpec, clip_scorer: metrics.ClipScorer | None = None):
         self.pipe = pipe
@@ -235,7 +238,8 @@ class Engine:
             mine = [b + j for j, owner in enumerate(edit_owner) if owner == k]
             result = self.result(fitted[k], pixels[k], roundtrip[k], decoded[[k] + mine], req.edits,
                                  Timings(**shared.as_dict()), warnings[k])
-            finish_regions(result, req, preset)
+            if self.finish_outputs:
+                finish_regions(result, req, preset)
             out.append(result)
         return out
 

@@ -24,6 +24,7 @@ from tight_pipeline.method.presets import Preset
 
 class PassthroughEngine:
     multiple = 8
+    finish_outputs = True  # as Engine.finish_outputs
 
     def __init__(self, spec):
         self.spec = spec
@@ -61,6 +62,9 @@ class PassthroughEngine:
                                        "vae_psnr_vs_input", "lpips_vs_input")}
             edit_scores = {e: {"edit_change": None, "edit_psnr_vs_input": None, "clip_score": None} for e, _ in req.edits}
             result = ItemResult(fitted, fitted, fitted, {e: fitted for e, _ in req.edits}, empty, edit_scores, timings, [])
-            finish_regions(result, req, preset)
+            if self.finish_outputs:
+                finish_regions(result, req, preset)
             out.append(result)
+        if self.spec.hold_s > 0 and out:
+            time.sleep(self.spec.hold_s * len(requests))  # the stand-in accelerator: busy, but not this CPU
         return out

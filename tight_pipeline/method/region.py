@@ -122,9 +122,14 @@ class Blend:
 
 def _lanczos(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """uint8 (h, w, 3) → float64 (H, W, 3) at ``size`` (w, h)."""
+    return _lanczos_u8(image, size).astype(np.float64)
+
+
+def _lanczos_u8(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 (h, w, 3) → uint8 (H, W, 3) at ``size`` (w, h): Pillow's Lanczos, which rounds to bytes itself."""
     if image.shape[1] == size[0] and image.shape[0] == size[1]:
-        return image.astype(np.float64)
-    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS), np.float64)
+        return image
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
 
 
 def _luma(image: np.ndarray) -> np.ndarray:
@@ -237,32 +242,44 @@ def composite(photo: np.ndarray, edit: np.ndarray, reconstruction: np.ndarray, m
     """The output at the photo's size: the photo's own pixels outside ``mask`` (byte for byte), the fill inside
     with a feather band of ``band_px`` inside the region. ``photo``: uint8 (H, W, 3 or 4); alpha is kept."""
     height, width = photo.shape[:2]
-    rgb = photo[..., :3].astype(np.float64)
+    alpha = feather(mask, band_px(width, height))
+    inside = alpha > 0
+    out = photo[..., :3].copy()
+    # Arithmetic only where the region reaches (often a fraction of a catalog photo), in float64 as before.
+    rgb = out[inside].astype(np.float64)
+    big_edit = _lanczos_u8(edit, (width, height))[inside].astype(np.float64)
     if fill == "edit":
-        inner = _lanczos(edit, (width, height))
+        inner = big_edit
     else:
-        inner = rgb + _lanczos(edit, (width, height)) - _lanczos(reconstruction, (width, height))
-    alpha = feather(mask, band_px(width, height))[..., None]
-    mixed = np.clip(np.round(rgb + alpha * (inner - rgb)), 0, 255).astype(np.uint8)
-    out = np.where(alpha > 0, mixed, photo[..., :3])
+        inner = rgb + big_edit - _lanczos_u8(reconstruction, (width, height))[inside].astype(np.float64)
+    a = alpha[inside][:, None]
+    out[inside] = np.clip(np.round(rgb + a * (inner - rgb)), 0, 255).astype(np.uint8)
     return np.concatenate([out, photo[..., 3:]], -1) if photo.shape[-1] == 4 else out
 
 
 def upsize(image: np.ndarray, photo: np.ndarray) -> np.ndarray:
     """A working-size image at the photo's size (Lanczos), with the photo's alpha when it has one."""
-    out = np.clip(np.round(_lanczos(image, (photo.shape[1], photo.shape[0]))), 0, 255).astype(np.uint8)
+    out = _lanczos_u8(image, (photo.shape[1], photo.shape[0]))
     return np.concatenate([out, photo[..., 3:]], -1) if photo.shape[-1] == 4 else out
 
 
 def psnr(a: np.ndarray, b: np.ndarray, where: np.ndarray | None = None) -> float | None:
     """PSNR in dB of the RGB of ``a`` vs ``b`` over the pixels ``where`` (all: None); 100 for identical pixels,
     None for no pixels."""
-    x, y = a[..., :3].astype(np.float64), b[..., :3].astype(np.float64)
-    if where is not None:
+    if where is not None and not where.all():
         if not where.any():
             return None
-        x, y = x[where], y[where]
-    mse = float(np.mean((x - y) ** 2))
+        a, b = a[where], b[where]  # (N, C): only the pixels counted
+    if a.dtype == np.uint8 and b.dtype == np.uint8:
+        # Exact in integers: no float64 copies of a 12-MP photo (the differences square to at most 255**2).
+        total, count = 0, 0
+        for start in range(0, len(a), 256):  # row blocks: bounded temporaries
+            d = a[start:start + 256, ..., :3].astype(np.int16) - b[start:start + 256, ..., :3].astype(np.int16)
+            total += int(np.square(d, dtype=np.int32).sum(dtype=np.int64))
+            count += d.size
+        mse = total / count
+    else:
+        mse = float(np.mean((a[..., :3].astype(np.float64) - b[..., :3].astype(np.float64)) ** 2))
     return 100.0 if mse <= 1e-10 else float(10 * np.log10(255.0**2 / mse))
 
 

@@ -31,7 +31,7 @@ SCHEDULERS = ("ddim", "euler_ancestral", "euler", "lcm")
 SPACINGS = ("leading", "trailing", "linspace")
 # Fields added later and the value at which each is left out of the digest (the digests of older specs stay).
 _OMITTED_FROM_DIGEST = {"clip": None, "scheduler": None, "timestep_spacing": None, "lora": None, "lora_scale": 1.0}
-RUNTIME_FIELDS = ("max_batch", "vae_batch", "tf32", "channels_last", "compile")  # speed, not results
+RUNTIME_FIELDS = ("max_batch", "vae_batch", "tf32", "channels_last", "compile", "hold_s")  # speed, not results
 
 
 class ModelError(RuntimeError):
@@ -83,6 +83,8 @@ class ModelSpec:
         channels_last: run the UNet / VAE in channels-last memory format (often faster convolutions on GPUs).
         compile: ``torch.compile`` the UNet / transformer (``""`` = off, or a mode: ``default``,
             ``reduce-overhead``, ``max-autotune``); the first calls at each new batch shape pay the compile.
+        hold_s: ``passthrough`` only: hold each batch this many seconds per item without using the CPU, a stand-in
+            for accelerator time (benchmarks/bench_overlap.py).
     """
 
     name: str
@@ -107,6 +109,7 @@ class ModelSpec:
     tf32: bool = False
     channels_last: bool = False
     compile: str = ""
+    hold_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:

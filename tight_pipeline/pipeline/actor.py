@@ -2,9 +2,12 @@
 
     EditorActor(spec=..., digest=..., presets=..., output=..., run_id=..., manifest_uri=..., limits=...)
 
-Per batch (``__call__``): items grouped by preset run through ``engine.edit_items`` (one batch on the GPU), a
-batch that fails as a whole is re-run item by item, each item's PNGs are written (reconstruction last: its
-presence marks the item complete), and the batch's rows become one Parquet part. ``AttemptLedger`` (one named
+Per batch (``__call__``): the items' photos are fetched and decoded, items grouped by preset run through
+``engine.edit_items`` (one batch on the GPU), a batch that fails as a whole is re-run item by item, each item's
+outputs are composited at the photo's size and its PNGs written (reconstruction last: its presence marks the item
+complete), and the batch's rows become one Parquet part. Several batches are in an actor at once
+(``JobConfig.actor_pipeline``, Ray Data's concurrent calls): only the model stage is serialised (``_accelerator``),
+so one batch's fetches and another's encodes and writes run while a third holds the accelerator. ``AttemptLedger`` (one named
 actor per run) counts how often each item was started, so an item that kills its worker every time ends as an
 error row after ``max_attempts`` starts instead of being retried forever by Ray's actor restarts.
 """
@@ -19,7 +22,9 @@ import math
 import os
 import re
 import socket
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from tight_pipeline.data import scores, storage
@@ -37,21 +42,76 @@ SUMMARY_COLUMNS = ["item_id", "rows", "ok", "error", "candidate"]
 
 
 class PngCache:
-    """PNG bytes per image object, encoded once. It keeps every image it was given: an ``id`` is only unique while
-    its object lives, and a cache keyed by the ids of temporaries (``Image.fromarray(...)`` per output) once handed
-    an edit the bytes of the photo encoded just before it, whose freed id the edit's image had reused."""
+    """PNG bytes per image object, encoded once, on ``pool`` (a thread pool; ``None``: here) so that an item's outputs
+    are encoded side by side: ``submit`` starts an encoding, ``__call__`` waits for its bytes. It keeps every image it
+    was given: an ``id`` is only unique while its object lives, and a cache keyed by the ids of temporaries
+    (``Image.fromarray(...)`` per output) once handed an edit the bytes of the photo encoded just before it, whose
+    freed id the edit's image had reused."""
 
-    def __init__(self):
-        self._seen: dict[int, tuple[object, bytes]] = {}
+    def __init__(self, level: int = storage.PNG_LEVEL, pool: ThreadPoolExecutor | None = None):
+        self._seen: dict[int, tuple[object, Any]] = {}
+        self.level, self.pool = level, pool
 
-    def __call__(self, image) -> bytes:
+    def submit(self, image):
         hit = self._seen.get(id(image))
         if hit is None or hit[0] is not image:
-            hit = self._seen[id(image)] = (image, storage.encode_png(image))
-        return hit[1]
+            job = (self.pool.submit(storage.encode_png, image, self.level) if self.pool is not None
+                   else storage.encode_png(image, self.level))
+            hit = self._seen[id(image)] = (image, job)
+        return image
+
+    def __call__(self, image) -> bytes:
+        self.submit(image)
+        job = self._seen[id(image)][1]
+        return job if isinstance(job, bytes) else job.result()
+
 
 class WorkerDied(RuntimeError):
     """An item whose worker process died on every attempt."""
+
+
+class Gate:
+    """Shared by the batches in flight, exclusive for an item re-run after a worker death: a crash while it runs
+    (the reason it is re-run) then cannot take other batches' items down with it and count against them."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+        self._waiting = 0  # exclusive requests first: new batches wait behind them
+
+    def shared(self):
+        return _Hold(self, exclusive=False)
+
+    def exclusive(self):
+        return _Hold(self, exclusive=True)
+
+
+class _Hold:
+    def __init__(self, gate: Gate, exclusive: bool):
+        self.gate, self.exclusive = gate, exclusive
+
+    def __enter__(self):
+        g = self.gate
+        with g._cond:
+            if self.exclusive:
+                g._waiting += 1
+                g._cond.wait_for(lambda: not g._exclusive and g._shared == 0)
+                g._waiting -= 1
+                g._exclusive = True
+            else:
+                g._cond.wait_for(lambda: not g._exclusive and g._waiting == 0)
+                g._shared += 1
+        return self
+
+    def __exit__(self, *exc):
+        g = self.gate
+        with g._cond:
+            if self.exclusive:
+                g._exclusive = False
+            else:
+                g._shared -= 1
+            g._cond.notify_all()
 
 
 class AttemptLedger:
@@ -95,7 +155,7 @@ class EditorActor:
                  manifest_uri: str, limits: storage.ImageLimits, torch_threads: int = 0, clip_model: str | None = None,
                  allowed_schemes: tuple[str, ...] = storage.DEFAULT_SCHEMES, item_timeout_s: float = 0.0,
                  max_attempts: int = 3, ledger_name: str | None = None, rivals: tuple[str, ...] | None = None,
-                 output_size: str = "input"):
+                 output_size: str = "input", png_level: int = 2, pipeline: int = 3):
         import torch
 
         from tight_pipeline.method.factory import load_engine
@@ -108,6 +168,15 @@ class EditorActor:
             torch_threads = max(1, math.ceil(context.get_assigned_resources().get("CPU", 1)))
         torch.set_num_threads(torch_threads)
         self.engine = load_engine(spec, clip_model=clip_model)
+        self.engine.finish_outputs = False  # composited at the photo's size here, outside the model stage
+        self._accelerator = threading.Lock()  # one batch on the model at a time
+        # The PNG encodes (and the photo decodes of a batch) of every batch in the actor share one pool sized from
+        # the actor's CPUs, so a finished batch's outputs use them all while the next batch holds the model.
+        # ``pipeline=1`` is the in-line actor: one batch at a time, one thread.
+        self._cpu = ThreadPoolExecutor(max_workers=1 if pipeline <= 1 else max(2, torch_threads),
+                                       thread_name_prefix="tp-cpu")
+        self._gate = Gate()
+        self.png_level = png_level
         self.spec, self.digest, self.presets, self.output = spec, digest, presets, output
         self.run_id, self.manifest_uri, self.limits = run_id, manifest_uri, limits
         self.allowed = allowed_schemes
@@ -131,11 +200,28 @@ class EditorActor:
         keys = [f"{self.presets[i.preset].hash}/{i.item_id}" for i in items]
         import ray
 
-        starts = ray.get(self.ledger.start.remote(keys)) if self.ledger else {}
-        fresh, retried = [], []
-        for item, key in zip(items, keys):
-            (retried if key in starts else fresh).append(item)
         summary: list[dict] = []
+        # Starts are counted only while no re-run item is running alone (the gate): a batch that merely waited
+        # in this actor while such an item crashed it is not charged for that crash.
+        with self._gate.shared():
+            starts = ray.get(self.ledger.start.remote(keys)) if self.ledger else {}
+            fresh, retried = [], []
+            for item, key in zip(items, keys):
+                (retried if key in starts else fresh).append(item)
+            if not retried:
+                self._fresh(fresh, candidate, summary)
+        if retried:
+            with self._gate.exclusive():
+                self._retried(retried, starts, candidate, summary)
+                self._fresh(fresh, candidate, summary)
+        if self.ledger:
+            ray.get(self.ledger.release.remote(keys))
+        return {k: [s[k] for s in summary] for k in SUMMARY_COLUMNS}
+
+    def _retried(self, retried: list[Item], starts: dict, candidate: dict, summary: list[dict]) -> None:
+        """Items started before by a worker that died: one at a time, each written as it finishes."""
+        import ray
+
         for item in retried:
             key = f"{self.presets[item.preset].hash}/{item.item_id}"
             state = starts[key]
@@ -154,6 +240,10 @@ class EditorActor:
             row_summary = summarize(item, rows, candidate.get(item.item_id, False))
             ray.get(self.ledger.finish_alone.remote(key, row_summary))
             summary.append(row_summary)
+
+    def _fresh(self, fresh: list[Item], candidate: dict, summary: list[dict]) -> None:
+        if not fresh:
+            return
         rows = []
         by_preset: dict[str, list[Item]] = {}
         for item in fresh:
@@ -166,9 +256,6 @@ class EditorActor:
             by_item.setdefault(r["item_id"], []).append(r)
         for item in fresh:
             summary.append(summarize(item, by_item.get(item.item_id, []), candidate.get(item.item_id, False)))
-        if self.ledger:
-            ray.get(self.ledger.release.remote(keys))
-        return {k: [s[k] for s in summary] for k in SUMMARY_COLUMNS}
 
     def _deadline(self, t_start: float, n_items: int = 1):
         """A progress callback that aborts the work once it has run longer than ``item_timeout_s`` per item."""
@@ -184,40 +271,59 @@ class EditorActor:
         return check
 
     def process_group(self, items: list[Item], preset: Preset) -> list[dict]:
-        """Fetch every item, edit the fetched ones as one batch, write each item's PNGs; rows per item.
+        """Fetch every item, edit the fetched ones as one batch, finish and write each item; rows per item.
 
-        A batch that fails as a whole is run again one item at a time, so only the bad item ends as an error."""
+        Only the model stage holds ``_accelerator``: fetching, decoding, compositing at the photo's size, encoding
+        and writing run beside other batches' model stages. A batch that fails as a whole is run again one item at
+        a time, so only the bad item ends as an error."""
         from tight_pipeline.method.auto import strength
-        from tight_pipeline.method.items import BatchError, ItemRequest
+        from tight_pipeline.method.items import BatchError, ItemRequest, finish_regions
 
         t_start = time.perf_counter()
         rows: list[dict] = []
-        fetched: list[tuple[Item, Any, list[str], float, tuple[str, dict[str, str]]]] = []
+        fetched: list[tuple[Item, Any, list[str], float, tuple[str, dict[str, str]], bool]] = []
         requests = []
-        for item in items:
+
+        def fetch_one(item: Item):
             t0 = time.perf_counter()
             try:
                 photo, sha = self.fetch(item)
                 regions, mask_shas = self.regions(item, photo)
             except Exception as exc:  # noqa: BLE001 - one bad item must never fail the block
-                rows.extend(self.error_rows(item, preset, exc, t0))
+                return self.error_rows(item, preset, exc, t0)
+            return photo, sha, regions, mask_shas, time.perf_counter() - t0
+
+        # A batch's photos are decoded side by side (one photo: in this call's own thread, never queued behind
+        # another batch's encodes).
+        for item, got in zip(items, self._cpu.map(fetch_one, items) if len(items) > 1 else map(fetch_one, items)):
+            if isinstance(got, list):
+                rows.extend(got)
                 continue
-            fetched.append((item, photo.image, photo.notes, time.perf_counter() - t0, (sha, mask_shas)))
+            photo, sha, regions, mask_shas, fetch_s = got
+            fetched.append((item, photo.image, photo.notes, fetch_s, (sha, mask_shas), not photo.notes))
             requests.append(ItemRequest(photo.image, item.source_prompt, [(e.edit_id, e.prompt) for e in item.edits],
                                         regions=regions, pixels=photo.pixels))
-        results = strength.run_items(self.engine, requests, preset, self._deadline(time.perf_counter(), len(requests)),
-                                     self.rivals) if requests else []
-        for (item, image, notes, fetch_s, shas), request, result in zip(fetched, requests, results):
-            if isinstance(result, BatchError):
-                result = strength.run_items(self.engine, [request], preset, self._deadline(time.perf_counter()),
-                                            self.rivals)[0]
+        results = []
+        if requests:
+            with self._accelerator:
+                results = strength.run_items(self.engine, requests, preset,
+                                             self._deadline(time.perf_counter(), len(requests)), self.rivals)
+                results = [strength.run_items(self.engine, [request], preset, self._deadline(time.perf_counter()),
+                                              self.rivals)[0] if isinstance(result, BatchError) else result
+                           for request, result in zip(requests, results)]
+
+        def finish_one(job) -> list[dict]:
+            (item, _image, notes, fetch_s, shas, as_stored), request, result = job
             if isinstance(result, BaseException):
-                rows.extend(self.error_rows(item, preset, result, t_start))
-                continue
+                return self.error_rows(item, preset, result, t_start)
             try:
-                rows.extend(self.write(item, preset, result, notes, fetch_s, t_start, shas))
+                finish_regions(result, request, preset)
+                return self.write(item, preset, result, notes, fetch_s, t_start, shas, as_stored)
             except Exception as exc:  # noqa: BLE001
-                rows.extend(self.error_rows(item, preset, exc, t_start))
+                return self.error_rows(item, preset, exc, t_start)
+
+        for job in zip(fetched, requests, results):
+            rows.extend(finish_one(job))
         return rows
 
     def fetch(self, item: Item) -> tuple[storage.Photo, str]:
@@ -294,39 +400,52 @@ class EditorActor:
         return sheets.side_by_side(tiles, tile=256)
 
     def write(self, item: Item, preset: Preset, result, notes: list[str], fetch_s: float, t_start: float,
-              shas: tuple[str, dict[str, str]]) -> list[dict]:
+              shas: tuple[str, dict[str, str]], as_stored: bool = False) -> list[dict]:
         """Write the item's PNGs (reconstruction last; at the photo's size unless ``output_size`` is ``working``)
         and ``source.json`` (``shas``: the sha256 of the photo's and of each mask's bytes, which
-        ``--recheck-photos`` compares), and return its ok rows."""
+        ``--recheck-photos`` compares), and return its ok rows. ``input.png`` only where the input is not the photo
+        as stored (``as_stored``: decoded with no conversion; then the rows' ``input_uri`` is the photo's URI)."""
         from PIL import Image
 
         t0 = time.perf_counter()
         folder = storage.join(self.output, preset.hash, item.item_id)
         input_uri, recon_uri = storage.join(folder, "input.png"), storage.join(folder, "reconstruction.png")
-        png = PngCache()  # one encoding per image object (the passthrough model returns one image for all)
+        level = self.png_level
+        # Every PNG of the item is handed to the actor's pool first (encoded side by side), then written in order.
+        png = PngCache(level, self._cpu)  # one encoding per image object (passthrough returns one image for all)
 
         full = self.output_size == "input" and result.full_reconstruction is not None
-        storage.write_bytes_atomic(input_uri, png(Image.fromarray(result.photo) if full else result.input))
-        edit_uris, region_uris, sizes = {}, {}, {}
+        if full and as_stored:
+            input_uri, input_image = item.image_uri, None  # the photo itself: not encoded again
+        else:
+            input_image = png.submit(Image.fromarray(result.photo) if full else result.input)
+        recon_image = png.submit(Image.fromarray(result.full_reconstruction) if full else result.reconstruction)
+        edit_images, region_images, sizes = {}, {}, {}
         for edit in item.edits:
-            edit_uris[edit.edit_id] = storage.output_key(self.output, preset.hash, item.item_id, edit.edit_id)
             image = Image.fromarray(result.full_edits[edit.edit_id]) if full else result.edits[edit.edit_id]
-            storage.write_bytes_atomic(edit_uris[edit.edit_id], png(image))
+            edit_images[edit.edit_id] = png.submit(image)
             sizes[edit.edit_id] = image.size
             mask = result.region_masks.get(edit.edit_id)
             if mask is not None and result.edit_scores[edit.edit_id].get("region_source") != "whole":
                 # the region as a picture (white = changed; at the photo's size): sheets outline it
-                region_uris[edit.edit_id] = storage.join(folder, "regions", f"{edit.edit_id}.png")
-                storage.write_bytes_atomic(region_uris[edit.edit_id],
-                                           storage.encode_png(Image.fromarray(mask.astype("uint8") * 255)))
+                region_images[edit.edit_id] = png.submit(Image.fromarray(mask.astype("uint8") * 255))
         variants = item.metadata.get("variants") if isinstance(item.metadata, dict) else None
-        if variants:
-            storage.write_bytes_atomic(storage.join(folder, "variants.png"),
-                                       storage.encode_png(self.variant_sheet(item, preset, result, variants)))
+        sheet = png.submit(self.variant_sheet(item, preset, result, variants)) if variants else None
+
+        if input_image is not None:
+            storage.write_bytes_atomic(input_uri, png(input_image))
+        edit_uris, region_uris = {}, {}
+        for edit_id, image in edit_images.items():
+            edit_uris[edit_id] = storage.output_key(self.output, preset.hash, item.item_id, edit_id)
+            storage.write_bytes_atomic(edit_uris[edit_id], png(image))
+        for edit_id, image in region_images.items():
+            region_uris[edit_id] = storage.join(folder, "regions", f"{edit_id}.png")
+            storage.write_bytes_atomic(region_uris[edit_id], png(image))
+        if sheet is not None:
+            storage.write_bytes_atomic(storage.join(folder, "variants.png"), png(sheet))
         storage.write_bytes_atomic(storage.join(folder, SOURCE_FILE), source_record(item, *shas))
         # The reconstruction is written last: its presence marks the item's images complete.
-        storage.write_bytes_atomic(recon_uri, png(Image.fromarray(result.full_reconstruction) if full
-                                                  else result.reconstruction))
+        storage.write_bytes_atomic(recon_uri, png(recon_image))
         write_s = time.perf_counter() - t0
         t = result.timings
         timings = {

@@ -58,9 +58,12 @@ def actor_pool(config: JobConfig):
     import ray.data
 
     low = config.min_actors or config.actors
+    # actor_pipeline batches run in each actor at once (threads): one on the model, the others on CPU work.
+    threads = {"max_concurrent_calls_per_actor": config.actor_pipeline,
+               "enable_true_multi_threading": config.actor_pipeline > 1}
     if low == config.actors:
-        return ray.data.ActorPoolStrategy(size=config.actors)
-    return ray.data.ActorPoolStrategy(min_size=low, max_size=config.actors, initial_size=low)
+        return ray.data.ActorPoolStrategy(size=config.actors, **threads)
+    return ray.data.ActorPoolStrategy(min_size=low, max_size=config.actors, initial_size=low, **threads)
 
 
 def inside_ray_job() -> bool:

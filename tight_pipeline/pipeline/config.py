@@ -57,6 +57,12 @@ class JobConfig:
             outputs were made from (``<item>/source.json``): a photo or mask replaced at the same URI is redone.
             Costs one read per done item and mask (a CPU stage, no model); the plan itself sees prompt, mask URI,
             photo URI and region changes.
+        actor_pipeline: batches in flight in each actor at once: one holds the model while the others fetch and
+            decode their photos or composite, encode and write their outputs (threads; the model runs one batch at a
+            time). 1 = each batch in line, the accelerator idle through its CPU work (benchmarks/bench_overlap.py).
+        png_level: zlib level of the output PNGs (0-9). 2 (the default) encodes a 4-MP catalog photo 3x faster
+            than Pillow's default 6 for a file ~23 % larger (level 1: as fast, larger; 4: 2.5x, +10 %; 9: 11x
+            slower, -11 %: docs/benchmarks.md).
     """
 
     manifest: str
@@ -85,10 +91,16 @@ class JobConfig:
     lease_ttl_s: float = 120.0
     output_size: str = "input"
     recheck_photos: bool = False
+    actor_pipeline: int = 3
+    png_level: int = 2
 
     def __post_init__(self):
         if self.output_size not in ("input", "working"):
             raise ValueError(f"output_size {self.output_size!r} must be 'input' or 'working'")
+        if not 0 <= self.png_level <= 9:
+            raise ValueError(f"png_level {self.png_level} must be 0-9")
+        if self.actor_pipeline < 1:
+            raise ValueError(f"actor_pipeline {self.actor_pipeline} must be at least 1")
 
     def variant_request(self) -> VariantRequest | None:
         """The variant job's request (``None`` when this is not a variant job); raises ``VariantError``."""

@@ -171,7 +171,9 @@ def _run_ray(config: JobConfig, spec: ModelSpec, digest: str, plan: Plan, progre
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
     ledger = ray.remote(AttemptLedger).options(name=ledger_name, num_cpus=0, scheduling_strategy=here).remote()
     try:
-        ds = ray.data.read_parquet(plan.files)
+        # The plan files are small: their reads reserve a tenth of a CPU, so an actor that holds every CPU of its
+        # node (actor_cpus = the node's CPUs, a GPU node's usual shape) never starves the stage that feeds it.
+        ds = ray.data.read_parquet(plan.files, num_cpus=0.1)
         # Blocks of one batch each: resume candidates with all PNGs drop out here, and the actors' batches
         # spread over the pool instead of one block per plan file.
         ds = ds.map_batches(_done_filter, fn_kwargs={"output": config.output,
@@ -193,7 +195,7 @@ def _run_ray(config: JobConfig, spec: ModelSpec, digest: str, plan: Plan, progre
                 clip_model=config.clip_model or os.environ.get("TIGHT_PIPELINE_CLIP_MODEL"),
                 allowed_schemes=config.allowed_schemes, item_timeout_s=config.item_timeout_s,
                 max_attempts=config.max_attempts, ledger_name=ledger_name, rivals=plan.rivals,
-                output_size=config.output_size,
+                output_size=config.output_size, png_level=config.png_level, pipeline=config.actor_pipeline,
             ),
             batch_size=batch,
             compute=actor_pool(config),
