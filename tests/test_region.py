@@ -65,6 +65,55 @@ def test_detail_fill_keeps_the_photo_s_own_detail_under_a_colour_change():
     assert region.structure_correlation(redrawn, recon, np.ones((64, 64), bool)) < region.DETAIL_MIN_CORRELATION
 
 
+def _recolour_case(colour: str, logo: bool = True):
+    """A 256-px demo shot with a near-white emblem and working-size (64 px) stand-ins for the model: the shot
+    itself as the reconstruction, the same shot in ``colour`` as the edit."""
+    from tight_pipeline.demo_model.products import ProductSpec, render_product
+
+    spec = dataclasses.replace(ProductSpec.sample(10_007, 2001), colour="red", pattern="plain", logo=logo)
+    shot, target = render_product(spec, 256), render_product(dataclasses.replace(spec, colour=colour), 256)
+    small = lambda im: np.asarray(im.convert("RGB").resize((64, 64), Image.Resampling.BOX))  # noqa: E731
+    return (np.asarray(shot.image.convert("RGB")), small(shot.image), small(target.image), shot.mask,
+            np.asarray(target.image.convert("RGB")).astype(float))
+
+
+def test_recolour_fill_keeps_a_white_label_white_where_detail_tints_it():
+    photo, recon, edit, mask, target = _recolour_case("blue")
+    label = mask & (photo.min(-1) > 225)  # the printed near-white emblem
+    assert label.sum() > 50
+    detail, used_detail = region.composite_fill(photo, edit, recon, mask, "detail")
+    recoloured, used = region.composite_fill(photo, edit, recon, mask, "recolour")
+    assert (used_detail, used) == ("detail", "recolour")
+    change = lambda out: np.abs(out[label].astype(float) - photo[label]).mean()  # noqa: E731
+    assert change(recoloured) <= 2.0 < 8.0 < change(detail)
+    # the body took the new colour: nearer the true blue shot than the photo is, and no farther than detail's
+    body = mask & ~ndimage_dilate(label) & (np.abs(photo - target).sum(-1) > 60)
+    error = lambda out: np.abs(out[body].astype(float) - target[body]).mean()  # noqa: E731
+    assert error(recoloured) < 0.15 * np.abs(photo[body] - target[body]).mean()
+    assert error(recoloured) <= error(detail) + 1.0
+    assert np.array_equal(recoloured[~mask], photo[~mask])  # outside the region: the photo's own bytes
+
+
+def test_recolour_of_a_product_with_no_colour_falls_back_to_detail_and_says_so():
+    photo = np.full((128, 128, 3), 236, np.uint8)
+    photo[40:90, 40:90] = 250  # a white product on a light backdrop: no body colour to map
+    recon = np.asarray(Image.fromarray(photo).resize((32, 32), Image.Resampling.BOX))
+    edit = np.clip(recon.astype(int) + np.array([0, -80, -80]), 0, 255).astype(np.uint8)
+    mask = np.zeros((128, 128), bool)
+    mask[40:90, 40:90] = True
+    out, used = region.composite_fill(photo, edit, recon, mask, "recolour")
+    assert used == "detail"
+    assert np.array_equal(out, region.composite(photo, edit, recon, mask, "detail"))
+    weights, body = region.body_weights(photo[mask].astype(float))
+    assert body is None and not weights.any()
+
+
+def ndimage_dilate(mask, iterations=2):
+    from scipy import ndimage
+
+    return ndimage.binary_dilation(mask, iterations=iterations)
+
+
 def test_a_mask_must_have_the_photo_s_size_and_white_means_may_change():
     mask = Image.new("L", (40, 30), 0)
     mask.paste(255, (10, 5, 20, 15))

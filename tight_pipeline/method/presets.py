@@ -96,7 +96,10 @@ class Preset:
             ``mask_uri`` overrides it.
         region_fill: inside a region that is not ``whole``: ``edit`` (the edit brought to the photo's size),
             ``detail`` (the photo plus the edit's difference from the reconstruction: keeps labels and texture
-            under a recolour) or ``auto`` (``detail`` where the edit kept the structure, else ``edit``).
+            under a recolour; the label is tinted with the new colour), ``recolour`` (the body's fitted colour
+            change on the photo's body pixels only: a label, print or logo of another colour keeps its own pixels;
+            ``detail`` where the body has no colour) or ``auto`` (``detail`` where the edit kept the structure,
+            else ``edit``).
         region_blend_start: with a given mask, the fraction of the denoising steps drawn freely before the edit's
             latent starts keeping the inversion's outside its region (0 = blend at every step; 1, the default = never:
             the composite alone keeps the photo; on the demo model any blending cost colour edits their colour,
@@ -221,8 +224,8 @@ class Preset:
                             "classifier-free guidance; the authors' demo writes 0 for 'off', which is 1.0 here)")
         if self.region not in ("whole", "auto"):
             problems.append(f"region {self.region!r} must be 'whole' or 'auto' (a mask is given per item or edit)")
-        if self.region_fill not in ("auto", "edit", "detail"):
-            problems.append(f"region_fill {self.region_fill!r} must be 'auto', 'edit' or 'detail'")
+        if self.region_fill not in ("auto", "edit", "detail", "recolour"):
+            problems.append(f"region_fill {self.region_fill!r} must be 'auto', 'edit', 'detail' or 'recolour'")
         if not isinstance(self.region_blend_start, (int, float)) or not 0.0 <= self.region_blend_start <= 1.0:
             problems.append(f"region_blend_start {self.region_blend_start!r} must be a number in 0..1")
         for key, low, high in (("ledits_skip", 0.0, 0.9), ("ledits_threshold", 0.0, 1.0),

@@ -25,6 +25,12 @@ byte for byte (alpha, when the photo has one, is the photo's everywhere). Inside
 - ``detail``: the photo plus the brought-up difference ``edit - reconstruction``: the photo's own fine detail
   (labels, texture) stays under a change of colour or shade.
 
+- ``recolour`` (opt-in, ``region_fill: recolour``): a recolour of the product's body. The body's colour change is
+  fitted from reconstruction to edit (an affine colour map over the body's pixels) and applied to the photo's own
+  body colour; pixels that are not the body's colour (a near-white label, black print, another hue) keep their own
+  pixels, and the body keeps its shading and texture (``_recolour``). A region with no body colour (a white
+  product) falls back to ``detail``, and the row says so.
+
 ``fill="auto"`` takes ``detail`` when the edit kept the reconstruction's structure inside the region (the
 correlation of their luminance gradients there is at least ``DETAIL_MIN_CORRELATION``: a colour, shade or
 material change) and ``edit`` when it drew new structure (a background swap, a pattern), where the photo's
@@ -41,7 +47,15 @@ from PIL import Image
 from scipy import ndimage
 
 REGION_MODES = ("whole", "auto", "mask")
-FILLS = ("auto", "edit", "detail")
+FILLS = ("auto", "edit", "detail", "recolour")
+# ``recolour``: a pixel of the region belongs to the product's body when its chroma (the pixel less its grey part,
+# ``rgb - min(rgb)``) points within ``BODY_MAX_ANGLE`` (radians) of the body colour's and its length is
+# ``BODY_CHROMA_RANGE`` of the body's (shading and a highlight scale it; a near-white label, black print or another
+# hue falls outside); the body's own chroma must be at least ``BODY_MIN_CHROMA`` levels (a white or grey product has
+# no colour to recolour: ``detail`` is used instead).
+BODY_MAX_ANGLE = 0.35
+BODY_CHROMA_RANGE = (0.3, 2.0)
+BODY_MIN_CHROMA = 30.0
 # ``fill="auto"``: gradient correlation of edit and reconstruction inside the region above which the photo's own
 # detail is kept under the change (docs/region.md: colour edits 0.8-0.95, background and pattern edits below 0.4).
 DETAIL_MIN_CORRELATION = 0.6
@@ -237,10 +251,89 @@ def structure_correlation(edit: np.ndarray, reconstruction: np.ndarray, mask: np
     return float((ge * gr).sum() / denom) if denom > 0 else 1.0
 
 
+def body_weights(rgb: np.ndarray, body: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """How much each pixel of ``rgb`` ((N, 3) float) is the product's body colour (0-1), and that colour's chroma
+    (``None``: the body has too little colour, all weights 0). ``body``: the body colour; default the median chroma
+    of the saturated pixels."""
+    chroma = rgb - rgb.min(-1, keepdims=True)
+    length = np.linalg.norm(chroma, axis=-1)
+    if body is None:
+        strong = chroma[length >= BODY_MIN_CHROMA]
+        if len(strong) < max(16, 0.2 * len(rgb)):
+            return np.zeros(len(rgb)), None
+        body = np.median(strong, axis=0)
+    body_len = float(np.linalg.norm(body))
+    if body_len < BODY_MIN_CHROMA:
+        return np.zeros(len(rgb)), None
+    cos = (chroma @ body) / np.maximum(length * body_len, 1e-9)
+    angle = np.arccos(np.clip(cos, -1, 1))
+    ratio = length / body_len
+    lo, hi = BODY_CHROMA_RANGE
+    # soft edges: 1 well inside the tolerances, 0 beyond them (anti-aliased print edges get a share)
+    w_angle = np.clip((BODY_MAX_ANGLE - angle) / (0.5 * BODY_MAX_ANGLE), 0, 1)
+    w_ratio = np.clip((ratio - 0.5 * lo) / (0.5 * lo), 0, 1) * np.clip((hi - ratio) / (0.25 * hi), 0, 1)
+    return w_angle * w_ratio, body
+
+
+def fit_colour_map(source: np.ndarray, target: np.ndarray, weights: np.ndarray) -> np.ndarray | None:
+    """The affine colour map (4, 3) that takes ``source`` pixels to ``target`` ((N, 3) float) by weighted least
+    squares (``[r, g, b, 1] @ M``), or ``None`` with too few weighted pixels."""
+    if weights.sum() < 8:
+        return None
+    x = np.concatenate([source, np.ones((len(source), 1))], -1) * np.sqrt(weights)[:, None]
+    y = target * np.sqrt(weights)[:, None]
+    ridge = 1e-3 * np.eye(4) * max(1.0, float(weights.sum()))
+    return np.linalg.solve(x.T @ x + ridge, x.T @ y)
+
+
+def recolour_inner(rgb_region: np.ndarray, photo_region_body: tuple[np.ndarray, np.ndarray], colour_map: np.ndarray
+                   ) -> np.ndarray:
+    """The ``recolour`` fill on the region's pixels: ``photo + w * (F(body_colour) - body_colour)``, where ``w`` is
+    the pixel's body weight and ``body_colour`` the photo's own body colour around it (``photo_region_body``: the
+    weights and that smooth field): the body takes the fitted new colour with its shading, its texture added back
+    unchanged; marks that are not the body's colour keep their own pixels."""
+    weights, field = photo_region_body
+    mapped = np.concatenate([field, np.ones((len(field), 1))], -1) @ colour_map
+    return rgb_region + weights[:, None] * (mapped - field)
+
+
+def _recolour(photo_rgb: np.ndarray, edit: np.ndarray, reconstruction: np.ndarray, mask: np.ndarray,
+              inside: np.ndarray) -> np.ndarray | None:
+    """The recoloured pixels of ``inside`` (float (N, 3)) or ``None`` when the region has no body colour or no map
+    can be fitted (then ``detail`` is used)."""
+    height, width = photo_rgb.shape[:2]
+    rgb = photo_rgb.astype(np.float64)
+    weights_full = np.zeros((height, width))
+    w, body = body_weights(rgb[mask])
+    if body is None:
+        return None
+    weights_full[mask] = w
+    # the map: reconstruction -> edit on the body pixels at the working size
+    small_mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(
+        (edit.shape[1], edit.shape[0]), Image.Resampling.BOX)) >= 128
+    rec, ed = reconstruction[small_mask].astype(np.float64), edit[small_mask].astype(np.float64)
+    colour_map = fit_colour_map(rec, ed, body_weights(rec, body)[0])
+    if colour_map is None:
+        return None
+    # the photo's body colour around each pixel, from body pixels only (normalised convolution): shading, no marks
+    sigma = max(1.0, 0.01 * min(height, width))
+    norm = ndimage.gaussian_filter(weights_full, sigma)
+    field = np.stack([ndimage.gaussian_filter(rgb[..., c] * weights_full, sigma) for c in range(3)], -1)
+    field = field[inside] / np.maximum(norm[inside], 1e-6)[:, None]
+    return recolour_inner(rgb[inside], (weights_full[inside], field), colour_map)
+
+
 def composite(photo: np.ndarray, edit: np.ndarray, reconstruction: np.ndarray, mask: np.ndarray, fill: str
               ) -> np.ndarray:
     """The output at the photo's size: the photo's own pixels outside ``mask`` (byte for byte), the fill inside
     with a feather band of ``band_px`` inside the region. ``photo``: uint8 (H, W, 3 or 4); alpha is kept."""
+    return composite_fill(photo, edit, reconstruction, mask, fill)[0]
+
+
+def composite_fill(photo: np.ndarray, edit: np.ndarray, reconstruction: np.ndarray, mask: np.ndarray, fill: str
+                   ) -> tuple[np.ndarray, str]:
+    """``composite`` and the fill it used (``recolour`` falls back to ``detail`` where the region has no body
+    colour to recolour)."""
     height, width = photo.shape[:2]
     alpha = feather(mask, band_px(width, height))
     inside = alpha > 0
@@ -248,13 +341,15 @@ def composite(photo: np.ndarray, edit: np.ndarray, reconstruction: np.ndarray, m
     # Arithmetic only where the region reaches (often a fraction of a catalog photo), in float64 as before.
     rgb = out[inside].astype(np.float64)
     big_edit = _lanczos_u8(edit, (width, height))[inside].astype(np.float64)
+    inner = _recolour(photo[..., :3], edit, reconstruction, mask, inside) if fill == "recolour" else None
+    used = fill if inner is not None or fill == "edit" else "detail"
     if fill == "edit":
         inner = big_edit
-    else:
+    elif inner is None:
         inner = rgb + big_edit - _lanczos_u8(reconstruction, (width, height))[inside].astype(np.float64)
     a = alpha[inside][:, None]
     out[inside] = np.clip(np.round(rgb + a * (inner - rgb)), 0, 255).astype(np.uint8)
-    return np.concatenate([out, photo[..., 3:]], -1) if photo.shape[-1] == 4 else out
+    return (np.concatenate([out, photo[..., 3:]], -1) if photo.shape[-1] == 4 else out), used
 
 
 def upsize(image: np.ndarray, photo: np.ndarray) -> np.ndarray:
@@ -304,7 +399,7 @@ def finish(photo: np.ndarray, edit: np.ndarray, reconstruction: np.ndarray, regi
             (edit.shape[1], edit.shape[0]), Image.Resampling.BOX)) >= 128
         used = fill if fill != "auto" else (
             "detail" if structure_correlation(edit, reconstruction, small) >= DETAIL_MIN_CORRELATION else "edit")
-        out = composite(photo, edit, reconstruction, mask, used)
+        out, used = composite_fill(photo, edit, reconstruction, mask, used)
     return out, {
         "region_source": region.source,
         "region_fraction": float(mask.mean()),
