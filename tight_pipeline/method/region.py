@@ -340,13 +340,12 @@ def composite_fill(photo: np.ndarray, edit: np.ndarray, reconstruction: np.ndarr
     out = photo[..., :3].copy()
     # Arithmetic only where the region reaches (often a fraction of a catalog photo), in float64 as before.
     rgb = out[inside].astype(np.float64)
-    big_edit = _lanczos_u8(edit, (width, height))[inside].astype(np.float64)
     inner = _recolour(photo[..., :3], edit, reconstruction, mask, inside) if fill == "recolour" else None
     used = fill if inner is not None or fill == "edit" else "detail"
-    if fill == "edit":
-        inner = big_edit
-    elif inner is None:
-        inner = rgb + big_edit - _lanczos_u8(reconstruction, (width, height))[inside].astype(np.float64)
+    if inner is None:  # edit, or detail (also recolour's fallback): the edit brought up to the photo's size
+        big_edit = _lanczos_u8(edit, (width, height))[inside].astype(np.float64)
+        inner = big_edit if fill == "edit" else (
+            rgb + big_edit - _lanczos_u8(reconstruction, (width, height))[inside].astype(np.float64))
     a = alpha[inside][:, None]
     out[inside] = np.clip(np.round(rgb + a * (inner - rgb)), 0, 255).astype(np.uint8)
     return (np.concatenate([out, photo[..., 3:]], -1) if photo.shape[-1] == 4 else out), used
