@@ -30,11 +30,9 @@ def test_inside_a_ray_job_the_process_is_a_driver_whatever_the_address(monkeypat
 
 def test_a_gcs_address_on_a_host_without_a_raylet_is_refused_in_one_line_not_a_crash():
     """What the old docs told a Prefect worker to do; plain ray.init there aborts the interpreter after 10 s. Run in
-    a fresh interpreter the way `run` starts. Another test's local Ray may still run on this machine, so the child sees
-    this host as one with no raylet (its socket lookup finds none), which is what a Prefect worker's pod is."""
-    code = ("from tight_pipeline.pipeline import cluster\n"
-            "cluster.local_raylet_sockets = lambda: []\n"
-            "from tight_pipeline.pipeline.submit import check_cluster\n"
+    a fresh interpreter the way `run` starts. Another test's local Ray may still run on this machine: it is no node of
+    the cluster at 10.0.0.7 (test below)."""
+    code = ("from tight_pipeline.pipeline.submit import check_cluster\n"
             "from tight_pipeline.pipeline.cluster import ClusterError\n"
             "try:\n    check_cluster()\nexcept ClusterError as e:\n    print('refused:', e)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
@@ -42,6 +40,40 @@ def test_a_gcs_address_on_a_host_without_a_raylet_is_refused_in_one_line_not_a_c
     assert proc.returncode == 0, proc.stderr[-2000:]  # an ordinary error, not an aborted interpreter
     lines = [line for line in proc.stdout.splitlines() if line.startswith("refused:")]
     assert len(lines) == 1 and "GCS address" in lines[0] and "http://10.0.0.7:8265" in lines[0], proc.stdout
+
+
+def test_a_raylet_of_another_cluster_on_this_host_is_no_node_of_the_cluster_asked_for(tmp_path, monkeypatch):
+    """Measured in CI: a test's embedded Ray left a raylet whose socket the drill's worker host could open; taken for a
+    node of the drill's cluster, the driver then hung joining it. Only a raylet of the cluster at RAY_ADDRESS counts."""
+    import socket
+    import time
+
+    sock = tmp_path / "raylet.sock"
+    server = ("import socket, sys, time\n"
+              "s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[2].split('=', 1)[1]); s.listen(4)\n"
+              "time.sleep(60)\n")
+    # a process that looks like Ray's raylet (its name and flags), listening on its socket
+    fake = subprocess.Popen(["bash", "-c", f'exec -a raylet {sys.executable} -c "$0" "$@"', server,
+                             "--gcs-address=127.0.0.1:46379", f"--raylet_socket_name={sock}"])
+    try:
+        for _ in range(100):
+            if sock.exists():
+                break
+            time.sleep(0.05)
+        probe = socket.socket(socket.AF_UNIX)
+        probe.connect(str(sock))
+        probe.close()
+        assert str(sock) in cluster.local_raylet_sockets("127.0.0.1:46379")
+        assert str(sock) in cluster.local_raylet_sockets("localhost:46379")  # the same GCS by another name
+        assert str(sock) not in cluster.local_raylet_sockets("127.0.0.1:46380")
+        assert str(sock) not in cluster.local_raylet_sockets("10.0.0.7:46379")
+        monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+        monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:46380")
+        with pytest.raises(cluster.ClusterError, match="GCS address"):
+            cluster.check_ray_address()
+    finally:
+        fake.kill()
+        fake.wait()
 
 
 def test_ray_client_addresses_are_refused_naming_both_ways_that_work(monkeypatch):

@@ -102,13 +102,34 @@ def job_api_address() -> str:
     return address
 
 
-def local_raylet_sockets() -> list[str]:
-    """The raylet sockets this process can open: Ray's driver looks up a raylet *process* on this host and talks to it
-    through its Unix socket, and aborts the interpreter when it cannot (a host that is not a Ray node)."""
+def _same_address(a: str, b: str) -> bool:
+    """Two ``host:port`` addresses of one GCS: the same port and a host resolving to a common IP."""
+    import socket as _socket
+
+    (ha, _, pa), (hb, _, pb) = a.rpartition(":"), b.rpartition(":")
+    if pa != pb:
+        return False
+
+    def ips(host: str) -> set[str]:
+        try:
+            return {info[4][0] for info in _socket.getaddrinfo(host, None)}
+        except OSError:
+            return {host}
+
+    return ha == hb or bool(ips(ha) & ips(hb))
+
+
+def local_raylet_sockets(gcs_address: str | None = None) -> list[str]:
+    """The raylet sockets this process can open, of the cluster at ``gcs_address`` (``host:port``; None or
+    ``auto``: any cluster): Ray's driver looks up a raylet *process* on this host and talks to it through its Unix
+    socket, and aborts the interpreter when it cannot (a host that is not a Ray node). A raylet of another cluster
+    on the same host (a test's embedded Ray, a second cluster) is no node of this one: a driver that took it for one
+    hangs."""
     import socket as _socket
 
     import psutil
 
+    wanted = None if gcs_address in (None, "", "auto") else gcs_address.split("://")[-1]
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         try:
@@ -117,18 +138,21 @@ def local_raylet_sockets() -> list[str]:
             continue
         if not cmd or not os.path.basename(cmd[0]).startswith("raylet"):
             continue
-        for arg in cmd:
-            if arg.startswith("--raylet_socket_name="):
-                path = arg.split("=", 1)[1]
-                probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-                probe.settimeout(2)
-                try:
-                    probe.connect(path)
-                    found.append(path)
-                except OSError:
-                    pass  # a raylet of another host (another mount namespace), or a dead socket file
-                finally:
-                    probe.close()
+        args = dict(arg[2:].split("=", 1) for arg in cmd[1:] if arg.startswith("--") and "=" in arg)
+        if wanted is not None and not _same_address(args.get("gcs-address", ""), wanted):
+            continue
+        path = args.get("raylet_socket_name")
+        if not path:
+            continue
+        probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        probe.settimeout(2)
+        try:
+            probe.connect(path)
+            found.append(path)
+        except OSError:
+            pass  # a raylet of another host (another mount namespace), or a dead socket file
+        finally:
+            probe.close()
     return found
 
 
@@ -146,7 +170,7 @@ def check_ray_address() -> None:
     if address.startswith("ray://"):
         raise ClusterError(f"RAY_ADDRESS={address}: Ray Data jobs do not run over Ray Client (ray://); "
                            f"{submit_hint}, or use the GCS address (HEAD:6379) from a process on a Ray node")
-    if ray_mode() == "driver" and not local_raylet_sockets():
+    if ray_mode() == "driver" and not local_raylet_sockets(address):
         raise ClusterError(f"RAY_ADDRESS={address} is the cluster's GCS address, which only a process on a Ray node "
                            f"can use (a driver needs a raylet on its own host, and this host has none); {submit_hint}")
 
