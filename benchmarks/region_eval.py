@@ -66,7 +66,7 @@ def measure(shots, preset, engine, mode: str) -> tuple[list[dict], list]:
         photo = np.asarray(shot.image)
         edits = edits_for(shot.spec)
         truth = {"colour": shot.mask, "pattern": shot.mask, "background": ~shot.mask}
-        regions = {}
+        regions = {e: region.EditRegion("whole") for _, e, _ in edits}  # the shipped default is studio
         if mode == "given":
             regions = {e: region.EditRegion("mask", truth[kind]) for kind, e, _ in edits}
         elif mode == "auto":
@@ -103,7 +103,7 @@ def measure(shots, preset, engine, mode: str) -> tuple[list[dict], list]:
             mask = result.region_masks[edit_id]
             row["region_iou"] = iou(mask, truth[kind])
             if mode != "whole":  # both fills on the same edit: the photo's own detail kept inside the region
-                for fill in ("edit", "detail"):
+                for fill in ("edit", "detail", "recolour"):
                     alt = region.composite(photo, np.asarray(result.edits[edit_id]), recon, mask, fill)
                     inner = ndimage.binary_erosion(mask, iterations=region.band_px(SIZE, SIZE))
                     row[f"detail_db_{fill}"] = psnr_of(high_pass(alt), high_pass(photo) + 0, inner) if inner.any() else None
@@ -131,7 +131,8 @@ def summary(rows: list[dict]) -> list[dict]:
                         "kept_db": mean("kept_db"), "shape_iou": mean("shape_iou"), "region_iou": mean("region_iou"),
                         "fraction": mean("fraction"), "correlation": mean("correlation"),
                         "detail_edit": mean("detail_db_edit"), "detail_detail": mean("detail_db_detail"),
-                        "fills": {f: sum(r["fill"] == f for r in sel) for f in ("edit", "detail")}})
+                        "detail_recolour": mean("detail_db_recolour"),
+                        "fills": {f: sum(r["fill"] == f for r in sel) for f in ("edit", "detail", "recolour")}})
     return out
 
 
@@ -142,13 +143,13 @@ def table(summ: list[dict], seconds: dict) -> str:
             return "-"
         return f"{m:.0%} " if pct else f"{m:.{digits}f} (worst {lo:.{digits}f})"
 
-    lines = ["| region | edit | success | kept (dB, at 256 px) | shape IoU | region IoU | fill used (edit/detail) | "
-             "fine detail inside, fill edit / detail (dB) |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| region | edit | success | kept (dB, at 256 px) | shape IoU | region IoU | fill used (edit/detail/recolour) | "
+             "fine detail inside, fill edit / detail / recolour (dB) |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for s in summ:
         kept = "100 (exact)" if s["kept_db"][1] is not None and s["kept_db"][1] >= 100 else fmt(s["kept_db"])
         lines.append(f"| {s['mode']} | {s['kind']} | {fmt(s['success'], pct=True)} | {kept} | {fmt(s['shape_iou'], 3)} | "
-                     f"{fmt(s['region_iou'], 3)} | {s['fills']['edit']}/{s['fills']['detail']} | "
-                     f"{fmt(s['detail_edit'])} / {fmt(s['detail_detail'])} |")
+                     f"{fmt(s['region_iou'], 3)} | {s['fills']['edit']}/{s['fills']['detail']}/{s['fills']['recolour']} | "
+                     f"{fmt(s['detail_edit'])} / {fmt(s['detail_detail'])} / {fmt(s['detail_recolour'])} |")
     lines.append("")
     lines.append("Seconds per item (3 edits, engine + composite): " + ", ".join(f"{m} {v:.2f} s" for m, v in seconds.items()))
     return "\n".join(lines)

@@ -111,7 +111,8 @@ def slug(peer: str) -> str:
 
 @task(name="write-benchmark-manifest", **IO_RETRIES)
 def write_manifest(cases: list[BenchCase], output: str, peers: list[tuple[str, str, bool]]) -> str:
-    """One manifest listing every case once per peer; PIE masks written as PNGs (white = edited) for ``+mask`` peers."""
+    """One manifest listing every case once per peer; PIE masks written as PNGs (white = edited) for ``+mask`` peers.
+    Plain peers' edits say ``region: whole``: the method's own image is scored, as the field's protocol does."""
     lines = []
     for case in cases:
         mask_uri = case.mask_uri
@@ -120,9 +121,11 @@ def write_manifest(cases: list[BenchCase], output: str, peers: list[tuple[str, s
             mask_uri = storage.join(output, "benchmark", "masks", f"{case.key}.png")
             storage.write_bytes_atomic(mask_uri, storage.encode_png(Image.fromarray(case.mask(size).astype(np.uint8) * 255)))
         for peer, preset, with_mask in peers:
+            # a plain peer is the method's own image (the field's protocol), whatever region the preset ships with
             rec = {"item_id": f"{case.key}.{slug(peer)}", "image_uri": case.image_uri,
                    "source_prompt": case.source_prompt, "preset": preset,
-                   "edits": [{"edit_id": EDIT_ID, "prompt": case.target_prompt}],
+                   "edits": [{"edit_id": EDIT_ID, "prompt": case.target_prompt,
+                              **({} if with_mask else {"region": "whole"})}],
                    "metadata": {"benchmark_case": case.key, "peer": peer, "edit_type": case.edit_type}}
             if with_mask:
                 rec["mask_uri"] = mask_uri

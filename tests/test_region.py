@@ -370,9 +370,65 @@ def test_automatic_region_on_a_studio_shot_is_the_product_or_the_backdrop():
     swap[~inside] = (swap[~inside] + [60, -40, 30]).clip(0, 255)  # a new backdrop ...
     swap[:20][inside[:20]] = (swap[:20][inside[:20]] + 50).clip(0, 255)  # ... and the product's top repainted
     region_bg = region.auto_mask(swap.astype(np.uint8), small.astype(np.uint8), photo)
-    assert (region_bg == ~product).all()
+    with_shadow, shadow = region.studio_parts(photo)
+    assert (with_shadow == product).all() and shadow.any() and not (shadow & shot.mask).any()
+    assert (region_bg == (~product | shadow)).all()  # the backdrop and the contact shadow, never the product
     recolour = small.copy()
     recolour[inside] = (recolour[inside] + [-80, 60, 60]).clip(0, 255)
     region_fg = region.auto_mask(recolour.astype(np.uint8), small.astype(np.uint8), photo)
     assert region_fg.any() and not (region_fg & ~product).any()  # never the backdrop
     assert iou(region_fg, shot.mask) > 0.8
+
+
+# -- the default region follows the photo (studio) -------------------------------------------------------------
+def test_the_shipped_default_is_studio_and_on_a_photo_without_a_plain_backdrop_it_is_whole_byte_for_byte():
+    from skimage import data
+
+    from tight_pipeline.method.presets import Preset, load_preset
+
+    assert Preset("x").region == "studio" and load_preset("catalog-cfgpp").region == "studio"
+    assert load_preset("catalog-cfgpp").hash != dataclasses.replace(load_preset("catalog-cfgpp"), region="whole").hash
+    photo = np.asarray(Image.fromarray(data.coffee()).resize((200, 150)))
+    assert region.studio_product(photo) is None
+    rng = np.random.default_rng(0)
+    recon = np.asarray(Image.fromarray(photo).resize((64, 48), Image.Resampling.BOX))
+    edit = np.clip(recon.astype(int) + rng.integers(-40, 40, recon.shape), 0, 255).astype(np.uint8)
+    out, fields, mask = region.finish(photo, edit, recon, region.EditRegion("studio"))
+    whole, whole_fields, _ = region.finish(photo, edit, recon, region.EditRegion("whole"))
+    assert np.array_equal(out, whole) and mask.all()
+    assert fields == whole_fields and fields["region_source"] == "whole"
+
+
+def test_on_a_studio_shot_the_default_recolours_the_product_keeping_its_label_and_keeps_the_backdrop():
+    photo, recon, edit, mask, _ = _recolour_case("blue")
+    out, fields, region_mask = region.finish(photo, edit, recon, region.EditRegion("studio"))
+    assert fields["region_source"] == "auto" and fields["region_fill"] == "recolour"
+    assert not (region_mask & ~ndimage_dilate(mask, 3)).any()  # the product, never the backdrop
+    assert np.array_equal(out[~region_mask], photo[~region_mask])
+    label = mask & (photo.min(-1) > 225)
+    assert np.abs(out[label].astype(float) - photo[label]).mean() <= 2.0
+    # the same edit on a given mask keeps the detail fill (a given region need not be a product)
+    _, given, _ = region.finish(photo, edit, recon, region.EditRegion("mask", mask))
+    assert given["region_fill"] == "detail"
+
+
+def test_the_default_through_the_engine_records_which_region_each_photo_got(demo):
+    from skimage import data
+
+    from tight_pipeline.demo_model.products import ProductSpec, caption, render_product
+    from tight_pipeline.method.items import ItemRequest
+    from tight_pipeline.method.presets import load_preset
+
+    preset = dataclasses.replace(load_preset("catalog-cfgpp"), steps=6)
+    spec = dataclasses.replace(ProductSpec.sample(10_007, 2002), logo=True)
+    shot = render_product(spec, 256)
+    other = Image.fromarray(data.coffee()).resize((200, 150))
+    edits = [("colour", caption(spec.kind, "blue" if spec.colour != "blue" else "red", spec.pattern,
+                                spec.background))]
+    studio, plain = demo.edit_items([ItemRequest(shot.image, shot.caption, edits),
+                                     ItemRequest(other, "a photo", [("colour", "a red photo")])], preset)
+    assert studio.edit_scores["colour"]["region_source"] == "auto"
+    assert plain.edit_scores["colour"]["region_source"] == "whole"
+    whole = region.finish(np.asarray(other), np.asarray(plain.edits["colour"].convert("RGB")),
+                          np.asarray(plain.reconstruction.convert("RGB")), region.EditRegion("whole"))[0]
+    assert np.array_equal(plain.full_edits["colour"], whole)

@@ -50,12 +50,15 @@ def write_demo_inputs(folder: str) -> str:
     return manifest
 
 
-def write_catalog_demo_inputs(folder: str, count: int = 8, seed: int = 0) -> str:
+def write_catalog_demo_inputs(folder: str, count: int = 8, seed: int = 0, size: int = 256) -> str:
     """Write ``count`` held-out product shots and ``manifest.jsonl`` (three edits each); returns the manifest URL.
 
     Shots come from the held-out stream the evaluation also draws from (indices from 1000 on, so they are
-    not the evaluation's images either).
+    not the evaluation's images either), rendered at ``size`` px (the model works at 64: outputs are composited at
+    the shot's size, where a label's pixels can be seen), each with its printed near-white emblem.
     """
+    import dataclasses
+
     from tight_pipeline.demo_model.products import target_colour
     from tight_pipeline.demo_model.products import BACKGROUNDS, ProductSpec, caption, render_product
     from tight_pipeline.demo_model.products import HELDOUT_SEED_OFFSET
@@ -63,8 +66,8 @@ def write_catalog_demo_inputs(folder: str, count: int = 8, seed: int = 0) -> str
     lines = []
     backgrounds = list(BACKGROUNDS)
     for i in range(count):
-        spec = ProductSpec.sample(seed + HELDOUT_SEED_OFFSET, 1000 + i)
-        shot = render_product(spec)
+        spec = dataclasses.replace(ProductSpec.sample(seed + HELDOUT_SEED_OFFSET, 1000 + i), logo=True)
+        shot = render_product(spec, size=size)
         item_id = f"{spec.colour}-{spec.kind}-{i:02d}"
         storage.write_bytes_atomic(storage.join(folder, "shots", f"{item_id}.png"), storage.encode_png(shot.image))
         colour = target_colour(spec.colour)

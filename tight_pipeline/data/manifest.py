@@ -8,7 +8,7 @@ One record per product photo:
      "source_prompt": "a white ceramic mug",     # required; describes the photo as it is ("" = the model's
                                                  #   empty prompt, as for an empty edit prompt)
      "edits": [{"edit_id": "blue", "prompt": "a blue ceramic mug"}],   # list form (an edit may add its own
-                                                 #   "mask_uri" and "region": whole | auto | mask), and/or
+                                                 #   "mask_uri" and "region": studio | whole | auto | mask), and/or
      "locales": {"de-DE": "a white ceramic mug on a Christmas table"}, # locale -> prompt (edit_id = locale)
      "mask_uri": "masks/mug-001.png",            # optional; where the edits may change the photo (white = may
                                                  #   change; the photo's size after EXIF orientation); outside
@@ -47,7 +47,7 @@ from tight_pipeline.data.variants import VariantRequest, item_request
 
 REQUIRED = ("item_id", "image_uri", "source_prompt")
 KNOWN = REQUIRED + ("edits", "locales", "preset", "metadata", "variants", "mask_uri")
-REGIONS = ("whole", "auto", "mask")
+REGIONS = ("whole", "auto", "mask", "studio")
 MAX_PROMPT_CHARS = 4000
 
 
@@ -60,7 +60,7 @@ class Edit:
     edit_id: str
     prompt: str
     mask_uri: str | None = None  # this edit's own mask (else the item's)
-    region: str | None = None  # whole | auto | mask (None: "mask" when a mask is given, else the preset's)
+    region: str | None = None  # studio | whole | auto | mask (None: "mask" when a mask is given, else the preset's)
 
 
 @dataclass(frozen=True)

@@ -147,9 +147,12 @@ def finish_regions(result: ItemResult, request: ItemRequest, preset: Preset) -> 
         recon = np.asarray(result.reconstruction.convert("RGB"))
         result.photo = photo
         result.full_reconstruction = region.upsize(recon, photo)
+        regions = {edit_id: request.region_of(edit_id, preset) for edit_id, _ in request.edits}
+        # the studio-shot test once per photo, for every edit whose region is automatic
+        product = region.studio_parts(photo) if any(r.mode in ("auto", "studio") for r in regions.values()) else None
         for edit_id, _ in request.edits:
             out, fields, mask = region.finish(photo, np.asarray(result.edits[edit_id].convert("RGB")), recon,
-                                              request.region_of(edit_id, preset), preset.region_fill)
+                                              regions[edit_id], preset.region_fill, product=product)
             result.full_edits[edit_id] = out
             result.region_masks[edit_id] = mask
             result.edit_scores[edit_id].update(fields)

@@ -90,7 +90,8 @@ class Preset:
             judge prompt per judged image.
         auto_rivals: rival phrases the run may not ask about itself (a catalog's palette: ``[navy, teal]``),
             weighed first.
-        region: where an edit without its own region may change the photo (``method/region.py``): ``whole`` (the
+        region: where an edit without its own region may change the photo (``method/region.py``): ``studio`` (the
+            default: ``auto`` on a studio shot with a plain backdrop, ``whole`` on any other photo), ``whole`` (the
             model's image, brought to the photo's size) or ``auto`` (where the edit departs from the reconstruction,
             snapped to the photo's edges; outside it the photo's own pixels). A manifest edit's ``region`` /
             ``mask_uri`` overrides it.
@@ -98,8 +99,8 @@ class Preset:
             ``detail`` (the photo plus the edit's difference from the reconstruction: keeps labels and texture
             under a recolour; the label is tinted with the new colour), ``recolour`` (the body's fitted colour
             change on the photo's body pixels only: a label, print or logo of another colour keeps its own pixels;
-            ``detail`` where the body has no colour) or ``auto`` (``detail`` where the edit kept the structure,
-            else ``edit``).
+            ``detail`` where the body has no colour) or ``auto`` (where the edit kept the structure: ``recolour`` on a
+            studio shot's product, ``detail`` on any other region; ``edit`` where it drew new structure).
         region_blend_start: with a given mask, the fraction of the denoising steps drawn freely before the edit's
             latent starts keeping the inversion's outside its region (0 = blend at every step; 1, the default = never:
             the composite alone keeps the photo; on the demo model any blending cost colour edits their colour,
@@ -151,7 +152,7 @@ class Preset:
     renoise_reg_steps: int = 0
     renoise_reg_rolls: int = 5
     cfg_sharpening: float = 1.0
-    region: str = "whole"
+    region: str = "studio"
     region_fill: str = "auto"
     region_blend_start: float = 1.0
     ledits_skip: float = 0.15
@@ -222,8 +223,9 @@ class Preset:
                 or not 0.05 <= self.cfg_sharpening <= 10.0):
             problems.append(f"cfg_sharpening {self.cfg_sharpening!r} must be a number in 0.05..10 (1.0 = plain "
                             "classifier-free guidance; the authors' demo writes 0 for 'off', which is 1.0 here)")
-        if self.region not in ("whole", "auto"):
-            problems.append(f"region {self.region!r} must be 'whole' or 'auto' (a mask is given per item or edit)")
+        if self.region not in ("whole", "auto", "studio"):
+            problems.append(f"region {self.region!r} must be 'studio', 'whole' or 'auto' (a mask is given per item or "
+                            "edit)")
         if self.region_fill not in ("auto", "edit", "detail", "recolour"):
             problems.append(f"region_fill {self.region_fill!r} must be 'auto', 'edit', 'detail' or 'recolour'")
         if not isinstance(self.region_blend_start, (int, float)) or not 0.0 <= self.region_blend_start <= 1.0:

@@ -4,7 +4,7 @@
     m = latent_mask(region.mask, h, w)                      # for blending while denoising (``Blend``)
     out, info = finish(photo, edit, reconstruction, region, fill="auto")
 
-Three sources of a region, per edit (``REGION_MODES``):
+Four ways to a region, per edit (``REGION_MODES``):
 
 - ``whole``: today's behaviour: the edit re-draws the whole photo; the output is the model's image brought to the
   photo's size.
@@ -16,6 +16,9 @@ Three sources of a region, per edit (``REGION_MODES``):
   backdrop, whichever the change covers better; otherwise refined at the photo's size with an edge-aware (guided)
   filter that uses the photo as its guide. Measured against the field's model-only alternatives on the demo model (docs/region.md): DiffEdit's
   noise-prediction difference and the mid-sampling latent difference both put background edits on the product.
+- ``studio`` (the presets' default): ``auto`` on a studio shot (``studio_product`` finds a plain backdrop), ``whole``
+  on any other photo, where automatic regions are not yet good enough (docs/region.md); the row's ``region_source``
+  says which it was (``auto`` or ``whole``).
 
 Then the composite (``composite``), at the photo's own resolution: ``alpha`` is 0 outside the region and rises
 to 1 over a feather band of ``band_px`` *inside* it, so every pixel outside the region is the photo's own pixel,
@@ -25,16 +28,17 @@ byte for byte (alpha, when the photo has one, is the photo's everywhere). Inside
 - ``detail``: the photo plus the brought-up difference ``edit - reconstruction``: the photo's own fine detail
   (labels, texture) stays under a change of colour or shade.
 
-- ``recolour`` (opt-in, ``region_fill: recolour``): a recolour of the product's body. The body's colour change is
+- ``recolour``: a recolour of the product's body. The body's colour change is
   fitted from reconstruction to edit (an affine colour map over the body's pixels) and applied to the photo's own
   body colour; pixels that are not the body's colour (a near-white label, black print, another hue) keep their own
   pixels, and the body keeps its shading and texture (``_recolour``). A region with no body colour (a white
   product) falls back to ``detail``, and the row says so.
 
-``fill="auto"`` takes ``detail`` when the edit kept the reconstruction's structure inside the region (the
-correlation of their luminance gradients there is at least ``DETAIL_MIN_CORRELATION``: a colour, shade or
-material change) and ``edit`` when it drew new structure (a background swap, a pattern), where the photo's
-detail would ghost through.
+``fill="auto"`` takes ``edit`` when the edit drew new structure inside the region (a background swap, a pattern:
+the correlation of the edit's and the reconstruction's luminance gradients there is under
+``DETAIL_MIN_CORRELATION``), where the photo's detail would ghost through; when it kept the structure (a colour,
+shade or material change), ``recolour`` on a studio shot's product (an automatic region snapped to it) and
+``detail`` on any other region.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-REGION_MODES = ("whole", "auto", "mask")
+REGION_MODES = ("whole", "auto", "mask", "studio")
 FILLS = ("auto", "edit", "detail", "recolour")
 # ``recolour``: a pixel of the region belongs to the product's body when its chroma (the pixel less its grey part,
 # ``rgb - min(rgb)``) points within ``BODY_MAX_ANGLE`` (radians) of the body colour's and its length is
@@ -56,6 +60,8 @@ FILLS = ("auto", "edit", "detail", "recolour")
 BODY_MAX_ANGLE = 0.35
 BODY_CHROMA_RANGE = (0.3, 2.0)
 BODY_MIN_CHROMA = 30.0
+# ``recolour``: the photo's body colour around a pixel is taken over a Gaussian of this share of the shorter side.
+RECOLOUR_FIELD_SIGMA = 0.01
 # ``fill="auto"``: gradient correlation of edit and reconstruction inside the region above which the photo's own
 # detail is kept under the change (docs/region.md: colour edits 0.8-0.95, background and pattern edits below 0.4).
 DETAIL_MIN_CORRELATION = 0.6
@@ -68,6 +74,10 @@ AUTO_MIN_CHANGE = 6.0
 BACKDROP_BORDER_SHARE = 0.9
 BACKDROP_TOLERANCE = 10.0
 PRODUCT_DISTANCE = 24.0
+# ``studio_parts``: a contact shadow's pixel is its row's backdrop colour darkened: within this angle (radians) of it,
+# at this share of its brightness (the demo's shadows darken by up to 28 %).
+SHADOW_MAX_ANGLE = 0.06
+SHADOW_RANGE = (0.5, 0.985)
 
 
 class RegionError(ValueError):
@@ -90,8 +100,8 @@ class EditRegion:
 
     @property
     def source(self) -> str:
-        """What the rows call it: ``given``, ``auto`` or ``whole``."""
-        return {"mask": "given", "auto": "auto", "whole": "whole"}[self.mode]
+        """What the rows call it: ``given``, ``auto`` or ``whole`` (``studio``: ``finish`` says which it became)."""
+        return {"mask": "given", "auto": "auto", "whole": "whole", "studio": "studio"}[self.mode]
 
 
 def band_px(width: int, height: int) -> int:
@@ -165,6 +175,23 @@ def guided_filter(guide: np.ndarray, source: np.ndarray, radius: int, eps: float
     return box(a) * guide + box(b)
 
 
+def studio_parts(photo: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """A studio shot's product (with its contact shadow) and that shadow — bool (H, W) each — or ``None`` when the
+    photo has no plain backdrop. The shadow: product pixels outside the object's filled silhouette whose colour is
+    their row's backdrop colour darkened (``SHADOW_MAX_ANGLE``, ``SHADOW_RANGE``); a backdrop swap repaints it with
+    the backdrop, a recolour leaves it."""
+    found = _studio(photo)
+    if found is None:
+        return None
+    product, rgb, backdrop = found
+    norm = np.linalg.norm(rgb, axis=-1) * np.linalg.norm(backdrop, axis=-1)[:, None]
+    cos = (rgb * backdrop[:, None, :]).sum(-1) / np.maximum(norm, 1e-9)
+    ratio = rgb.sum(-1) / np.maximum(backdrop.sum(-1), 1e-9)[:, None]
+    darkened = (cos >= np.cos(SHADOW_MAX_ANGLE)) & (ratio >= SHADOW_RANGE[0]) & (ratio <= SHADOW_RANGE[1])
+    obj = ndimage.binary_fill_holes(ndimage.binary_closing(product & ~darkened, iterations=2)) & product
+    return product, product & ~obj
+
+
 def studio_product(photo: np.ndarray) -> np.ndarray | None:
     """The product of a studio shot — bool (H, W) — or ``None`` when the photo has no plain backdrop.
 
@@ -172,6 +199,12 @@ def studio_product(photo: np.ndarray) -> np.ndarray | None:
     the top), smoothed over rows; the backdrop is plain when ``BACKDROP_BORDER_SHARE`` of the border pixels (top row
     and both side columns) lie within ``BACKDROP_TOLERANCE`` of it. The product: pixels farther than
     ``PRODUCT_DISTANCE`` from their row's backdrop, closed, holes filled, specks under 0.2 % of the frame dropped."""
+    found = _studio(photo)
+    return None if found is None else found[0]
+
+
+def _studio(photo: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """``studio_product``'s mask, the photo's RGB (float) and its backdrop colour per row (H, 3)."""
     rgb = photo[..., :3].astype(np.float64)
     height, width = rgb.shape[:2]
     k = max(1, width // 32)
@@ -188,47 +221,60 @@ def studio_product(photo: np.ndarray) -> np.ndarray | None:
         return None
     sizes = ndimage.sum(product, labels, range(1, n + 1))
     keep = np.isin(labels, 1 + np.flatnonzero(sizes >= 0.002 * height * width))
-    return keep if keep.any() and not keep.all() else None
+    return (keep, rgb, backdrop) if keep.any() and not keep.all() else None
+
+
+_UNSET = object()
 
 
 def auto_mask(edit: np.ndarray, reconstruction: np.ndarray, photo: np.ndarray) -> np.ndarray:
+    """``auto_region``'s mask."""
+    return auto_region(edit, reconstruction, photo)[0]
+
+
+def auto_region(edit: np.ndarray, reconstruction: np.ndarray, photo: np.ndarray, product=_UNSET
+                ) -> tuple[np.ndarray, str | None]:
     """Where the edit changed the picture: |edit - reconstruction| at the working size (smoothed, Otsu's
     threshold), brought to the photo's size, then snapped to the photo itself:
 
     - a studio shot (``studio_product`` finds a plain backdrop): the region is the backdrop or the product,
       whichever the change overlaps better (IoU) — a background edit that also repainted the product keeps the
-      product, a colour edit keeps the backdrop, both byte for byte; the product's region is then cut to where the
+      product (the backdrop's region takes the product's contact shadow with it, ``studio_parts``), a colour edit
+      keeps the backdrop, both byte for byte; the product's region is then cut to where the
       edit changed it (its shadow and any untouched label stay the photo's) unless that leaves under half of it.
       An edit meant to change both takes ``region: whole``;
     - any other photo: the change refined on the photo's own edges (guided filter), holes filled.
 
-    ``edit``, ``reconstruction``: uint8 (h, w, 3) at the working size; ``photo``: uint8 (H, W, 3+) → bool (H, W)."""
+    ``edit``, ``reconstruction``: uint8 (h, w, 3) at the working size; ``photo``: uint8 (H, W, 3+); ``product``:
+    ``studio_parts(photo)`` when the caller has it. Returns the mask (bool (H, W)) and what it was snapped to:
+    ``product``, ``backdrop`` or ``None`` (not a studio shot)."""
     from skimage.filters import threshold_otsu
 
     height, width = photo.shape[:2]
     change = np.abs(edit.astype(np.float64) - reconstruction.astype(np.float64)).mean(-1)
     change = ndimage.gaussian_filter(change, 1.0)
     if change.max() < AUTO_MIN_CHANGE:
-        return np.zeros((height, width), bool)
+        return np.zeros((height, width), bool), None
     small = change > max(threshold_otsu(change), AUTO_MIN_CHANGE)
     up = np.asarray(Image.fromarray(small.astype(np.uint8) * 255).resize((width, height), Image.Resampling.BILINEAR),
                     np.float64) / 255.0
     radius = max(2, int(round(max(height / edit.shape[0], width / edit.shape[1]) * 2)))
     refined = guided_filter(_luma(photo) / 255.0, up, radius) > 0.5
     refined = ndimage.binary_fill_holes(ndimage.binary_closing(refined, iterations=2))
-    product = studio_product(photo)
-    if product is None:
-        return refined
+    parts = studio_parts(photo) if product is _UNSET else product
+    if parts is None:
+        return refined, None
+    product, shadow = parts
     changed = up > 0.5
 
     def iou(region):
         return (changed & region).sum() / max(1, (changed | region).sum())
 
     if iou(product) < iou(~product):
-        return ~product  # the backdrop: the product (and all it did not mean to change) stays the photo's
+        return ~product | shadow, "backdrop"  # the product stays the photo's; its shadow goes with the backdrop
     # the product, less what the edit left as it was (its contact shadow, a label the recolour did not touch)
     inside = product & refined
-    return inside if inside.sum() >= 0.5 * product.sum() else product
+    return (inside if inside.sum() >= 0.5 * product.sum() else product), "product"
 
 
 def feather(mask: np.ndarray, band: int) -> np.ndarray:
@@ -316,7 +362,7 @@ def _recolour(photo_rgb: np.ndarray, edit: np.ndarray, reconstruction: np.ndarra
     if colour_map is None:
         return None
     # the photo's body colour around each pixel, from body pixels only (normalised convolution): shading, no marks
-    sigma = max(1.0, 0.01 * min(height, width))
+    sigma = max(1.0, RECOLOUR_FIELD_SIGMA * min(height, width))
     norm = ndimage.gaussian_filter(weights_full, sigma)
     field = np.stack([ndimage.gaussian_filter(rgb[..., c] * weights_full, sigma) for c in range(3)], -1)
     field = field[inside] / np.maximum(norm[inside], 1e-6)[:, None]
@@ -377,30 +423,38 @@ def psnr(a: np.ndarray, b: np.ndarray, where: np.ndarray | None = None) -> float
     return 100.0 if mse <= 1e-10 else float(10 * np.log10(255.0**2 / mse))
 
 
-def finish(photo: np.ndarray, edit: np.ndarray, reconstruction: np.ndarray, region: EditRegion, fill: str = "auto"
-           ) -> tuple[np.ndarray, dict, np.ndarray]:
+def finish(photo: np.ndarray, edit: np.ndarray, reconstruction: np.ndarray, region: EditRegion, fill: str = "auto",
+           product=_UNSET) -> tuple[np.ndarray, dict, np.ndarray]:
     """One edit's output at the photo's size and its region scores.
 
     ``photo``: the photo's own upright pixels, uint8 (H, W, 3|4); ``edit``, ``reconstruction``: uint8 (h, w, 3) at
     the working size. Returns the output (the photo's shape) and the row fields ``region_source``,
     ``region_fraction``, ``region_fill``, ``psnr_outside_region`` and ``psnr_inside_region`` (vs the photo, at its
-    size)."""
+    size). ``product``: ``studio_parts(photo)`` when the caller has it (one per photo, not one per edit)."""
     if fill not in FILLS:
         raise RegionError(f"region fill {fill!r} is not one of {', '.join(FILLS)}")
     height, width = photo.shape[:2]
-    if region.mode == "whole":
+    mode = region.mode
+    if mode in ("auto", "studio") and product is _UNSET:
+        product = studio_parts(photo)
+    if mode == "studio":
+        mode = "auto" if product is not None else "whole"
+    source = {"mask": "given", "auto": "auto", "whole": "whole"}[mode]
+    if mode == "whole":
         out = upsize(edit, photo)
         mask = np.ones((height, width), bool)
         used = "edit"
     else:
-        mask = region.mask if region.mode == "mask" else auto_mask(edit, reconstruction, photo)
+        mask, part = (region.mask, None) if mode == "mask" else auto_region(edit, reconstruction, photo, product)
         small = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(
             (edit.shape[1], edit.shape[0]), Image.Resampling.BOX)) >= 128
-        used = fill if fill != "auto" else (
-            "detail" if structure_correlation(edit, reconstruction, small) >= DETAIL_MIN_CORRELATION else "edit")
+        used = fill
+        if fill == "auto":
+            kept = structure_correlation(edit, reconstruction, small) >= DETAIL_MIN_CORRELATION
+            used = "edit" if not kept else "recolour" if part == "product" else "detail"
         out, used = composite_fill(photo, edit, reconstruction, mask, used)
     return out, {
-        "region_source": region.source,
+        "region_source": source,
         "region_fraction": float(mask.mean()),
         "region_fill": used,
         "psnr_outside_region": psnr(out, photo, ~mask),

@@ -233,11 +233,17 @@ def build_contact_sheet(rows: pd.DataFrame, max_items: int = 8, order: list[str]
 
 
 def edit_label(row) -> str:
-    """An edit's tile label: its id, and under automatic strength the scale it got (``!`` when flagged)."""
-    reason = row.get("auto_reason") if hasattr(row, "get") else None
+    """An edit's tile label: its id, the fill of a region that is not the whole photo (``recolour``, ``detail``,
+    ``edit``), and under automatic strength the scale it got (``!`` when flagged)."""
+    get = row.get if hasattr(row, "get") else (lambda key, default=None: default)
+    label = str(row["edit_id"])
+    fill = get("region_fill")
+    if get("region_source") in ("auto", "given") and isinstance(fill, str) and fill:
+        label += f" ({fill})"
+    reason = get("auto_reason")
     if isinstance(reason, str) and reason:
-        return f"{row['edit_id']}  s={float(row['adapter_scale']):g}{'' if reason == 'landed' else ' !'}"
-    return str(row["edit_id"])
+        return f"{label}  s={float(row['adapter_scale']):g}{'' if reason == 'landed' else ' !'}"
+    return label
 
 
 def _load(uri: str) -> Image.Image:
