@@ -1,5 +1,5 @@
 """Command line: ``tight-pipeline edit | run [--dry-run] | variants | demo | tradeoff | benchmark | bench-set | deploy |
-presets | make-tiny-model`` (the demo model's training and evaluations are the lab's: ``python -m lab``).
+decide | redo | publish | presets | make-tiny-model`` (the demo model's training and evaluations are the lab's: ``python -m lab``).
 
 Parses, calls the library or a flow, prints where things are. Every command has one error rule
 (``command_of``): bad input exits with status 2 and one line naming the cause.
@@ -477,6 +477,97 @@ def bench_set(
         raise UsageError(f"--shots {shots} must be >= 1 and --size {size} in 32..4096")
     path = write_demo_bench(str(out_dir), shots=shots, size=size, seed=seed)
     typer.echo(f"{shots * len(BENCH_TYPES)} cases ({shots} of each edit type {', '.join(BENCH_TYPES)}) at {size} px: {path}")
+
+
+@command()
+def decide(
+    output: str = typer.Option(..., help="the run's output prefix URL (local folder or s3://)"),
+    item: list[str] = typer.Option(..., "--item", help="ITEM_ID or ITEM_ID/EDIT_ID (repeatable): every current ok "
+                                   "output of the item (or that edit), under every preset hash unless --preset-hash"),
+    decision: str = typer.Option(..., "--decision", help="approve | reject | redo"),
+    reviewer: str = typer.Option(..., "--reviewer", help="who decides (recorded with the decision)"),
+    note: str = typer.Option("", "--note"),
+    preset_hash: Optional[str] = typer.Option(None, "--preset-hash", help="only the outputs of this preset hash"),
+    redo_preset: str = typer.Option("", "--redo-preset", help="with redo: what to render instead (e.g. balanced@0.6)"),
+):
+    """Record a decision about outputs (one Parquet part under OUTPUT/review/decisions/, the PNG's sha256 with it)."""
+    import pandas as pd
+
+    from tight_pipeline.data import scores
+    from tight_pipeline.review import decisions
+
+    rows = scores.read_latest(output, ["status", "edit_uri", "preset", "adapter_scale"])
+    rows = rows[rows["status"] == "ok"]
+    chosen = []
+    for spec in item:
+        item_id, _, edit_id = spec.partition("/")
+        sel = rows[(rows["item_id"] == item_id) & ((rows["edit_id"] == edit_id) if edit_id else True)]
+        if preset_hash:
+            sel = sel[sel["preset_hash"] == preset_hash]
+        if not len(sel):
+            raise UsageError(f"--item {spec}: no current ok output of {output}"
+                             + (f" under preset hash {preset_hash}" if preset_hash else ""))
+        chosen.append(sel)
+    picked = pd.concat(chosen).drop_duplicates(scores.KEY)
+    if redo_preset:
+        from tight_pipeline.method.presets import load_preset
+
+        again = load_preset(redo_preset).hash  # an unknown preset is one line here, not a failed redo later
+        for _, r in picked[picked["preset_hash"] == again].iterrows():
+            raise UsageError(f"--redo-preset {redo_preset} renders the same output as {r['item_id']}/{r['edit_id']}'s "
+                             f"({r['preset']}, hash {again}): name another strength or preset")
+    made = [decisions.Decision.about(r, decision, reviewer, note=note, redo_preset=redo_preset)
+            for _, r in picked.iterrows()]
+    decisions.write(output, made)
+    for d in made:
+        typer.echo(f"{d.decision}: {d.item_id}/{d.edit_id} ({d.preset}, {d.preset_hash}) sha256 {d.png_sha256[:12]}")
+
+
+@command()
+def redo(
+    output: str = typer.Option(..., help="the run's output prefix URL: its open redo decisions are run into it"),
+    model: Optional[str] = typer.Option(None, help="model (default: catalog-demo); the run's own model, as before"),
+    preset: Optional[str] = typer.Option(None, help="default preset (every redo line names its own)"),
+):
+    """Run the output's redo requests (decide --decision redo --redo-preset P) as an ordinary job into the same
+    output: the new outputs appear beside the old ones, under the new preset's hash."""
+    prepare_env()
+    from tight_pipeline.method.specs import resolve_model_spec
+    from tight_pipeline.pipeline.submit import check_cluster
+    from tight_pipeline.review.requests import redo_manifest
+
+    uri, count = redo_manifest(output)
+    if uri is None:
+        typer.echo("no open redo requests (decide --decision redo --redo-preset NAME@STRENGTH asks for one)")
+        return
+    typer.echo(f"{count} edits to redo: {storage_redact(uri)}")
+    spec = resolve_model_spec(model)
+    _ensure_default_model(model, spec)
+    check_cluster()
+    from flows.catalog_localization import catalog_localization
+
+    summary = run_flow(catalog_localization, manifest=uri, output=output, preset=_default_preset(preset, spec),
+                       model=model)
+    print_summary(summary)
+
+
+def storage_redact(text: str) -> str:
+    from tight_pipeline.data.storage import redact
+
+    return redact(text)
+
+
+@command()
+def publish(
+    output: str = typer.Option(..., help="the run's output prefix URL"),
+    to: str = typer.Option(..., "--to", help="where approved PNGs go: <to>/<item_id>/<edit_id>.png and "
+                           "<to>/published.parquet"),
+):
+    """Copy exactly the approved, not re-rendered outputs (sha256-checked); idempotent."""
+    from tight_pipeline.review.publish import publish as publish_approved
+
+    for line in publish_approved(output, to).lines():
+        typer.echo(line)
 
 
 if __name__ == "__main__":

@@ -92,9 +92,11 @@ def user_errors():
     from tight_pipeline.data.variants import VariantError
     from tight_pipeline.method.region import RegionError
     from tight_pipeline.data.piebench import BenchError
+    from tight_pipeline.review.decisions import DecisionError
 
     return (ModelError, InputError, ManifestError, PresetError, ImageDecodeError, StorageError, FileNotFoundError,
-            VariantError, ClusterError, ComputeSettingError, RunLeaseHeld, RunLeaseLost, RemoteJobFailed, RegionError, UsageError, BenchError)
+            VariantError, ClusterError, ComputeSettingError, RunLeaseHeld, RunLeaseLost, RemoteJobFailed, RegionError, UsageError, BenchError,
+            DecisionError)
 
 
 def print_summary(summary: dict) -> None:

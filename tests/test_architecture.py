@@ -47,6 +47,7 @@ LAYERS = {
     "reporting": {"reporting", "method", "data"},  # MLflow, sheets, plots
     "pipeline": {"pipeline", "method", "data", "reporting"},  # the Ray job and its worker
     "testing": {"testing", "method", "data", "demo_model"},  # random models of the real layouts
+    "review": {"review", "data"},  # decisions about outputs, publishing what was approved
 }
 # the services each layer may talk to (no other layer imports Ray, Prefect or MLflow)
 SERVICES_ALLOWED = {"pipeline": {"ray"}, "reporting": {"mlflow"}}

@@ -44,7 +44,7 @@ AUTO_COLUMNS = [("adapter_scale", pa.float64()), ("auto_landed", pa.float64()), 
                 ("auto_reason", pa.string()), ("auto_judge", pa.string()), ("auto_candidates", pa.string()),
                 ("auto_rivals", pa.int64()), ("time_judge_s", pa.float64())]
 # The region of each edit (method/region.py): its source (given | auto | whole), the share of the photo it covers,
-# the fill used inside it (edit | detail), PSNR vs the photo at its own size outside and inside it, the region as a
+# the fill used inside it (edit | detail | recolour), PSNR vs the photo at its own size outside and inside it, the region as a
 # picture, the output's size and the time the composite took.
 REGION_COLUMNS = [("region_source", pa.string()), ("region_fraction", pa.float64()), ("region_fill", pa.string()),
                   ("psnr_outside_region", pa.float64()), ("psnr_inside_region", pa.float64()),
