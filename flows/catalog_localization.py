@@ -38,6 +38,7 @@ def catalog_localization(
     output_size: str = "input",
     png_level: int = 2,
     recheck_photos: bool = False,
+    strengths: list[float] | None = None,
     flow_label: str = "catalog-localization",
 ) -> dict:
     """One catalog run; the compute settings are ``JobConfig``'s (deployments set them per cluster)."""
@@ -47,7 +48,8 @@ def catalog_localization(
                        actor_cpus=actor_cpus, max_failure_rate=max_failure_rate,
                        item_timeout_s=item_timeout_s, max_pixels=max_pixels, min_actors=min_actors,
                        gpus_per_actor=gpus_per_actor, batch_size=batch_size, actor_wait_s=actor_wait_s,
-                       output_size=output_size, png_level=png_level, recheck_photos=recheck_photos).with_run_id()
+                       output_size=output_size, png_level=png_level, recheck_photos=recheck_photos,
+                       strengths=tuple(strengths or ())).with_run_id()
     return run_tracked(config, flow_label)
 
 

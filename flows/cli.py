@@ -248,6 +248,9 @@ def run(
     output_size: str = OUTPUT_SIZE,
     png_level: int = PNG_LEVEL,
     recheck_photos: bool = RECHECK_PHOTOS,
+    strengths: Optional[str] = typer.Option(None, "--strengths", help="also render every item at these adapter "
+                                            "scales, in this job (e.g. 0.2,0.6,1.0): each as preset NAME@S, its own "
+                                            "rows, for a review's strength slider"),
     dry_run: bool = typer.Option(False, "--dry-run", help="validate and plan only: print items to do / done before / "
                                  "invalid rows per preset, and exit without loading a model or starting Ray/Prefect"),
 ):
@@ -262,18 +265,33 @@ def run(
     preset = _default_preset(preset, spec)
     if output_size not in ("input", "working"):
         fail(f"--output-size {output_size!r} must be input or working")
+    sweep = _strengths(strengths)
     if dry_run:
-        return print_plan(manifest, output, preset, model)
+        return print_plan(manifest, output, preset, model, strengths=sweep)
     check_cluster()
     from flows.catalog_localization import catalog_localization
 
     summary = run_flow(catalog_localization, manifest=manifest, output=output, preset=preset, model=model,
+                        strengths=list(sweep) or None,
                         actors=actors, actor_cpus=actor_cpus, max_failure_rate=max_failure_rate,
                         item_timeout_s=item_timeout, max_pixels=max_pixels, min_actors=min_actors,
                         gpus_per_actor=gpus_per_actor, batch_size=batch_size, actor_wait_s=actor_wait,
                         output_size=output_size, png_level=png_level, recheck_photos=recheck_photos)
     print_summary(summary)
     fail_over_limit(summary, max_failure_rate)
+
+
+def _strengths(text: str | None) -> tuple[float, ...]:
+    """``--strengths 0.2,0.6,1.0`` -> (0.2, 0.6, 1.0); one line naming what is wrong."""
+    if not text:
+        return ()
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UsageError(f"--strengths {text!r} must be comma-separated adapter scales, e.g. 0.2,0.6,1.0") from None
+    if not values or any(not 0.0 <= v <= 1.0 for v in values) or len(set(values)) != len(values):
+        raise UsageError(f"--strengths {text!r}: give distinct adapter scales in 0..1, e.g. 0.2,0.6,1.0")
+    return values
 
 
 @command("run-job", hidden=True)

@@ -124,14 +124,16 @@ def fail_over_limit(summary: dict, max_failure_rate: float) -> None:
               "(every row was still written; see the error column)")
 
 
-def print_plan(manifest: str, output: str, preset: str, model: str | None, variants: int = 0, styles: str = "") -> None:
+def print_plan(manifest: str, output: str, preset: str, model: str | None, variants: int = 0, styles: str = "",
+               strengths: tuple[float, ...] = ()) -> None:
     import resource
 
     from tight_pipeline.pipeline.config import JobConfig
 
     from tight_pipeline.pipeline.planner import plan_job
 
-    plan = plan_job(JobConfig(manifest=manifest, output=output, preset=preset, model=model, variants=variants, styles=styles))
+    plan = plan_job(JobConfig(manifest=manifest, output=output, preset=preset, model=model, variants=variants,
+                              styles=styles, strengths=strengths))
     for message in plan.invalid_sample[:20]:
         typer.echo(f"invalid: {message}", err=True)
     typer.echo(f"manifest {manifest}: {plan.items} items, {plan.invalid_rows} invalid rows "

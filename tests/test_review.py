@@ -157,9 +157,10 @@ def test_decide_and_publish_from_the_command_line(tmp_path):
     assert decisions.current(out).loc[0, "note"] == "label sharp"
 
 
-def test_the_loop_run_decide_redo_publish(tmp_path, tiny_model_dir, prefect_env, ray_env, monkeypatch):
-    """A run on three photos; one edit approved, one rejected, one asked again at another strength; `redo` renders
-    it into the same output beside the old one; `publish` writes exactly the approved PNG, and again nothing."""
+def test_the_loop_sweep_decide_redo_publish(tmp_path, tiny_model_dir, prefect_env, ray_env, monkeypatch):
+    """A run on three photos at two strengths (one job); one edit approved, one rejected, one asked again at another
+    strength; `redo` renders it into the same output beside the old ones; `publish` writes exactly the approved PNG,
+    and again nothing."""
     import json
 
     from flows.cli import app
@@ -178,24 +179,32 @@ def test_the_loop_run_decide_redo_publish(tmp_path, tiny_model_dir, prefect_env,
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     out, shop = str(tmp_path / "out"), str(tmp_path / "shop")
     runner = CliRunner()
-    first = runner.invoke(app, ["run", "--manifest", str(folder / "manifest.jsonl"), "--output", out,
-                                "--preset", "smoke", "--model", str(tiny_model_dir)])
+    sweep = ["--manifest", str(folder / "manifest.jsonl"), "--output", out, "--preset", "smoke", "--model",
+             str(tiny_model_dir), "--strengths", "0.2,1"]
+    first = runner.invoke(app, ["run", *sweep])  # every photo at two strengths, in one job
     assert first.exit_code == 0, first.output[-3000:]
+    rendered = scores.read_latest(out)
+    assert len(rendered) == 6 and (rendered["status"] == "ok").all()
+    assert sorted(set(rendered["preset"])) == ["smoke@0.2", "smoke@1"]
+    assert sorted(set(rendered["adapter_scale"])) == [0.2, 1.0] and rendered["preset_hash"].nunique() == 2
+    planned = runner.invoke(app, ["run", *sweep, "--dry-run"])  # the sweep resumes like any run: all done
+    assert planned.exit_code == 0 and planned.output.count("         0          0            3") == 2, planned.output
+    one = rendered[rendered["preset"] == "smoke@1"].iloc[0]["preset_hash"]
     for item, decision, extra in (("p0", "approve", []), ("p1", "reject", []),
                                   ("p2", "redo", ["--redo-preset", "smoke@0.9", "--note", "stronger"])):
         done = runner.invoke(app, ["decide", "--output", out, "--item", f"{item}/blue", "--decision", decision,
-                                   "--reviewer", "ana", *extra])
+                                   "--reviewer", "ana", "--preset-hash", one, *extra])
         assert done.exit_code == 0, done.output
     again = runner.invoke(app, ["redo", "--output", out, "--model", str(tiny_model_dir)])
     assert again.exit_code == 0, again.output[-3000:]
     assert "1 edits to redo" in again.output
     rows = scores.read_latest(out)
     p2 = rows[rows["item_id"] == "p2"].sort_values("preset")
-    assert list(p2["preset"]) == ["smoke", "smoke@0.9"] and (p2["status"] == "ok").all(), again.output  # the old one stays
-    assert len(rows) == 4
+    assert list(p2["preset"]) == ["smoke@0.2", "smoke@0.9", "smoke@1"] and (p2["status"] == "ok").all(), again.output
+    assert len(rows) == 7  # the old ones stay beside the new one
     published = runner.invoke(app, ["publish", "--output", out, "--to", shop])
     assert published.exit_code == 0 and "published 1 new or changed" in published.output, published.output
-    p0 = rows[rows["item_id"] == "p0"].iloc[0]
+    p0 = rows[(rows["item_id"] == "p0") & (rows["preset_hash"] == one)].iloc[0]
     assert _sha(f"{shop}/p0/blue.png") == _sha(p0["edit_uri"])
     assert sorted(p.name for p in (tmp_path / "shop").rglob("*.png")) == ["blue.png"]
     listed = pq.read_table(f"{shop}/published.parquet").to_pandas()
@@ -203,5 +212,5 @@ def test_the_loop_run_decide_redo_publish(tmp_path, tiny_model_dir, prefect_env,
     assert "published 0 new or changed, 1 already in place" in runner.invoke(
         app, ["publish", "--output", out, "--to", shop]).output
     same = runner.invoke(app, ["decide", "--output", out, "--item", "p1/blue", "--decision", "redo",
-                               "--reviewer", "ana", "--redo-preset", "smoke@0.4"])  # smoke's own strength
+                               "--reviewer", "ana", "--preset-hash", one, "--redo-preset", "smoke@1.0"])
     assert same.exit_code == 2 and "renders the same output" in same.output

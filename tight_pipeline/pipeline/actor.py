@@ -196,7 +196,8 @@ class EditorActor:
         (written as they finish); after ``max_attempts`` starts an item becomes an error row without running.
         """
         items = [Item.from_json(str(text)) for text in batch["item"]]
-        candidate = dict(zip((i.item_id for i in items), batch.get("candidate", [False] * len(items))))
+        # keyed by (preset, item): a strength sweep puts one item in the plan once per strength
+        candidate = dict(zip(((i.preset, i.item_id) for i in items), batch.get("candidate", [False] * len(items))))
         keys = [f"{self.presets[i.preset].hash}/{i.item_id}" for i in items]
         import ray
 
@@ -237,7 +238,7 @@ class EditorActor:
                 ray.get(self.ledger.begin_alone.remote(key))
                 rows = self.process_group([item], preset)
             scores.write_part(self.output, self.run_id, rows, tag=f"{os.getpid()}")
-            row_summary = summarize(item, rows, candidate.get(item.item_id, False))
+            row_summary = summarize(item, rows, candidate.get((item.preset, item.item_id), False))
             ray.get(self.ledger.finish_alone.remote(key, row_summary))
             summary.append(row_summary)
 
@@ -251,11 +252,12 @@ class EditorActor:
         for name, group in by_preset.items():
             rows.extend(self.process_group(group, self.presets[name]))
         scores.write_part(self.output, self.run_id, rows, tag=f"{os.getpid()}")
-        by_item: dict[str, list[dict]] = {}
+        by_item: dict[tuple[str, str], list[dict]] = {}
         for r in rows:
-            by_item.setdefault(r["item_id"], []).append(r)
+            by_item.setdefault((r["preset"], r["item_id"]), []).append(r)
         for item in fresh:
-            summary.append(summarize(item, by_item.get(item.item_id, []), candidate.get(item.item_id, False)))
+            key = (self.presets[item.preset].name, item.item_id)
+            summary.append(summarize(item, by_item.get(key, []), candidate.get((item.preset, item.item_id), False)))
 
     def _deadline(self, t_start: float, n_items: int = 1):
         """A progress callback that aborts the work once it has run longer than ``item_timeout_s`` per item."""

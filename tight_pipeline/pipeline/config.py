@@ -60,6 +60,10 @@ class JobConfig:
         actor_pipeline: batches in flight in each actor at once: one holds the model while the others fetch and
             decode their photos or composite, encode and write their outputs (threads; the model runs one batch at a
             time). 1 = each batch in line, the accelerator idle through its CPU work (benchmarks/bench_overlap.py).
+        strengths: render every item at each of these adapter scales too (``--strengths 0.2,0.6,1.0``), in this job:
+            item by item its preset ``name@s`` for each ``s`` (its own preset's name, or the run's), each its own rows
+            under that preset's hash — resumable and exactly-once like any run; what a review's strength slider moves
+            between. Empty: each item at its own preset only.
         png_level: zlib level of the output PNGs (0-9). 2 (the default) encodes a 4-MP catalog photo 3x faster
             than Pillow's default 6 for a file ~23 % larger (level 1: as fast, larger; 4: 2.5x, +10 %; 9: 11x
             slower, -11 %: docs/benchmarks.md).
@@ -93,8 +97,15 @@ class JobConfig:
     recheck_photos: bool = False
     actor_pipeline: int = 3
     png_level: int = 2
+    strengths: tuple[float, ...] = ()
 
     def __post_init__(self):
+        object.__setattr__(self, "strengths", tuple(float(s) for s in self.strengths))  # JSON gives a list
+        for s in self.strengths:
+            if not 0.0 <= s <= 1.0:
+                raise ValueError(f"strength {s:g} must be an adapter scale in 0..1")
+        if len(set(self.strengths)) != len(self.strengths):
+            raise ValueError(f"strengths {list(self.strengths)} name one strength twice")
         if self.output_size not in ("input", "working"):
             raise ValueError(f"output_size {self.output_size!r} must be 'input' or 'working'")
         if not 0 <= self.png_level <= 9:

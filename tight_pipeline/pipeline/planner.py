@@ -64,6 +64,21 @@ class Plan:
 
 
 # -- the plan ------------------------------------------------------------------------------------------
+def strength_base(preset: str) -> str | None:
+    """The preset a strength sweep renders at other scales: ``name`` of ``name`` or ``name@scale``; ``None`` for a
+    preset of automatic strength (it has no fixed scale to sweep: such an item is rendered once, as it asks)."""
+    name, _, scale = preset.partition("@")
+    return None if scale == "auto" or load_preset(name).auto else name
+
+
+def sweep(item, default: Preset, strengths: tuple[float, ...]) -> list:
+    """``item`` once per strength (preset ``base@s``), or as it is when its preset chooses its own strength."""
+    base = strength_base(item.preset or default.name)
+    if base is None:
+        return [item]
+    return [dataclasses.replace(item, preset=f"{base}@{s:g}") for s in strengths]
+
+
 def plan_job(config: JobConfig, default: Preset | None = None, digest: str | None = None, write: bool = False) -> Plan:
     """Stream the manifest once: count items to do / done before / invalid per preset; with ``write``, write the
     to-do items and resume candidates as plan files and the invalid rows as ``scores/`` parts."""
@@ -93,6 +108,9 @@ def _plan_job(config: JobConfig, default: Preset | None, digest: str | None, wri
     variants = config.variant_request()
     for chunk in iter_manifest(config.manifest, set(all_presets), config.allowed_schemes, config.plan_rows, sha,
                                variants):
+        if config.strengths:  # a strength sweep: each item once per strength, each its own preset and rows
+            chunk = dataclasses.replace(chunk, items=[x for item in chunk.items
+                                                      for x in sweep(item, default, config.strengths)])
         for item in chunk.items:
             if item.preset and item.preset not in by_ref:
                 by_ref[item.preset] = load_preset(item.preset)
