@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml requirements.lock
 demo: $(STAMP)
 	$(VENV)/bin/tight-pipeline demo
 
-# Everything but the drills (8-9 minutes from a clean clone on 2 cores); CI runs this, then `make drills`.
+# Everything but the drills (~10 minutes from a clean clone on 2 cores); CI runs this, then `make drills`.
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not drill" --durations=15
 

@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
+@pytest.mark.drill  # the GPU script on CPU (15-21 s): `make drills`, keeping `make test` under 10 minutes
 def test_bench_gpu_runs_on_the_tiny_model_on_cpu(tmp_path):
     out = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--size", "tiny", "--device", "cpu", "--quick",
@@ -40,6 +41,7 @@ def _bench(tmp_path, *args):
 
 
 @pytest.mark.slow
+@pytest.mark.drill  # the GPU script on CPU (15-21 s): `make drills`, keeping `make test` under 10 minutes
 def test_bench_gpu_cases_at_two_resolutions_few_step_ratios_and_a_compile_switch(tmp_path):
     """What gpu_check.sh's sdxl and switches sections run, on the tiny model: a case at another working size shares the
     loaded pipeline, the few-step speed-up is reported against balanced, and the compiled network runs every step of
