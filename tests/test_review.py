@@ -62,8 +62,12 @@ def test_publish_copies_exactly_the_approved_outputs_and_a_second_publish_copies
     assert listed.loc[0, "png_sha256"] == _sha(rows["h1", "a"].edit_uri) and listed.loc[0, "adapter_scale"] == 1.0
     before = storage.read_bytes(f"{to}/published.parquet")
     second = publish(out, to)
-    assert (second.copied, second.unchanged) == (0, 1)
+    assert (second.copied, second.unchanged) == (0, 1) and not second.withdrawn
     assert storage.read_bytes(f"{to}/published.parquet") == before  # nothing rewritten either
+    decisions.write(out, [decisions.Decision.about(rows["h1", "a"], "reject", "ben", note="label smeared")])
+    third = publish(out, to)
+    assert third.copied == 0 and third.withdrawn == ["a/blue"]  # said, never silently deleted
+    assert any("no longer approved" in line and "a/blue" in line for line in third.lines())
 
 
 def test_a_decision_on_an_output_re_rendered_since_is_stale_and_never_published(tmp_path):

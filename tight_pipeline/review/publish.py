@@ -6,7 +6,8 @@ to ``<to>/<item_id>/<edit_id>.png`` — its bytes checked against the sha256 the
 strength, approved by / at, the PNG's sha256). Idempotent and resumable: a PNG already at its place with the approved
 bytes is not copied again, and a run cut short is finished by the next one. Rejected, undecided, redo and stale
 outputs are never published. Two approved outputs for one item and edit (two strengths approved): the latest
-approval is published, and the summary says so.
+approval is published, and the summary says so. Publish never deletes: an output published earlier and rejected
+since stays in place, and the summary names it.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class PublishSummary:
     copied: int = 0
     unchanged: int = 0
     superseded: int = 0
+    withdrawn: list[str] = field(default_factory=list)  # published earlier, no longer approved (left in place)
     skipped: dict[str, int] = field(default_factory=dict)  # review state -> outputs not published
     manifest_uri: str = ""
 
@@ -46,6 +48,10 @@ class PublishSummary:
             out.append(f"{self.superseded} approved outputs superseded by a later approval of the same item and edit")
         for state, n in sorted(self.skipped.items()):
             out.append(f"not published: {n} {state}")
+        if self.withdrawn:
+            out.append(f"{len(self.withdrawn)} published earlier are no longer approved and were left in place "
+                       f"(publish never deletes): {', '.join(self.withdrawn[:10])}"
+                       + (" ..." if len(self.withdrawn) > 10 else ""))
         if self.manifest_uri:
             out.append(f"list: {storage.redact(self.manifest_uri)}")
         return out
@@ -101,5 +107,7 @@ def publish(output: str, to: str) -> PublishSummary:
         buf = io.BytesIO()
         pq.write_table(pa.Table.from_pandas(frame, schema=PUBLISHED, preserve_index=False), buf)
         storage.write_bytes_atomic(manifest_uri, buf.getvalue())
+    approved_now = set(zip(latest["item_id"], latest["edit_id"]))
+    summary.withdrawn = sorted(f"{i}/{e}" for i, e in listed if (i, e) not in approved_now)
     summary.manifest_uri = manifest_uri
     return summary
