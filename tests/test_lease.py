@@ -135,6 +135,32 @@ def test_a_store_without_conditional_writes_is_named_not_raced():
         RunLease("memory://bucket/out", "run-a").acquire()
 
 
+def test_a_double_grant_by_the_store_is_caught_by_reading_the_claim_back(s3, monkeypatch):
+    """The drill once saw two racers' conditional creates both succeed on SeaweedFS (1 round of 20). Here the
+    other writer's claim lands while this one settles, as a store that double-grants would leave it: this run
+    must see that its claim is not the one kept, and refuse, naming the other."""
+    import types
+
+    from tight_pipeline.data import storage
+    from tight_pipeline.pipeline import lease as lease_module
+
+    fs = s3.filesystem()
+    if not fs.exists("lease-race"):
+        fs.mkdir("lease-race")
+    out = f"s3://lease-race/{uuid.uuid4().hex[:8]}/out"
+    other = json.dumps({"run_id": "run-b", "host": socket.gethostname(), "pid": os.getpid(), "started": time.time(),
+                        "renewals": 0, "ttl_s": 120.0}).encode()
+
+    def settle(seconds):  # meanwhile the other create "succeeded" too, and landed last
+        storage.write_bytes_atomic(lease_url(out), other)
+
+    monkeypatch.setattr(lease_module, "time", types.SimpleNamespace(sleep=settle, monotonic=time.monotonic,
+                                                                    time=time.time))
+    with pytest.raises(RunLeaseHeld, match="run run-b"):
+        RunLease(out, "run-a").acquire()
+    assert conditional.read(lease_url(out)).data == other  # the kept claim is left alone
+
+
 RACER = """
 import json, sys, time
 from tight_pipeline.pipeline.lease import RunLease, RunLeaseHeld

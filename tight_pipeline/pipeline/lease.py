@@ -34,6 +34,9 @@ from tight_pipeline.data import conditional, storage
 from tight_pipeline.data.conditional import PreconditionFailed
 
 NAME = "_lease.json"
+# After a winning write to an object store, the claim is read back this long after (``RunLease._confirm``); local
+# files need none (an exclusive link is atomic in the kernel).
+CONFIRM_S = 0.5
 log = logging.getLogger("tight_pipeline.pipeline.lease")
 
 
@@ -114,20 +117,36 @@ class RunLease:
         version = conditional.read(self.url)
         try:
             if version is None:
-                self.etag = conditional.create(self.url, self._claim())
-                return None
+                claim = self._claim()
+                self.etag = conditional.create(self.url, claim)
+                return self._confirm(claim)
             holder = self._parse(version)
             if holder.get("run_id") == self.run_id or self._stale(holder):
                 if holder.get("run_id") != self.run_id:
                     log.info("taking over %s's lease on %s: %s", holder.get("run_id"), storage.redact(self.output),
                              "its process is gone" if _pid_gone(holder) else
                              f"not renewed for {holder['age_s']:.0f} s (ttl {holder.get('ttl_s')} s)")
-                self.etag = conditional.replace(self.url, self._claim(), version.etag)
-                return None
+                claim = self._claim()
+                self.etag = conditional.replace(self.url, claim, version.etag)
+                return self._confirm(claim)
             return holder
         except PreconditionFailed:
             # Another run created or took it between our read and our write: it won; name it.
             return self.live_holder() or {"run_id": "(another run, just now)", "age_s": 0.0}
+
+    def _confirm(self, claim: bytes) -> None:
+        """After a winning write, read the claim back once the store has settled (``CONFIRM_S``): the drill once saw
+        two racers' creates both succeed on SeaweedFS 4.48 (1 round of 20, 8 processes within 4 ms); whichever
+        claim the store kept is the winner, and a writer that reads another's claim lost."""
+        if storage.scheme_of(self.url) != "s3":
+            return None
+        time.sleep(CONFIRM_S)
+        version = conditional.read(self.url)
+        if version is None or version.data != claim:
+            self.etag = None
+            raise PreconditionFailed(f"{storage.redact(self.url)}: another writer's claim is the one kept")
+        self.etag = version.etag
+        return None
 
     def acquire(self) -> "RunLease":
         deadline = time.monotonic() + self.wait_s
