@@ -36,7 +36,7 @@ from tight_pipeline.data.conditional import PreconditionFailed
 NAME = "_lease.json"
 # After a winning write to an object store, the claim is read back this long after (``RunLease._confirm``); local
 # files need none (an exclusive link is atomic in the kernel).
-CONFIRM_S = 0.5
+CONFIRM_S = 1.0  # SeaweedFS answers some racing writes 1-2 s late
 log = logging.getLogger("tight_pipeline.pipeline.lease")
 
 
