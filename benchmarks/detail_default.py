@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from PIL import Image  # noqa: E402
 
+from region_eval import high_pass  # noqa: E402  (this folder: the photo minus a Gaussian blur, sigma 2 px)
 from tight_pipeline.demo_model.products import (BACKGROUNDS, HELDOUT_SEED_OFFSET, ProductSpec,  # noqa: E402
                                                 caption, dominant_colour, render_product)
 from tight_pipeline.method import region  # noqa: E402
@@ -50,13 +51,8 @@ from tight_pipeline.method.specs import resolve_model_spec  # noqa: E402
 
 SIZE = 256
 SEED = 23  # another held-out stream than recolour_eval's
-SIGMA = 2.0
+SIGMA = 2.0  # region_eval.high_pass's blur
 PHOTOS = ("coffee", "chelsea", "astronaut", "rocket", "immunohistochemistry", "hubble_deep_field")
-
-
-def high_pass(image: np.ndarray) -> np.ndarray:
-    x = image[..., :3].astype(np.float64)
-    return x - ndimage.gaussian_filter(x, (SIGMA, SIGMA, 0))
 
 
 def detail_scores(photo: np.ndarray, out: np.ndarray, product: np.ndarray) -> dict:

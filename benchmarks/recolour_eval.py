@@ -25,13 +25,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from PIL import Image  # noqa: E402
 
+from detail_default import detail_scores  # noqa: E402  (this folder: the same measures)
 from tight_pipeline.demo_model.products import (HELDOUT_SEED_OFFSET, ProductSpec, dominant_colour,  # noqa: E402
                                                 render_product)
 from tight_pipeline.method import region  # noqa: E402
@@ -45,25 +45,11 @@ SEED = 11
 FILLS = ("edit", "detail", "recolour")
 
 
-def high_pass(image: np.ndarray) -> np.ndarray:
-    x = image[..., :3].astype(np.float64)
-    return x - ndimage.gaussian_filter(x, (2, 2, 0))
-
-
 def measure(photo: np.ndarray, out: np.ndarray, product: np.ndarray, target: str) -> dict:
-    inner = ndimage.binary_erosion(product, iterations=region.band_px(SIZE, SIZE))
-    hp_photo, hp_out = high_pass(photo), high_pass(out)
-    magnitude = np.abs(hp_photo).sum(-1)
-    sharp = inner & (magnitude >= np.quantile(magnitude[inner], 0.97))
-    emblem = inner & (photo[..., :3].min(-1) > 225)
-    return {
-        "fine_db": region.psnr(hp_out, hp_photo, inner),
-        "marks_db": region.psnr(hp_out, hp_photo, sharp),
-        "emblem_change": float(np.abs(out[emblem][:, :3].astype(float) - photo[emblem][:, :3]).mean())
-        if emblem.any() else None,
-        "backdrop_db": region.psnr(out, photo, ~product),
-        "landed": dominant_colour(Image.fromarray(out[..., :3]), product) == target,
-    }
+    keys = ("fine_db", "marks_db", "emblem_change", "backdrop_db")
+    scores = detail_scores(photo, out, product)
+    return {**{k: scores[k] for k in keys},
+            "landed": dominant_colour(Image.fromarray(out[..., :3]), product) == target}
 
 
 def main() -> None:

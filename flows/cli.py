@@ -531,7 +531,9 @@ def decide(
         from tight_pipeline.method.presets import load_preset
 
         again = load_preset(redo_preset).hash  # an unknown preset is one line here, not a failed redo later
-        for _, r in picked[picked["preset_hash"] == again].iterrows():
+        same = picked[picked["preset_hash"] == again]
+        if len(same):
+            r = same.iloc[0]
             raise UsageError(f"--redo-preset {redo_preset} renders the same output as {r['item_id']}/{r['edit_id']}'s "
                              f"({r['preset']}, hash {again}): name another strength or preset")
     made = [decisions.Decision.about(r, decision, reviewer, note=note, redo_preset=redo_preset)
@@ -558,7 +560,9 @@ def redo(
     if uri is None:
         typer.echo("no open redo requests (decide --decision redo --redo-preset NAME@STRENGTH asks for one)")
         return
-    typer.echo(f"{count} edits to redo: {storage_redact(uri)}")
+    from tight_pipeline.data.storage import redact
+
+    typer.echo(f"{count} edits to redo: {redact(uri)}")
     spec = resolve_model_spec(model)
     _ensure_default_model(model, spec)
     check_cluster()
@@ -567,12 +571,6 @@ def redo(
     summary = run_flow(catalog_localization, manifest=uri, output=output, preset=_default_preset(preset, spec),
                        model=model)
     print_summary(summary)
-
-
-def storage_redact(text: str) -> str:
-    from tight_pipeline.data.storage import redact
-
-    return redact(text)
 
 
 @command()

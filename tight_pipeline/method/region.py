@@ -51,6 +51,7 @@ from PIL import Image
 from scipy import ndimage
 
 REGION_MODES = ("whole", "auto", "mask", "studio")
+SOURCES = {"mask": "given", "auto": "auto", "whole": "whole", "studio": "studio"}  # the rows' ``region_source``
 FILLS = ("auto", "edit", "detail", "recolour")
 # ``recolour``: a pixel of the region belongs to the product's body when its chroma (the pixel less its grey part,
 # ``rgb - min(rgb)``) points within ``BODY_MAX_ANGLE`` (radians) of the body colour's and its length is
@@ -101,7 +102,7 @@ class EditRegion:
     @property
     def source(self) -> str:
         """What the rows call it: ``given``, ``auto`` or ``whole`` (``studio``: ``finish`` says which it became)."""
-        return {"mask": "given", "auto": "auto", "whole": "whole", "studio": "studio"}[self.mode]
+        return SOURCES[self.mode]
 
 
 def band_px(width: int, height: int) -> int:
@@ -142,11 +143,6 @@ class Blend:
         kept = self.levels.get(key, self.clean)[self.rows]
         m = self.masks.to(z)
         return m * z + (1 - m) * kept.to(z)
-
-
-def _lanczos(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """uint8 (h, w, 3) → float64 (H, W, 3) at ``size`` (w, h)."""
-    return _lanczos_u8(image, size).astype(np.float64)
 
 
 def _lanczos_u8(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -348,12 +344,9 @@ def _recolour(photo_rgb: np.ndarray, edit: np.ndarray, reconstruction: np.ndarra
     """The recoloured pixels of ``inside`` (float (N, 3)) or ``None`` when the region has no body colour or no map
     can be fitted (then ``detail`` is used)."""
     height, width = photo_rgb.shape[:2]
-    rgb = photo_rgb.astype(np.float64)
-    weights_full = np.zeros((height, width))
-    w, body = body_weights(rgb[mask])
+    w, body = body_weights(photo_rgb[mask].astype(np.float64))
     if body is None:
         return None
-    weights_full[mask] = w
     # the map: reconstruction -> edit on the body pixels at the working size
     small_mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(
         (edit.shape[1], edit.shape[0]), Image.Resampling.BOX)) >= 128
@@ -361,12 +354,19 @@ def _recolour(photo_rgb: np.ndarray, edit: np.ndarray, reconstruction: np.ndarra
     colour_map = fit_colour_map(rec, ed, body_weights(rec, body)[0])
     if colour_map is None:
         return None
-    # the photo's body colour around each pixel, from body pixels only (normalised convolution): shading, no marks
+    # the photo's body colour around each pixel, from body pixels only (normalised convolution): shading, no marks.
+    # Only over the region's box and the filter's reach around it (the same values: weights are 0 outside the mask).
     sigma = max(1.0, RECOLOUR_FIELD_SIGMA * min(height, width))
-    norm = ndimage.gaussian_filter(weights_full, sigma)
-    field = np.stack([ndimage.gaussian_filter(rgb[..., c] * weights_full, sigma) for c in range(3)], -1)
-    field = field[inside] / np.maximum(norm[inside], 1e-6)[:, None]
-    return recolour_inner(rgb[inside], (weights_full[inside], field), colour_map)
+    reach = int(4.0 * sigma + 0.5) + 1  # scipy's default truncate (4 sigma)
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    box = (slice(max(0, rows[0] - reach), rows[-1] + 1 + reach), slice(max(0, cols[0] - reach), cols[-1] + 1 + reach))
+    rgb, here = photo_rgb[box].astype(np.float64), inside[box]
+    weights = np.zeros(here.shape)
+    weights[mask[box]] = w  # the mask lies in the box: the same pixels in the same order
+    norm = ndimage.gaussian_filter(weights, sigma)
+    field = np.stack([ndimage.gaussian_filter(rgb[..., c] * weights, sigma) for c in range(3)], -1)
+    field = field[here] / np.maximum(norm[here], 1e-6)[:, None]
+    return recolour_inner(rgb[here], (weights[here], field), colour_map)
 
 
 def composite(photo: np.ndarray, edit: np.ndarray, reconstruction: np.ndarray, mask: np.ndarray, fill: str
@@ -439,7 +439,7 @@ def finish(photo: np.ndarray, edit: np.ndarray, reconstruction: np.ndarray, regi
         product = studio_parts(photo)
     if mode == "studio":
         mode = "auto" if product is not None else "whole"
-    source = {"mask": "given", "auto": "auto", "whole": "whole"}[mode]
+    source = SOURCES[mode]
     if mode == "whole":
         out = upsize(edit, photo)
         mask = np.ones((height, width), bool)

@@ -64,16 +64,17 @@ class Plan:
 
 
 # -- the plan ------------------------------------------------------------------------------------------
-def strength_base(preset: str) -> str | None:
+def strength_base(preset: str, presets: dict[str, Preset]) -> str | None:
     """The preset a strength sweep renders at other scales: ``name`` of ``name`` or ``name@scale``; ``None`` for a
-    preset of automatic strength (it has no fixed scale to sweep: such an item is rendered once, as it asks)."""
+    preset of automatic strength (it has no fixed scale to sweep: such an item is rendered once, as it asks).
+    ``presets``: the loaded presets (the manifest's presets were checked against them)."""
     name, _, scale = preset.partition("@")
-    return None if scale == "auto" or load_preset(name).auto else name
+    return None if scale == "auto" or presets[name].auto else name
 
 
-def sweep(item, default: Preset, strengths: tuple[float, ...]) -> list:
+def sweep(item, default: Preset, strengths: tuple[float, ...], presets: dict[str, Preset]) -> list:
     """``item`` once per strength (preset ``base@s``), or as it is when its preset chooses its own strength."""
-    base = strength_base(item.preset or default.name)
+    base = strength_base(item.preset or default.name, presets)
     if base is None:
         return [item]
     return [dataclasses.replace(item, preset=f"{base}@{s:g}") for s in strengths]
@@ -110,7 +111,7 @@ def _plan_job(config: JobConfig, default: Preset | None, digest: str | None, wri
                                variants):
         if config.strengths:  # a strength sweep: each item once per strength, each its own preset and rows
             chunk = dataclasses.replace(chunk, items=[x for item in chunk.items
-                                                      for x in sweep(item, default, config.strengths)])
+                                                      for x in sweep(item, default, config.strengths, all_presets)])
         for item in chunk.items:
             if item.preset and item.preset not in by_ref:
                 by_ref[item.preset] = load_preset(item.preset)
