@@ -586,5 +586,34 @@ def publish(
         typer.echo(line)
 
 
+@command()
+def review(
+    output: str = typer.Option(..., help="the run's output prefix URL (local folder or s3://)"),
+    port: int = typer.Option(7860, help="port on 127.0.0.1"),
+):
+    """Open the review app (needs the review extra: pip install 'tight-pipeline[review]'): before/after, a strength
+    slider over the rendered strengths, approve / reject / redo written as decisions. No GPU, no model."""
+    import time
+
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise UsageError("the review app needs Gradio: pip install 'tight-pipeline[review]' (the catalog team's "
+                         "machine; GPU workers never need it)") from None
+    from tight_pipeline.method.presets import load_preset
+    from tight_pipeline.review.app import launch
+
+    def preset_hash_of(name: str) -> str:
+        return load_preset(name).hash
+
+    app_, url = launch(output, port=port, preset_hash_of=preset_hash_of)
+    typer.echo(f"review of {output}: {url}  ({len(app_.queue_model)} edits; Ctrl-C to stop)")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        app_.close()
+
+
 if __name__ == "__main__":
     app()

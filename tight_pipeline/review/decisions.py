@@ -148,19 +148,15 @@ def with_state(output: str, rows: pd.DataFrame, check_bytes: bool = True) -> pd.
     cols = ["decision", "png_sha256", "reviewer", "decided_at", "note", "redo_preset", "override_checks"]
     merged = rows.merge(decided[KEY + cols + ["edit_uri"]].rename(columns={"edit_uri": "decided_uri"}), on=KEY,
                         how="left")
-    states = []
-    for _, r in merged.iterrows():
-        if not isinstance(r["decision"], str):
-            states.append("undecided")
-            continue
-        fresh = r["decided_uri"] == r["edit_uri"]
-        if fresh and check_bytes:
+    names = merged["decision"].map({"approve": "approved", "reject": "rejected", "redo": "redo"})
+    fresh = (merged["decided_uri"] == merged["edit_uri"]).to_numpy().copy()
+    if check_bytes:
+        for i in (fresh & names.notna().to_numpy()).nonzero()[0]:
             try:
-                fresh = sha256_of(r["edit_uri"]) == r["png_sha256"]
+                fresh[i] = sha256_of(merged["edit_uri"].iat[i]) == merged["png_sha256"].iat[i]
             except FileNotFoundError:
-                fresh = False
-        states.append({"approve": "approved", "reject": "rejected", "redo": "redo"}[r["decision"]] if fresh
-                      else "stale")
+                fresh[i] = False
+    states = names.where(fresh, "stale").where(names.notna(), "undecided")
     merged["review_state"] = states
     return merged
 
