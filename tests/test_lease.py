@@ -204,6 +204,8 @@ def test_eight_processes_racing_for_one_output_on_s3_have_exactly_one_winner_eve
         this = [x for x in results if x["round"] == r]
         assert sum(x["won"] for x in this) == 1, this
         spreads.append(max(x["at"] for x in this) - min(x["at"] for x in this))
-    # They really raced: the 8 attempts of a round started within 100 ms in most rounds (2 cores, 8 processes: a
-    # round now and then has a late waker), within 1 s in all.
-    assert sorted(spreads)[rounds // 2] < 0.1 and max(spreads) < 1.0, spreads
+    # They really raced: the 8 attempts of a round started within 100 ms in most rounds. On 2 cores with 8
+    # processes a round now and then has a late waker (CI saw one start 1.5 s late, its previous round's answer
+    # having come late), so the bound on every round is the round's own slot (2.5 s), and 15 of 20 within 1 s.
+    assert sorted(spreads)[rounds // 2] < 0.1, spreads
+    assert sum(s < 1.0 for s in spreads) >= 15 and max(spreads) < 2.5, spreads
