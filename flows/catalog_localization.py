@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 
-from prefect import flow
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
@@ -16,7 +17,11 @@ from flows.tasks import (edit_items, flow_timeout_s, open_tracking, publish_summ
                          write_contact_sheet)
 from tight_pipeline.reporting import tracking
 from tight_pipeline.method.specs import resolve_model_spec
-from tight_pipeline.pipeline.config import JobConfig, default_preset
+from flows.choices import ChecksProfile, PresetName, Strength
+from flows.publish_approved import review_state, summary_markdown
+from tight_pipeline.data import storage
+from tight_pipeline.data.checks import DEFAULT as DEFAULT_CHECKS
+from tight_pipeline.pipeline.config import JobConfig, default_preset, join_preset
 from tight_pipeline.pipeline.cluster import check_compute, ray_mode
 
 
@@ -24,7 +29,9 @@ from tight_pipeline.pipeline.cluster import check_compute, ray_mode
 def catalog_localization(
     manifest: str,
     output: str,
-    preset: str | None = None,
+    preset: PresetName | None = None,
+    strength: Strength | None = None,
+    auto_strength: bool = False,
     model: str | None = None,
     actors: int = 1,
     actor_cpus: float = 1.0,
@@ -38,19 +45,32 @@ def catalog_localization(
     output_size: str = "input",
     png_level: int = 2,
     recheck_photos: bool = False,
-    strengths: list[float] | None = None,
+    strengths: list[Strength] | None = None,
+    checks: ChecksProfile = DEFAULT_CHECKS,
     flow_label: str = "catalog-localization",
 ) -> dict:
-    """One catalog run; the compute settings are ``JobConfig``'s (deployments set them per cluster)."""
+    """One catalog run; the compute settings are ``JobConfig``'s (deployments set them per cluster). ``preset``
+    (one of the shipped presets) at ``strength`` (its own when not given) or with automatic strength; items may name
+    their own; ``strengths``: also render every item at these; ``checks``: the automatic checks' profile."""
     # No preset: the model family's default (flux-balanced for a FLUX model, else balanced).
-    preset = default_preset(preset, resolve_model_spec(model))
+    preset = join_preset(default_preset(preset, resolve_model_spec(model)), strength, auto_strength)
     config = JobConfig(manifest=manifest, output=output, preset=preset, model=model, actors=actors,
                        actor_cpus=actor_cpus, max_failure_rate=max_failure_rate,
                        item_timeout_s=item_timeout_s, max_pixels=max_pixels, min_actors=min_actors,
                        gpus_per_actor=gpus_per_actor, batch_size=batch_size, actor_wait_s=actor_wait_s,
                        output_size=output_size, png_level=png_level, recheck_photos=recheck_photos,
-                       strengths=tuple(strengths or ())).with_run_id()
+                       strengths=tuple(strengths or ()), checks=checks).with_run_id()
     return run_tracked(config, flow_label)
+
+
+@task(name="review-artifact", retries=2, retry_delay_seconds=[5, 30])
+def review_artifact(output: str, sheet_uri: str | None, flow_label: str) -> None:
+    """What is left for a person: the output's review counts, the command that opens the review app, the contact
+    sheet (a Markdown artifact, keyed so the Artifacts page shows the latest)."""
+    text = summary_markdown(output, review_state(output))
+    if sheet_uri:
+        text += f"\n\nContact sheet: `{storage.redact(sheet_uri)}`"
+    create_markdown_artifact(markdown=text, key=f"{flow_label}-review", description="left for a person to review")
 
 
 def run_tracked(config: JobConfig, flow_label: str) -> dict:
@@ -76,6 +96,7 @@ def run_tracked(config: JobConfig, flow_label: str) -> dict:
         raise
     links = track_run(result, sheet, sheet_uri, flow_label, tags, opened["mlflow_run_id"])
     summary = publish_summary(result, links, sheet_uri, flow_label)
+    review_artifact(config.output, sheet_uri, flow_label)
     summary["prefect_flow_run_id"] = str(flow_run.id)
     summary["prefect_flow_run_url"] = flow_run.ui_url
     summary["output"] = config.output

@@ -225,6 +225,8 @@ RECHECK_PHOTOS = typer.Option(False, "--recheck-photos", help="before skipping a
                               "redo it when their bytes changed (replaced at the same URI); one read per done item")
 PNG_LEVEL = typer.Option(2, "--png-level", min=0, max=9, help="PNG compression of the outputs (0-9): 2 encodes a 4-MP "
                          "photo in a third of the time of Pillow's 6 for 23 % larger files (docs/benchmarks.md)")
+CHECKS = typer.Option("basic", "--checks", help="automatic checks' profile for every output (configs/checks.yaml: "
+                      "basic, marketplace-white, none): the review queues failures, publish refuses them")
 OUTPUT_SIZE = typer.Option("input", "--output-size", help="input: output PNGs at each photo's own size, composited "
                            "by each edit's region; working: the model's working-size images")
 
@@ -248,6 +250,7 @@ def run(
     output_size: str = OUTPUT_SIZE,
     png_level: int = PNG_LEVEL,
     recheck_photos: bool = RECHECK_PHOTOS,
+    checks: str = CHECKS,
     strengths: Optional[str] = typer.Option(None, "--strengths", help="also render every item at these adapter "
                                             "scales, in this job (e.g. 0.2,0.6,1.0): each as preset NAME@S, its own "
                                             "rows, for a review's strength slider"),
@@ -271,14 +274,31 @@ def run(
     check_cluster()
     from flows.catalog_localization import catalog_localization
 
-    summary = run_flow(catalog_localization, manifest=manifest, output=output, preset=preset, model=model,
-                        strengths=list(sweep) or None,
+    summary = run_flow(catalog_localization, manifest=manifest, output=output, **_preset_params(preset),
+                        model=model, strengths=list(sweep) or None, checks=_checks(checks),
                         actors=actors, actor_cpus=actor_cpus, max_failure_rate=max_failure_rate,
                         item_timeout_s=item_timeout, max_pixels=max_pixels, min_actors=min_actors,
                         gpus_per_actor=gpus_per_actor, batch_size=batch_size, actor_wait_s=actor_wait,
                         output_size=output_size, png_level=png_level, recheck_photos=recheck_photos)
     print_summary(summary)
     fail_over_limit(summary, max_failure_rate)
+
+
+def _preset_params(text: str) -> dict:
+    """``--preset NAME@S`` as the flows' parameters (a shipped preset, a bounded strength, automatic strength); an
+    unknown preset or strength is one line here."""
+    from tight_pipeline.method.presets import load_preset
+    from tight_pipeline.pipeline.config import split_preset
+
+    load_preset(text)
+    name, strength, auto = split_preset(text)
+    return {"preset": name, "strength": strength, "auto_strength": auto}
+
+
+def _checks(name: str) -> str:
+    from tight_pipeline.data.checks import load_profile
+
+    return load_profile(name).name  # an unknown profile is one line
 
 
 def _strengths(text: str | None) -> tuple[float, ...]:
@@ -338,6 +358,7 @@ def variants(
     actor_wait: float = ACTOR_WAIT,
     max_failure_rate: float = typer.Option(1.0, help="exit non-zero when more rows than this fraction fail"),
     recheck_photos: bool = RECHECK_PHOTOS,
+    checks: str = CHECKS,
     dry_run: bool = typer.Option(False, "--dry-run", help="validate and plan only (variants to do / done before)"),
 ):
     """N styled variants of every item (one inversion per item serves all its variants). Re-runs skip done
@@ -360,8 +381,11 @@ def variants(
 
     typer.echo(f"{n} variants per item from style set {style_set.name!r} ({style_set.hash}): "
                + "; ".join(style_set.styles), err=True)
-    summary = run_flow(variant_generation, manifest=manifest, output=output, n=n, styles=styles, preset=preset,
-                        model=model, actors=actors, actor_cpus=actor_cpus, max_failure_rate=max_failure_rate,
+    params = _preset_params(preset)
+    if params.pop("auto_strength"):
+        fail(f"--preset {preset}: a variant job renders each variant at the preset's strength (NAME or NAME@S)")
+    summary = run_flow(variant_generation, manifest=manifest, output=output, n=n, styles=styles, **params,
+                        checks=_checks(checks), model=model, actors=actors, actor_cpus=actor_cpus, max_failure_rate=max_failure_rate,
                         min_actors=min_actors, gpus_per_actor=gpus_per_actor, batch_size=batch_size,
                         actor_wait_s=actor_wait, recheck_photos=recheck_photos)
     print_summary(summary)
@@ -397,8 +421,10 @@ def demo(
     typer.echo(f"demo manifest: {manifest}  (model {spec.name}, preset {preset})")
     from flows.catalog_localization import catalog_localization
 
-    summary = run_flow(catalog_localization, manifest=manifest, output=out, preset=preset, model=model)
+    summary = run_flow(catalog_localization, manifest=manifest, output=out, **_preset_params(preset), model=model)
     print_summary(summary)
+    typer.echo(f"  review it        tight-pipeline review --output {out}   (needs the review extra; approve, then "
+               f"tight-pipeline publish --output {out} --to FOLDER)")
 
 
 @command()
@@ -507,6 +533,8 @@ def decide(
     note: str = typer.Option("", "--note"),
     preset_hash: Optional[str] = typer.Option(None, "--preset-hash", help="only the outputs of this preset hash"),
     redo_preset: str = typer.Option("", "--redo-preset", help="with redo: what to render instead (e.g. balanced@0.6)"),
+    override_checks: bool = typer.Option(False, "--override-checks", help="with approve: publish it even though it "
+                                         "failed its automatic checks (recorded in the decision)"),
 ):
     """Record a decision about outputs (one Parquet part under OUTPUT/review/decisions/, the PNG's sha256 with it)."""
     import pandas as pd
@@ -514,7 +542,9 @@ def decide(
     from tight_pipeline.data import scores
     from tight_pipeline.review import decisions
 
-    rows = scores.read_latest(output, ["status", "edit_uri", "preset", "adapter_scale"])
+    if override_checks and decision != "approve":
+        raise UsageError("--override-checks goes with --decision approve")
+    rows = scores.read_latest(output, ["status", "edit_uri", "preset", "adapter_scale", "checks_failed"])
     rows = rows[rows["status"] == "ok"]
     chosen = []
     for spec in item:
@@ -536,11 +566,20 @@ def decide(
             r = same.iloc[0]
             raise UsageError(f"--redo-preset {redo_preset} renders the same output as {r['item_id']}/{r['edit_id']}'s "
                              f"({r['preset']}, hash {again}): name another strength or preset")
-    made = [decisions.Decision.about(r, decision, reviewer, note=note, redo_preset=redo_preset)
-            for _, r in picked.iterrows()]
+    made = [decisions.Decision.about(r, decision, reviewer, note=note, redo_preset=redo_preset,
+                                     override_checks=override_checks) for _, r in picked.iterrows()]
     decisions.write(output, made)
+    failed = dict(zip(zip(picked["item_id"], picked["edit_id"], picked["preset_hash"]), picked["checks_failed"]))
     for d in made:
-        typer.echo(f"{d.decision}: {d.item_id}/{d.edit_id} ({d.preset}, {d.preset_hash}) sha256 {d.png_sha256[:12]}")
+        why = failed.get((d.item_id, d.edit_id, d.preset_hash))
+        held = (f"  (failed checks: {why}; " + ("override recorded)" if d.override_checks else
+                                                "publish holds it back without --override-checks)")
+                if d.decision == "approve" and isinstance(why, str) and why else "")
+        typer.echo(f"{d.decision}: {d.item_id}/{d.edit_id} ({d.preset}, {d.preset_hash}) sha256 "
+                   f"{d.png_sha256[:12]}{held}")
+    from flows.publish_approved import mirror
+
+    typer.echo(mirror(output))
 
 
 @command()
@@ -548,6 +587,7 @@ def redo(
     output: str = typer.Option(..., help="the run's output prefix URL: its open redo decisions are run into it"),
     model: Optional[str] = typer.Option(None, help="model (default: catalog-demo); the run's own model, as before"),
     preset: Optional[str] = typer.Option(None, help="default preset (every redo line names its own)"),
+    checks: str = CHECKS,
 ):
     """Run the output's redo requests (decide --decision redo --redo-preset P) as an ordinary job into the same
     output: the new outputs appear beside the old ones, under the new preset's hash."""
@@ -568,8 +608,8 @@ def redo(
     check_cluster()
     from flows.catalog_localization import catalog_localization
 
-    summary = run_flow(catalog_localization, manifest=uri, output=output, preset=_default_preset(preset, spec),
-                       model=model)
+    summary = run_flow(catalog_localization, manifest=uri, output=output,
+                       **_preset_params(_default_preset(preset, spec)), model=model, checks=_checks(checks))
     print_summary(summary)
 
 
@@ -582,8 +622,11 @@ def publish(
     """Copy exactly the approved, not re-rendered outputs (sha256-checked); idempotent."""
     from tight_pipeline.review.publish import publish as publish_approved
 
+    from flows.publish_approved import mirror
+
     for line in publish_approved(output, to).lines():
         typer.echo(line)
+    typer.echo(mirror(output))
 
 
 @command()
@@ -606,7 +649,14 @@ def review(
     def preset_hash_of(name: str) -> str:
         return load_preset(name).hash
 
-    app_, url = launch(output, port=port, preset_hash_of=preset_hash_of)
+    import threading
+
+    from flows.publish_approved import mirror
+
+    def on_decision() -> None:  # the review's copy in MLflow follows each decision, off the reviewer's click
+        threading.Thread(target=lambda: print(mirror(output)), daemon=True).start()
+
+    app_, url = launch(output, port=port, preset_hash_of=preset_hash_of, on_decision=on_decision)
     typer.echo(f"review of {output}: {url}  ({len(app_.queue_model)} edits; Ctrl-C to stop)")
     try:
         while True:

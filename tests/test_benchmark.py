@@ -265,6 +265,7 @@ def test_ledits_runs_on_the_engines_weights_and_gives_them_back():
 
 
 # -- the benchmark through the job ------------------------------------------------------------------------------------
+@pytest.mark.drill  # end to end through Ray (and Prefect): make drills (make test stays under 7 minutes)
 def test_benchmark_slice_end_to_end(tmp_path, ray_session, prefect_harness):
     """Two edit types of the demo set, three peers (ours, its region-true output, LEDITS++) in one job: the table,
     plot, rows and the MLflow run, with the metrics that have no weights here named missing."""

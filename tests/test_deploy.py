@@ -301,7 +301,7 @@ def test_prefect_yaml_is_the_one_definition_and_resolves_site_values_from_the_en
 
     env = {"TP_RAY_ADDRESS": "http://head:8265", "TP_CATALOG_OUTPUT": "s3://b/out", "TP_WORK_POOL": "pool-x"}
     defs = {d.name: d for d in deployments.load(env=env)}
-    assert set(defs) == {"nightly-localization", "weekly-variants", "monthly-tradeoff"}
+    assert set(defs) == {"nightly-localization", "weekly-variants", "monthly-tradeoff", "publish-approved"}
     for d in defs.values():
         flow = deployments.load_flow(d)  # the entrypoint exists, every parameter is one the flow accepts
         assert flow.timeout_seconds is None or flow.timeout_seconds > 0

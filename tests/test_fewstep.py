@@ -271,6 +271,7 @@ def test_sampler_is_checked_in_presets():
         Preset("x", sampler="lms")
 
 
+@pytest.mark.drill  # end to end through Ray (and Prefect): make drills (make test stays under 7 minutes)
 def test_run_with_a_turbo_preset_end_to_end(tmp_path, turbo_dir, photo, ray_session):
     from tight_pipeline.data import scores
     from tight_pipeline.pipeline.config import JobConfig

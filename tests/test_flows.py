@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 
 from tests.corpus import image_files
 from tight_pipeline.settings import state_dir
@@ -25,6 +26,7 @@ def _upload_manifest(fs, bucket: str, n: int = 3) -> str:
     return f"s3://{bucket}/in/manifest.jsonl"
 
 
+@pytest.mark.drill  # end to end through Ray (and Prefect): make drills (make test stays under 7 minutes)
 def test_catalog_localization_on_s3_tracks_everything_and_leaks_nothing(s3, ray_session, prefect_harness, tiny_model_dir):
     import mlflow
     from prefect.client.orchestration import get_client
@@ -123,6 +125,7 @@ def test_catalog_localization_on_s3_tracks_everything_and_leaks_nothing(s3, ray_
         assert not any(s in fs.cat(key) for s in secrets), f"credential found in s3://{key}"
 
 
+@pytest.mark.drill  # end to end through Ray (and Prefect): make drills (make test stays under 7 minutes)
 def test_variant_generation_and_tradeoff_benchmark(tmp_path, ray_session, prefect_harness, tiny_model_dir):
     import mlflow
 
@@ -177,7 +180,7 @@ def test_variant_generation_and_tradeoff_benchmark(tmp_path, ray_session, prefec
     assert {"tradeoff.csv", "tradeoff.png"} <= artifacts
 
 
-def test_deploy_registers_the_three_scheduled_flows(prefect_harness):
+def test_deploy_registers_the_three_scheduled_flows_and_the_publish_flow(prefect_harness):
     import asyncio
 
     from prefect.client.orchestration import get_client
@@ -187,14 +190,15 @@ def test_deploy_registers_the_three_scheduled_flows(prefect_harness):
 
     result = CliRunner().invoke(app, ["deploy"])
     assert result.exit_code == 0, result.output
-    assert "registered 3 deployments" in result.output
+    assert "registered 4 deployments" in result.output
 
     async def deployments():
         async with get_client() as client:
             return await client.read_deployments()
 
     found = {d.name: d for d in asyncio.run(deployments())}
-    assert {"nightly-localization", "weekly-variants", "monthly-tradeoff"} <= set(found)
+    assert {"nightly-localization", "weekly-variants", "monthly-tradeoff", "publish-approved"} <= set(found)
+    assert not found["publish-approved"].schedules  # a person starts it (or a nightly run's automation)
     assert found["nightly-localization"].schedules[0].schedule.cron == "0 2 * * *"
     assert found["nightly-localization"].parameters["max_failure_rate"] == 0.05
     # From infra/prefect/prefect.yaml (the one definition): its pool, one run at a time, its cluster's address.

@@ -137,6 +137,7 @@ def test_flux_presets_load_and_old_hashes_are_stable():
     assert dataclasses.replace(sdxl, eta=0.5).hash != sdxl.hash
 
 
+@pytest.mark.drill  # end to end through Ray (and Prefect): make drills (make test stays under 7 minutes)
 def test_run_with_a_flux_spec_end_to_end(tmp_path, flux_dir, ray_session, prefect_harness):
     """The catalog flow over the demo manifest with a FLUX spec and no preset: the family's default, Parquet rows and
     MLflow metrics like SDXL (the command line around it is the same for every family: tests/test_cli.py runs it)."""

@@ -317,6 +317,7 @@ def test_edit_with_a_mask_on_odd_photos(tmp_path):
     assert wrong.exit_code != 0 and "the photo is 451x300" in wrong.output
 
 
+@pytest.mark.drill  # end to end through Ray (and Prefect): make drills (make test stays under 7 minutes)
 def test_run_with_masks_on_odd_photos(tmp_path, tiny_model_dir, ray_session):
     from tight_pipeline.data import scores
     from tight_pipeline.pipeline.config import JobConfig

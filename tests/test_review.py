@@ -215,6 +215,22 @@ def test_the_loop_sweep_decide_redo_publish(tmp_path, tiny_model_dir, prefect_en
     assert list(listed["item_id"]) == ["p0"]
     assert "published 0 new or changed, 1 already in place" in runner.invoke(
         app, ["publish", "--output", out, "--to", shop]).output
+    # The review is mirrored onto the MLflow run that wrote the outputs: counts as tags, the decisions as a table.
+    import json as _json
+
+    from tight_pipeline.reporting import tracking
+
+    client = tracking.connect().MlflowClient()
+    exp = client.get_experiment_by_name("tight-pipeline")
+    first_run = rendered["run_id"].iloc[0]
+    run = client.search_runs([exp.experiment_id], f"tags.run_id = '{first_run}'")[0]
+    tags = run.data.tags
+    assert (tags["review.approved"], tags["review.rejected"], tags["review.redo"], tags["review.undecided"]) == \
+        ("1", "1", "1", "3"), tags
+    table = _json.loads(open(client.download_artifacts(run.info.run_id, "review/decisions.json",
+                                                       str(tmp_path))).read())
+    assert len(table["data"]) == 6 and "review_state" in table["columns"]
+    assert (rows["checks_profile"] == "basic").all() and (rows["checks_failed"] == "").all()  # every output checked
     same = runner.invoke(app, ["decide", "--output", out, "--item", "p1/blue", "--decision", "redo",
                                "--reviewer", "ana", "--preset-hash", one, "--redo-preset", "smoke@1.0"])
     assert same.exit_code == 2 and "renders the same output" in same.output

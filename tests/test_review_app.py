@@ -68,20 +68,51 @@ BROWSER, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 @pytest.mark.drill
 @pytest.mark.skipif(not (BROWSER and DRIVER), reason="needs chromium and chromedriver")
-def test_in_a_browser_the_slider_shows_each_strength_and_the_buttons_record_decisions(tmp_path):
+def test_the_whole_loop_in_a_browser_sweep_slider_decide_redo_publish(tmp_path, tiny_model_dir, prefect_env, ray_env,
+                                                                       monkeypatch):
+    """A run renders three photos at three strengths (one job); in the review app a reviewer moves the slider and
+    sees that strength's PNG, approves it, rejects the next edit and asks a redo of the third; `redo` renders it;
+    `publish` writes exactly the approved PNG and its list, and a second `publish` copies nothing."""
+    import json
+    import urllib.request
+
+    import pyarrow.parquet as pq
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
+    from typer.testing import CliRunner
 
+    from flows.cli import app as cli
+    from tight_pipeline.method.presets import load_preset
     from tight_pipeline.review.app import launch
 
-    out = _sweep(tmp_path)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    lines = []
+    for i in range(3):
+        pixels = np.random.default_rng(i).integers(0, 255, (48, 40, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"p{i}.png")
+        lines.append(json.dumps({"item_id": f"p{i}", "image_uri": f"p{i}.png", "source_prompt": "a mug",
+                                 "edits": [{"edit_id": "blue", "prompt": "a blue mug"}]}))
+    (folder / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    for key, value in {**prefect_env, **ray_env}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    out, shop = str(tmp_path / "out"), str(tmp_path / "shop")
+    runner = CliRunner()
+    ran = runner.invoke(cli, ["run", "--manifest", str(folder / "manifest.jsonl"), "--output", out, "--preset", "smoke",
+                              "--model", str(tiny_model_dir), "--strengths", ",".join(map(str, STRENGTHS))])
+    assert ran.exit_code == 0, ran.output[-3000:]
+    low, high = load_preset("smoke@0.2").hash, load_preset("smoke@1.0").hash
+    rendered = scores.read_latest(out)
+    assert len(rendered) == 9 and (rendered["checks_profile"] == "basic").all()
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app, url = launch(out, port=port)
+    review, url = launch(out, port=port)
     options = webdriver.ChromeOptions()
     options.binary_location = BROWSER
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1800"):
@@ -91,28 +122,45 @@ def test_in_a_browser_the_slider_shows_each_strength_and_the_buttons_record_deci
         driver.get(url)
         wait = WebDriverWait(driver, 60)
         shown = lambda: driver.find_element(By.ID, "shown").text  # noqa: E731
-        wait.until(lambda d: "h2" in shown())  # the highest rendered strength first
+        wait.until(lambda d: high in shown())  # the highest rendered strength first
         rng = driver.find_element(By.CSS_SELECTOR, "#strength input[type=range]")
         rng.send_keys(Keys.HOME)  # a reviewer drags the slider to the lowest strength
-        wait.until(lambda d: "h0" in shown())
-        assert "balanced@0.2" in driver.find_element(By.ID, "info").text
+        wait.until(lambda d: low in shown())
+        assert "smoke@0.2" in driver.find_element(By.ID, "info").text
         imgs = [i.get_attribute("src") for i in driver.find_elements(By.CSS_SELECTOR, "#pair img")]
-        import urllib.request
-
-        want = hashlib.sha256(storage.read_bytes(storage.output_key(out, "h0", "a", "blue"))).hexdigest()
+        want = hashlib.sha256(storage.read_bytes(storage.output_key(out, low, "p0", "blue"))).hexdigest()
         got = {hashlib.sha256(urllib.request.urlopen(src, timeout=10).read()).hexdigest() for src in imgs if src}
         assert want in got, "the shown edit is the 0.2 strength's PNG"
         driver.find_element(By.CSS_SELECTOR, "#reviewer textarea, #reviewer input").send_keys("ana")
         driver.find_element(By.ID, "approve").click()
         wait.until(lambda d: "approved by ana" in d.find_element(By.ID, "result").text)
-        driver.find_element(By.CSS_SELECTOR, "#redo_as textarea, #redo_as input").send_keys("balanced@0.8")
         driver.find_element(By.ID, "next").click()
-        wait.until(lambda d: "b / blue" in d.find_element(By.ID, "info").text)
+        wait.until(lambda d: "p1 / blue" in d.find_element(By.ID, "info").text)
+        driver.find_element(By.ID, "reject").click()
+        wait.until(lambda d: "rejected by ana" in d.find_element(By.ID, "result").text)
+        driver.find_element(By.CSS_SELECTOR, "#redo_as textarea, #redo_as input").send_keys("smoke@0.8")
+        driver.find_element(By.ID, "next").click()
+        wait.until(lambda d: "p2 / blue" in d.find_element(By.ID, "info").text)
         driver.find_element(By.ID, "redo").click()
-        wait.until(lambda d: "redo asked (balanced@0.8)" in d.find_element(By.ID, "result").text)
+        wait.until(lambda d: "redo asked (smoke@0.8)" in d.find_element(By.ID, "result").text)
     finally:
         driver.quit()
-        app.close()
+        review.close()
     got = decisions.current(out).set_index("item_id")
-    assert got.loc["a", "decision"] == "approve" and got.loc["a", "preset_hash"] == "h0"
-    assert got.loc["b", "decision"] == "redo" and got.loc["b", "redo_preset"] == "balanced@0.8"
+    assert got.loc["p0", "decision"] == "approve" and got.loc["p0", "preset_hash"] == low
+    assert got.loc["p1", "decision"] == "reject" and got.loc["p1", "preset_hash"] == high
+    assert got.loc["p2", "decision"] == "redo" and got.loc["p2", "redo_preset"] == "smoke@0.8"
+
+    again = runner.invoke(cli, ["redo", "--output", out, "--model", str(tiny_model_dir)])
+    assert again.exit_code == 0 and "1 edits to redo" in again.output, again.output[-3000:]
+    rows = scores.read_latest(out)
+    assert sorted(rows[rows["item_id"] == "p2"]["preset"]) == ["smoke@0.2", "smoke@0.6", "smoke@0.8", "smoke@1"]
+    published = runner.invoke(cli, ["publish", "--output", out, "--to", shop])
+    assert published.exit_code == 0 and "published 1 new or changed" in published.output, published.output
+    assert hashlib.sha256((tmp_path / "shop" / "p0" / "blue.png").read_bytes()).hexdigest() == want
+    assert sorted(str(p.relative_to(tmp_path / "shop")) for p in (tmp_path / "shop").rglob("*.png")) == ["p0/blue.png"]
+    listed = pq.read_table(f"{shop}/published.parquet").to_pandas()
+    assert list(listed["item_id"]) == ["p0"] and listed.loc[0, "png_sha256"] == want
+    assert listed.loc[0, "preset_hash"] == low and listed.loc[0, "approved_by"] == "ana"
+    second = runner.invoke(cli, ["publish", "--output", out, "--to", shop])
+    assert "published 0 new or changed, 1 already in place" in second.output

@@ -69,6 +69,9 @@ SCHEMA = pa.schema(
         # what the manifest asked of the edit (Item.request_digest; null on rows written before it was recorded) and
         # the sha256 of the photo's bytes the worker read (null on error rows before the fetch and on older rows)
         ("request_digest", pa.string()), ("image_sha256", pa.string()),
+        # the automatic checks (data/checks.py): the profile, the checks failed ("" = none; null = not checked: older
+        # rows) and what was measured (JSON)
+        ("checks_profile", pa.string()), ("checks_failed", pa.string()), ("checks", pa.string()),
     ]
 )
 

@@ -27,7 +27,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
+
 from tight_pipeline.data import scores, storage
+from tight_pipeline.data.checks import DEFAULT as DEFAULT_CHECKS, load_profile
 from tight_pipeline.pipeline import rows as score_rows
 
 from tight_pipeline.reporting import sheets
@@ -155,7 +158,7 @@ class EditorActor:
                  manifest_uri: str, limits: storage.ImageLimits, torch_threads: int = 0, clip_model: str | None = None,
                  allowed_schemes: tuple[str, ...] = storage.DEFAULT_SCHEMES, item_timeout_s: float = 0.0,
                  max_attempts: int = 3, ledger_name: str | None = None, rivals: tuple[str, ...] | None = None,
-                 output_size: str = "input", png_level: int = 2, pipeline: int = 3):
+                 output_size: str = "input", png_level: int = 2, pipeline: int = 3, checks: str = DEFAULT_CHECKS):
         import torch
 
         from tight_pipeline.method.factory import load_engine
@@ -177,6 +180,7 @@ class EditorActor:
                                        thread_name_prefix="tp-cpu")
         self._gate = Gate()
         self.png_level = png_level
+        self.checks = load_profile(checks)  # the automatic checks every output is measured against
         self.spec, self.digest, self.presets, self.output = spec, digest, presets, output
         self.run_id, self.manifest_uri, self.limits = run_id, manifest_uri, limits
         self.allowed = allowed_schemes
@@ -401,6 +405,19 @@ class EditorActor:
             tiles.append((re.sub(r"{[A-Za-z_][A-Za-z0-9_]*}", "", style).strip(" ,"), image))
         return sheets.side_by_side(tiles, tile=256)
 
+    def check(self, pixels: np.ndarray, photo_size: tuple[int, int], scores: dict, photo: np.ndarray | None) -> dict:
+        """The output's automatic checks (``data/checks.py``) as its scores row's columns. The product (for the
+        backdrop and frame-share checks) is the studio-shot product of the output, else of the photo."""
+        from tight_pipeline.method import region
+
+        product = None
+        if self.checks.needs_product:
+            product = region.studio_product(pixels)
+            if product is None and photo is not None:
+                product = region.studio_product(photo)
+        kept = scores.get("psnr_outside_region") if scores.get("region_source") not in (None, "whole") else None
+        return self.checks.evaluate(pixels, photo_size, kept, product).columns()
+
     def write(self, item: Item, preset: Preset, result, notes: list[str], fetch_s: float, t_start: float,
               shas: tuple[str, dict[str, str]], as_stored: bool = False) -> list[dict]:
         """Write the item's PNGs (reconstruction last; at the photo's size unless ``output_size`` is ``working``)
@@ -422,11 +439,15 @@ class EditorActor:
         else:
             input_image = png.submit(Image.fromarray(result.photo) if full else result.input)
         recon_image = png.submit(Image.fromarray(result.full_reconstruction) if full else result.reconstruction)
-        edit_images, region_images, sizes = {}, {}, {}
+        edit_images, region_images, sizes, checked = {}, {}, {}, {}
+        photo_size = (result.photo.shape[1], result.photo.shape[0]) if result.photo is not None else result.input.size
         for edit in item.edits:
-            image = Image.fromarray(result.full_edits[edit.edit_id]) if full else result.edits[edit.edit_id]
+            pixels = result.full_edits[edit.edit_id] if full else np.asarray(result.edits[edit.edit_id])
+            image = Image.fromarray(pixels)
             edit_images[edit.edit_id] = png.submit(image)
             sizes[edit.edit_id] = image.size
+            checked[edit.edit_id] = self.check(pixels, photo_size, result.edit_scores[edit.edit_id],
+                                               result.photo if full else None)
             mask = result.region_masks.get(edit.edit_id)
             if mask is not None and result.edit_scores[edit.edit_id].get("region_source") != "whole":
                 # the region as a picture (white = changed; at the photo's size): sheets outline it
@@ -460,7 +481,8 @@ class EditorActor:
             "time_judge_s": t.judge_s or None,
             "time_total_s": time.perf_counter() - t_start,
         }
-        uris = {"input": input_uri, "reconstruction": recon_uri, "edit": edit_uris, "region": region_uris, "size": sizes}
+        uris = {"input": input_uri, "reconstruction": recon_uri, "edit": edit_uris, "region": region_uris, "size": sizes,
+                "checks": checked}
         return score_rows.ok_rows(self.base_row(item, preset), item, result, notes, timings, uris,
                                   self.worker_columns(), image_sha256=shas[0])
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 
-from tight_pipeline.data import storage
+from tight_pipeline.data import checks as checks_module, storage
 from tight_pipeline.method.specs import ModelSpec
 from tight_pipeline.data.variants import VariantRequest, load_style_set
 
@@ -64,6 +64,8 @@ class JobConfig:
             item by item its preset ``name@s`` for each ``s`` (its own preset's name, or the run's), each its own rows
             under that preset's hash — resumable and exactly-once like any run; what a review's strength slider moves
             between. Empty: each item at its own preset only.
+        checks: the automatic checks' profile (``configs/checks.yaml``) evaluated on every output and written into
+            its scores row: the review app queues failures and ``publish`` refuses them unless overridden.
         png_level: zlib level of the output PNGs (0-9). 2 (the default) encodes a 4-MP catalog photo 3x faster
             than Pillow's default 6 for a file ~23 % larger (level 1: as fast, larger; 4: 2.5x, +10 %; 9: 11x
             slower, -11 %: docs/benchmarks.md).
@@ -98,8 +100,10 @@ class JobConfig:
     actor_pipeline: int = 3
     png_level: int = 2
     strengths: tuple[float, ...] = ()
+    checks: str = checks_module.DEFAULT
 
     def __post_init__(self):
+        checks_module.load_profile(self.checks)  # an unknown profile is one line before any work
         object.__setattr__(self, "strengths", tuple(float(s) for s in self.strengths))  # JSON gives a list
         for s in self.strengths:
             if not 0.0 <= s <= 1.0:
@@ -131,3 +135,20 @@ def default_preset(preset: str | None, spec: ModelSpec) -> str:
     the CLI and the flows (deployments) both choose it here."""
     return preset or ("flux-balanced" if spec.family == "flux" else "balanced")
 
+
+
+def split_preset(text: str) -> tuple[str, float | None, bool]:
+    """``balanced@0.3`` -> ("balanced", 0.3, False); ``smoke@auto`` -> ("smoke", None, True); ``balanced`` ->
+    ("balanced", None, False): how the CLI's one string becomes the flows' three parameters (a preset chosen from
+    a list, a bounded strength, automatic strength on or off)."""
+    name, _, scale = text.partition("@")
+    if scale == "auto":
+        return name, None, True
+    return name, (float(scale) if scale else None), False
+
+
+def join_preset(name: str, strength: float | None = None, auto_strength: bool = False) -> str:
+    """``split_preset``'s inverse (the preset reference ``load_preset`` reads)."""
+    if auto_strength and strength is not None:
+        raise ValueError(f"preset {name}: give a strength or automatic strength, not both")
+    return f"{name}@auto" if auto_strength else f"{name}@{strength:g}" if strength is not None else name

@@ -196,6 +196,7 @@ def _run_ray(config: JobConfig, spec: ModelSpec, digest: str, plan: Plan, progre
                 allowed_schemes=config.allowed_schemes, item_timeout_s=config.item_timeout_s,
                 max_attempts=config.max_attempts, ledger_name=ledger_name, rivals=plan.rivals,
                 output_size=config.output_size, png_level=config.png_level, pipeline=config.actor_pipeline,
+                checks=config.checks,
             ),
             batch_size=batch,
             compute=actor_pool(config),

@@ -56,6 +56,7 @@ def ok_rows(base: dict, item: Item, result, notes: list[str], timings: dict, uri
             "input_uri": uris["input"], "reconstruction_uri": uris["reconstruction"],
             "edit_uri": uris["edit"][e.edit_id], "region_uri": uris["region"].get(e.edit_id),
             "output_width": uris["size"][e.edit_id][0], "output_height": uris["size"][e.edit_id][1],
+            **uris.get("checks", {}).get(e.edit_id, {}),
             "finished_at": now(),
         }
         for e in item.edits

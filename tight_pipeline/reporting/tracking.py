@@ -378,3 +378,38 @@ def _markdown(table: pd.DataFrame) -> str:
         return table.to_markdown(index=False)
     except ImportError:  # tabulate is optional
         return table.to_string(index=False)
+
+
+REVIEW_STATES = ("approved", "rejected", "redo", "stale", "undecided")
+REVIEW_TABLE = ["item_id", "edit_id", "preset", "preset_hash", "review_state", "reviewer", "decided_at", "note",
+                "redo_preset", "override_checks", "checks_failed", "png_sha256"]
+
+
+def mirror_review(state: pd.DataFrame, experiment: str = "tight-pipeline") -> dict[str, str]:
+    """Mirror a review onto the MLflow runs whose outputs it is about: per run (the ``run_id`` that wrote the
+    output), the counts per review state as tags ``review.<state>`` (searchable: ``tags.`review.approved` = '12'``)
+    and the decisions as a table artifact ``review/decisions.json`` (replaced at each mirror: the latest state).
+    ``state``: current ok scores rows with their decisions (``review.decisions.with_state``). Returns
+    {run_id: MLflow run id} for the runs found (a run tracked elsewhere, or not at all, is left out)."""
+    uri = tracking_uri()
+    if not len(state) or (uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists()):
+        return {}  # no run was ever tracked here: nothing to mirror onto (and no empty store made)
+    mlflow = connect()
+    client = mlflow.MlflowClient()
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        return {}
+    found = {}
+    for run_id, rows in state.groupby("run_id"):
+        runs = client.search_runs([exp.experiment_id], f"tags.run_id = '{run_id}'", max_results=1)
+        if not runs:
+            continue
+        mlflow_run_id = runs[0].info.run_id
+        counts = rows["review_state"].value_counts()
+        for name in REVIEW_STATES:
+            client.set_tag(mlflow_run_id, f"review.{name}", str(int(counts.get(name, 0))))
+        table = rows.reindex(columns=REVIEW_TABLE).astype(object).where(lambda f: f.notna(), None)
+        client.log_dict(mlflow_run_id, {"columns": REVIEW_TABLE, "data": table.values.tolist()},
+                        "review/decisions.json")
+        found[run_id] = mlflow_run_id
+    return found

@@ -4,8 +4,9 @@ Per item and edit: the photo and the chosen output in a before/after slider, a *
 the strengths that were rendered (it snaps to the nearest one), the rendered presets as one-click choices, the
 edit's own trade-off curve (photo kept vs edit change, the shown strength marked) and its scores in words; then
 **approve**, **reject** or **redo** (at another strength or preset, with a note), written as decisions
-(``decisions.write``: the PNG's sha256 is read when the button is pressed). A queue (all, not yet decided, worst
-first) pages through the keys; only the shown card's PNGs are read. It needs no GPU and no model: it reads what
+(``decisions.write``: the PNG's sha256 is read when the button is pressed; approving an output that failed its
+automatic checks needs the override box, recorded). A queue (all, not yet decided, failed checks, worst first) pages
+through the keys; only the shown card's PNGs are read. It needs no GPU and no model: it reads what
 runs wrote, local or ``s3://`` (remote PNGs are cached in a temporary folder to be served).
 """
 
@@ -71,9 +72,10 @@ def tradeoff_png(card: Card, shown: str) -> bytes:
     return buf.getvalue()
 
 
-def build(output: str, preset_hash_of=None):
+def build(output: str, preset_hash_of=None, on_decision=None):
     """The Gradio app over ``output`` (not launched); ``preset_hash_of(name)`` (the CLI gives the presets' hash)
-    refuses a redo that would render the output shown again."""
+    refuses a redo that would render the output shown again; ``on_decision()`` is called after each recorded
+    decision (the CLI mirrors the review to MLflow there, in the background)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
     from PIL import Image
@@ -123,7 +125,7 @@ def build(output: str, preset_hash_of=None):
         i = keys.index(key) if key in keys else -1
         return keys[max(0, min(len(keys) - 1, i + by))]
 
-    def decide(kind: str, key: str, shown: str, reviewer: str, note: str, redo_preset: str):
+    def decide(kind: str, key: str, shown: str, reviewer: str, note: str, redo_preset: str, override: bool = False):
         item_id, _, edit_id = (key or "").partition("/")
         try:
             row = q.row(item_id, edit_id, shown)
@@ -132,12 +134,18 @@ def build(output: str, preset_hash_of=None):
                     raise decisions.DecisionError(f"{key}: {redo_preset} renders the output shown: name another "
                                                   f"strength or preset")
             made = decisions.Decision.about(row, kind, reviewer or "", note=note or "",
-                                            redo_preset=redo_preset.strip() if kind == "redo" else "")
+                                            redo_preset=redo_preset.strip() if kind == "redo" else "",
+                                            override_checks=bool(override) and kind == "approve")
         except (decisions.DecisionError, ValueError, KeyError) as exc:
             return f"⚠ not recorded: {exc}", *show(key, preset_hash=shown)
         decisions.write(output, [made])
+        if on_decision is not None:
+            on_decision()
         q.reload()
         verb = {"approve": "approved", "reject": "rejected", "redo": f"redo asked ({made.redo_preset})"}[kind]
+        if kind == "approve" and row.get("checks_failed"):
+            verb += (" despite failed checks (override recorded)" if made.override_checks else
+                     " — it failed its automatic checks: publish holds it back unless approved with the override")
         return (f"✔ {made.item_id}/{made.edit_id} {made.preset}: {verb} by {made.reviewer} "
                 f"(sha256 {made.png_sha256[:12]})"), *show(key, preset_hash=shown)
 
@@ -169,6 +177,7 @@ def build(output: str, preset_hash_of=None):
             reviewer = gr.Textbox(label="reviewer", elem_id="reviewer")
             note = gr.Textbox(label="note", elem_id="note")
             redo_preset = gr.Textbox(label="redo as (preset or NAME@STRENGTH, e.g. balanced@0.6)", elem_id="redo_as")
+            override = gr.Checkbox(label="approve despite failed automatic checks", elem_id="override")
         with gr.Row():
             approve = gr.Button("approve", variant="primary", elem_id="approve")
             reject = gr.Button("reject", variant="stop", elem_id="reject")
@@ -184,8 +193,8 @@ def build(output: str, preset_hash_of=None):
         prev_btn.click(lambda qq, p, k: step_item(qq, p, k, -1), [queue, page, item], item)
         next_btn.click(lambda qq, p, k: step_item(qq, p, k, 1), [queue, page, item], item)
         for button, kind in ((approve, "approve"), (reject, "reject"), (redo, "redo")):
-            button.click(lambda k, h, r, n, p, kind=kind: decide(kind, k, h, r, n, p),
-                         [item, shown, reviewer, note, redo_preset], [result, *card_out])
+            button.click(lambda k, h, r, n, p, o, kind=kind: decide(kind, k, h, r, n, p, o),
+                         [item, shown, reviewer, note, redo_preset, override], [result, *card_out])
         app.load(lambda k: show(k) if k else (None, "no ok outputs in this output yet", None, gr.Slider(),
                                                 gr.Radio(), None, ""), item, card_out)
     app.queue_model = q
@@ -197,9 +206,9 @@ def _step(strengths: list[float]) -> float:
     return min(gaps[0] / 2, 0.05) if gaps else 0.05
 
 
-def launch(output: str, port: int = 7860, preset_hash_of=None):
+def launch(output: str, port: int = 7860, preset_hash_of=None, on_decision=None):
     """Serve the app on 127.0.0.1:``port`` (returns at once); returns (app, url)."""
-    app = build(output, preset_hash_of)
+    app = build(output, preset_hash_of, on_decision)
     app.queue()
     _, url, _ = app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, ssr_mode=False,
                            show_error=True, quiet=True)

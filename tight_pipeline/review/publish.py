@@ -5,7 +5,8 @@ to ``<to>/<item_id>/<edit_id>.png`` — its bytes checked against the sha256 the
 ``<to>/published.parquet`` (one row per published item and edit: the source photo's URI and sha256, preset, its hash,
 strength, approved by / at, the PNG's sha256). Idempotent and resumable: a PNG already at its place with the approved
 bytes is not copied again, and a run cut short is finished by the next one. Rejected, undecided, redo and stale
-outputs are never published. Two approved outputs for one item and edit (two strengths approved): the latest
+outputs are never published, and neither is an approved output that failed its automatic checks
+(``checks_failed``) unless its approval says ``override_checks`` (the reviewer's explicit choice, recorded). Two approved outputs for one item and edit (two strengths approved): the latest
 approval is published, and the summary says so. Publish never deletes: an output published earlier and rejected
 since stays in place, and the summary names it.
 """
@@ -30,7 +31,7 @@ PUBLISHED = pa.schema([
     ("preset_hash", pa.string()), ("adapter_scale", pa.float64()), ("png_sha256", pa.string()),
     ("approved_by", pa.string()), ("approved_at", pa.string()), ("published_at", pa.string()),
 ])
-ROW_COLUMNS = ["status", "edit_uri", "image_uri", "image_sha256", "preset", "adapter_scale"]
+ROW_COLUMNS = ["status", "edit_uri", "image_uri", "image_sha256", "preset", "adapter_scale", "checks_failed"]
 
 
 @dataclass
@@ -67,6 +68,11 @@ def publish(output: str, to: str) -> PublishSummary:
     state = decisions.with_state(output, rows)
     summary = PublishSummary(skipped={s: int(n) for s, n in state["review_state"].value_counts().items()
                                       if s != "approved"})
+    failed = state["checks_failed"].fillna("").astype(str) != ""
+    blocked = (state["review_state"] == "approved") & failed & ~state["override_checks"].fillna(False).astype(bool)
+    if blocked.any():
+        summary.skipped["approved but failed checks (no override)"] = int(blocked.sum())
+        state = state[~blocked]
     approved = state[state["review_state"] == "approved"].sort_values("decided_at", kind="stable")
     latest = approved.drop_duplicates(["item_id", "edit_id"], keep="last")
     summary.superseded = len(approved) - len(latest)

@@ -6,8 +6,9 @@
 
 A card holds every current ``ok`` output of one (item, edit) — one per preset hash, e.g. ``balanced@0.2``,
 ``balanced@0.6``, ``balanced@1.0`` of a strength sweep — sorted by strength, each with its review state
-(``decisions.with_state``) and its scores in words a catalog manager reads. Queues: ``all``, ``undecided`` (no
-output of the edit decided yet, or only stale decisions), ``worst first`` (the least kept photo first). Pages are
+(``decisions.with_state``), its scores and its automatic checks (``data/checks.py``) in words a catalog manager
+reads. Queues: ``all``, ``undecided`` (no output of the edit decided yet, or only stale decisions), ``failed checks``
+(some output of the edit failed its checks), ``worst first`` (failed checks first, then the least kept photo). Pages are
 :data:`PAGE` keys long: a 10,000-item output is never turned into 10,000 cards.
 """
 
@@ -18,14 +19,14 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from tight_pipeline.data import scores
+from tight_pipeline.data import checks, scores
 from tight_pipeline.review import decisions
 
 PAGE = 50
-QUEUES = ("all", "undecided", "worst first")
+QUEUES = ("all", "undecided", "failed checks", "worst first")
 COLUMNS = ["status", "edit_uri", "image_uri", "preset", "adapter_scale", "edit_prompt", "psnr_outside_region",
            "psnr_vs_input", "edit_change", "auto_reason", "region_fill", "region_source", "output_width",
-           "output_height"]
+           "output_height", "checks_profile", "checks_failed", "checks"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,8 @@ class Output:
     landed: str  # the automatic strength's verdict ("landed", ...), "" for a fixed strength
     fill: str
     state: str  # undecided | approved | rejected | redo | stale
+    failed: str = ""  # the automatic checks it failed (comma-separated; "" = passed or not checked)
+    checks: str = ""  # the checks in words ("" when passed)
 
     def words(self) -> str:
         """The scores as a sentence for a catalog manager."""
@@ -54,6 +57,8 @@ class Output:
             parts.append("edit landed" if self.landed == "landed" else f"edit check: {self.landed}")
         if self.fill:
             parts.append(f"filled as {self.fill}")
+        if self.checks:
+            parts.append(self.checks)
         return "; ".join(parts) or "no scores recorded"
 
 
@@ -79,6 +84,17 @@ def _number(value) -> float | None:
     return None if math.isnan(value) else value
 
 
+def _text(value) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _profile(name) -> checks.Profile | None:
+    try:
+        return checks.load_profile(name) if isinstance(name, str) and name else None
+    except checks.ChecksError:  # a profile renamed since the run: the words go without the thresholds
+        return None
+
+
 class Queue:
     def __init__(self, output: str):
         self.output = output
@@ -90,11 +106,14 @@ class Queue:
         rows["kept_db"] = rows["psnr_outside_region"].where(rows["psnr_outside_region"].notna(), rows["psnr_vs_input"])
         self.rows = decisions.with_state(self.output, rows, check_bytes=False).set_index(["item_id", "edit_id"],
                                                                                           drop=False).sort_index()
+        self.rows["failed"] = self.rows["checks_failed"].fillna("").astype(str) != ""
         per = self.rows.groupby(level=[0, 1], sort=True)
+        worst = pd.DataFrame({"ok": ~per["failed"].any(), "kept": per["kept_db"].min()})
         self._order = {
             "all": list(per.size().index),
             "undecided": [k for k, s in per["review_state"] if s.isin(["undecided", "stale"]).all()],
-            "worst first": list(per["kept_db"].min().sort_values(kind="stable", na_position="first").index),
+            "failed checks": list(worst.index[~worst["ok"].to_numpy()]),
+            "worst first": list(worst.sort_values(["ok", "kept"], kind="stable", na_position="first").index),
         }
 
     def __len__(self) -> int:
@@ -120,7 +139,9 @@ class Queue:
                           edit_uri=r["edit_uri"], kept_db=_number(r["kept_db"]), change=_number(r["edit_change"]),
                           landed=r["auto_reason"] if isinstance(r["auto_reason"], str) else "",
                           fill=r["region_fill"] if isinstance(r["region_fill"], str) else "",
-                          state=r["review_state"]) for _, r in sel.iterrows()]
+                          state=r["review_state"], failed=_text(r["checks_failed"]),
+                          checks=checks.words(_text(r["checks_failed"]), _text(r["checks"]) or None,
+                                              _profile(r["checks_profile"]))) for _, r in sel.iterrows()]
         outputs.sort(key=lambda o: (o.strength is None, o.strength or 0.0, o.preset))
         first = sel.iloc[0]
         return Card(item_id, edit_id, first["edit_prompt"] or "", first["image_uri"], tuple(outputs))

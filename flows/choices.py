@@ -1,0 +1,20 @@
+"""What a flow's run form offers in the Prefect UI: choices and bounds, not free text.
+
+The shipped presets (``configs/presets.yaml``) and checks profiles (``configs/checks.yaml``) are lists to pick from
+(a ``Literal``: Prefect renders a dropdown), a strength is a number bounded to the adapter's 0..1. The CLI's
+``--preset NAME@S`` is split into these (``pipeline.config.split_preset``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from tight_pipeline.data.checks import load_profiles
+from tight_pipeline.method.presets import load_presets
+
+PresetName = Literal[tuple(load_presets())]  # type: ignore[valid-type]
+ChecksProfile = Literal[tuple(load_profiles())]  # type: ignore[valid-type]
+Strength = Annotated[float, Field(ge=0.0, le=1.0, description="the image condition's strength (adapter scale): low "
+                                  "keeps more of the photo, high lets the edit move further")]

@@ -1,0 +1,109 @@
+"""Publish what a person approved, in Prefect: a flow run that waits for a person.
+
+    python -m flows.publish_approved --output s3://bucket/out --to s3://shop/images
+    (or from the Prefect UI: the publish-approved deployment's run form)
+
+The flow counts the output's review (approved / rejected / redo / stale / undecided, and how many approvals failed
+their automatic checks), shows them as a Markdown artifact with the command that opens the review app, and
+**pauses** (``pause_flow_run``) with a form (``PublishInput``: publish or hold, and who decides) that the Prefect UI
+shows on the run's Resume button — or that ``resume_flow_run(id, run_input={...})`` answers from code. On
+``publish`` it copies exactly the approved outputs (``review/publish.py``); on ``hold``, or when nobody answers
+within ``timeout_s`` (the run then fails, naming the timeout), nothing is published. Either way the review is
+mirrored to MLflow (``mirror_review``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+from prefect.exceptions import FlowPauseTimeout
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
+from prefect.logging import get_run_logger
+from prefect.runtime import flow_run
+
+from tight_pipeline.data import scores, storage
+from tight_pipeline.reporting import tracking
+from tight_pipeline.review import decisions
+from tight_pipeline.review.publish import publish
+
+STATE_COLUMNS = ["run_id", "status", "edit_uri", "preset", "adapter_scale", "checks_failed"]
+
+
+class PublishInput(RunInput):
+    """The form the run waits on."""
+
+    action: Literal["publish", "hold"] = "hold"
+    reviewer: str
+
+
+def review_state(output: str):
+    """The output's current ok outputs with their decisions (``decisions.with_state``; bytes not re-read)."""
+    rows = scores.read_latest(output, STATE_COLUMNS)
+    return decisions.with_state(output, rows[rows["status"] == "ok"], check_bytes=False)
+
+
+def mirror(output: str) -> str:
+    """Mirror the output's review to MLflow; one line saying where (or why not: MLflow down never stops a review)."""
+    try:
+        found = tracking.mirror_review(review_state(output))
+    except Exception as exc:  # noqa: BLE001 - the decisions are written; the mirror is a copy
+        return f"review not mirrored to MLflow ({type(exc).__name__}: {storage.redact(str(exc))[:200]})"
+    return (f"review mirrored to MLflow run(s) {', '.join(found.values())}" if found else
+            "review not mirrored: no MLflow run of this output's runs was found")
+
+
+def summary_markdown(output: str, state) -> str:
+    counts = state["review_state"].value_counts()
+    failed = int(((state["review_state"] == "approved") & (state["checks_failed"].fillna("") != "")
+                  & ~state["override_checks"].fillna(False).astype(bool)).sum())
+    lines = [f"### Review of `{storage.redact(output)}`", "", "| state | outputs |", "| --- | --- |"]
+    lines += [f"| {name} | {int(counts.get(name, 0))} |" for name in tracking.REVIEW_STATES]
+    lines += ["", f"{failed} approved outputs failed their automatic checks without an override: they are not "
+                  f"published." if failed else "",
+              f"Open the review: `tight-pipeline review --output {storage.redact(output)}`. "
+              f"**Publish** copies exactly the approved outputs; **hold** publishes nothing."]
+    return "\n".join(lines)
+
+
+@flow(name="publish-approved", log_prints=True)
+def publish_approved(output: str, to: str, timeout_s: int = 24 * 3600, poll_s: int = 10) -> dict:
+    """Show the review's counts, wait for a person's publish / hold (``PublishInput``), then publish the approved
+    outputs of ``output`` to ``to`` (``<to>/<item_id>/<edit_id>.png`` and ``<to>/published.parquet``)."""
+    logger = get_run_logger()
+    state = review_state(output)
+    text = summary_markdown(output, state)
+    create_markdown_artifact(markdown=text, key="publish-review", description="what publishing would copy")
+    logger.info("waiting up to %d s for a person: Resume this run (publish or hold) in the Prefect UI", timeout_s)
+    try:
+        answer = pause_flow_run(wait_for_input=PublishInput.with_initial_data(description=text, action="hold"),
+                                timeout=timeout_s, poll_interval=poll_s)
+    except FlowPauseTimeout:
+        logger.warning(mirror(output))
+        raise TimeoutError(f"nobody answered within {timeout_s} s: nothing was published from "
+                           f"{storage.redact(output)}") from None
+    result = {"action": answer.action, "reviewer": answer.reviewer, "output": output, "to": to,
+              "prefect_flow_run_id": str(flow_run.id)}
+    if answer.action == "hold":
+        logger.info("held by %s: nothing published", answer.reviewer)
+        logger.info(mirror(output))
+        return result | {"copied": 0, "unchanged": 0}
+    done = publish(output, to)
+    for line in done.lines():
+        logger.info(line)
+    logger.info(mirror(output))
+    return result | {"copied": done.copied, "unchanged": done.unchanged, "skipped": done.skipped,
+                     "published_list": done.manifest_uri}
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--to", required=True)
+    parser.add_argument("--timeout-s", type=int, default=24 * 3600)
+    args = parser.parse_args()
+    print(publish_approved(args.output, args.to, args.timeout_s))
