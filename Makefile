@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast drills bench benchmark install clean-state
+.PHONY: demo test test-fast lint drills bench benchmark install clean-state
 
 install: $(STAMP)
 
@@ -20,6 +20,10 @@ $(STAMP): pyproject.toml requirements.lock
 
 demo: $(STAMP)
 	$(VENV)/bin/tight-pipeline demo
+
+# The linter (ruff: configured in pyproject.toml); CI runs it first.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 # Everything but the drills (~10 minutes from a clean clone on 2 cores); CI runs this, then `make drills`.
 test: $(STAMP)

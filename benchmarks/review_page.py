@@ -1,6 +1,7 @@
 """How fast the review app opens and answers on a large output: 10,000 items x 3 strengths (30,000 scores rows).
 
     .venv/bin/python benchmarks/review_page.py [--items 10000] [--browser]
+    .venv/bin/python benchmarks/review_page.py --from OUT --screenshot docs/review/app.png   # a real run's review
 
 Writes a synthetic output the way a strength sweep writes one (scores parts of 2,000 rows, as workers write them;
 a PNG only for the items a page shows — the app never reads another one), then prints:
@@ -58,17 +59,23 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--browser", action="store_true")
+    parser.add_argument("--from", dest="source", help="an existing output instead of the synthetic one (not removed)")
+    parser.add_argument("--screenshot", help="with the browser: save the loaded page as this PNG")
     args = parser.parse_args()
+    args.browser = args.browser or bool(args.screenshot)
     from tight_pipeline.review import decisions
     from tight_pipeline.review.app import build
     from tight_pipeline.review.queue import Queue
 
     folder = Path(tempfile.mkdtemp(prefix="review-bench-"))
-    out = str(folder / "out")
-    t = time.perf_counter()
-    write_output(out, args.items)
-    print(f"output: {args.items} items x {len(STRENGTHS)} strengths = {args.items * len(STRENGTHS)} rows "
-          f"(written in {time.perf_counter() - t:.1f} s)")
+    if args.source:
+        out = args.source
+    else:
+        out = str(folder / "out")
+        t = time.perf_counter()
+        write_output(out, args.items)
+        print(f"output: {args.items} items x {len(STRENGTHS)} strengths = {args.items * len(STRENGTHS)} rows "
+              f"(written in {time.perf_counter() - t:.1f} s)")
 
     t = time.perf_counter()
     q = Queue(out)
@@ -79,12 +86,13 @@ def main() -> None:
     print(f"app built (queue read again): {time.perf_counter() - t:.2f} s")
     first = q.keys()[0]
     card = q.card(*first)
-    t = time.perf_counter()
-    row = q.row(*first, card.outputs[-1].preset_hash)
-    decisions.write(out, [decisions.Decision.about(row, "approve", "bench")])
-    q.reload()
-    q.card(*first)
-    print(f"a decision's round trip (write, reload the queue, the card again): {time.perf_counter() - t:.2f} s")
+    if not args.source:  # never decide on a real run's outputs
+        t = time.perf_counter()
+        row = q.row(*first, card.outputs[-1].preset_hash)
+        decisions.write(out, [decisions.Decision.about(row, "approve", "bench")])
+        q.reload()
+        q.card(*first)
+        print(f"a decision's round trip (write, reload the queue, the card again): {time.perf_counter() - t:.2f} s")
 
     if args.browser:
         from selenium import webdriver
@@ -113,6 +121,11 @@ def main() -> None:
                 loads.append(time.perf_counter() - t)
             print(f"page load in Chromium until the first card is shown: {', '.join(f'{x:.2f}' for x in loads)} s "
                   f"(first, then warm)")
+            if args.screenshot:
+                time.sleep(1.0)  # the curve and the images finish drawing
+                Path(args.screenshot).parent.mkdir(parents=True, exist_ok=True)
+                driver.save_screenshot(args.screenshot)
+                print(f"screenshot: {args.screenshot}")
         finally:
             driver.quit()
             app.close()

@@ -13,8 +13,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
-from flows.tasks import (edit_items, flow_timeout_s, open_tracking, publish_summary, track_run, validate_manifest,
-                         write_contact_sheet)
+from flows.tasks import edit_items, flow_timeout_s, open_tracking, publish_summary, track_run, write_contact_sheet
 from tight_pipeline.reporting import tracking
 from tight_pipeline.method.specs import resolve_model_spec
 from flows.choices import ChecksProfile, PresetName, Strength
@@ -82,8 +81,8 @@ def run_tracked(config: JobConfig, flow_label: str) -> dict:
         # starts; its plan's lines come to this flow run's logs.
         get_run_logger().info("submitting to Ray's job API at %s: the job validates and plans the manifest there",
                               os.environ["RAY_ADDRESS"])
-    else:
-        validate_manifest(config)
+    # Here the job plans the manifest once, inside the output's lease, and its plan is logged before Ray starts
+    # (tasks.log_plan); a manifest that cannot be read fails the job, and the MLflow run is closed as FAILED.
     tags = {"prefect_flow_run_id": str(flow_run.id)}
     if os.environ.get("PREFECT_API_URL") and flow_run.ui_url:
         tags["prefect_flow_run_url"] = flow_run.ui_url  # a temporary server's URL would be dead after the run

@@ -155,8 +155,12 @@ def _default_preset(preset: str | None, spec) -> str:
     return default_preset(preset, spec)
 
 
-def _ensure_default_model(ref: str | None, spec) -> None:
-    """The built-in tiny model is written on first use; any other model must already be on the machine."""
+def _ensure_default_model(ref: str | None, spec, notice: bool = True) -> None:
+    """The built-in tiny model is written on first use; any other model must already be on the machine. With no
+    ``--model`` (``notice``), say that the default is the demo model, which knows only its toy products."""
+    if ref is None and notice:
+        typer.echo(f"model: {spec.name}, the shipped {spec.resolution}-px demo model (it knows four toy products): "
+                   f"for real photos pass --model (a local SDXL / FLUX folder; README, Models)", err=True)
     if ref in (None, "tiny-sdxl", "tiny-sdxl-turbo", "tiny-flux") and not Path(spec.base).exists():
         from tight_pipeline.testing.tiny_models import make_tiny_flux_model, make_tiny_model
 
@@ -410,7 +414,7 @@ def demo(
     from tight_pipeline.settings import state_dir
 
     spec = resolve_model_spec(model)
-    _ensure_default_model(model, spec)
+    _ensure_default_model(model, spec, notice=False)
     if preset is None:
         preset = "catalog-cfgpp" if not photos and "catalog-cfgpp" in load_presets() else "balanced"
         if spec.family == "flux":

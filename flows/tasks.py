@@ -19,7 +19,6 @@ from tight_pipeline.data import scores, storage
 from tight_pipeline.reporting import tracking
 from tight_pipeline.pipeline.config import JobConfig
 from tight_pipeline.pipeline.job import JobResult
-from tight_pipeline.pipeline.planner import plan_job
 from tight_pipeline.pipeline.submit import run_anywhere
 
 IO_RETRIES = dict(retries=3, retry_delay_seconds=[2, 10, 30])
@@ -31,12 +30,10 @@ def flow_timeout_s() -> float | None:
     return float(value) if value else None
 
 
-@task(name="validate-manifest", **IO_RETRIES)
-def validate_manifest(config: JobConfig) -> dict:
-    """Stream and validate the manifest before any model is loaded (what ``--dry-run`` prints); bad rows are
-    reported, not fatal."""
+def log_plan(config: JobConfig, plan) -> dict:
+    """The run's plan in the flow run's logs (what ``--dry-run`` prints), when the job has made it and before any
+    model is loaded: the manifest is planned once per run. Bad rows are reported, not fatal."""
     logger = get_run_logger()
-    plan = plan_job(config)
     for message in plan.invalid_sample:
         logger.warning(message)
     logger.info("manifest %s: %d valid items (%d to do, %d done before), %d invalid rows, digest %s, planned in %.1f s",
@@ -79,7 +76,8 @@ def edit_items(config: JobConfig, flow_name: str = "tight-pipeline") -> JobResul
         # Here, or as a Ray Job when RAY_ADDRESS is the job API (this host is not a Ray node): its log lines come here.
         logger = get_run_logger()
         result = run_anywhere(config, progress=progress, log_line=lambda line: logger.info("[ray job] %s", line),
-                              metadata={"prefect_flow": flow_name, "prefect_flow_run_id": str(flow_run.id or "")})
+                              metadata={"prefect_flow": flow_name, "prefect_flow_run_id": str(flow_run.id or "")},
+                              on_plan=lambda plan: log_plan(config, plan))
     finally:
         bar.close()
     update_progress_artifact(progress_id, progress=100.0)

@@ -60,6 +60,7 @@ def test_bench_gpu_cases_at_two_resolutions_few_step_ratios_and_a_compile_switch
 
 
 @pytest.mark.slow
+@pytest.mark.drill  # the lab's training / a benchmark's build: make drills (make test stays near 7 minutes)
 def test_bench_gpu_builds_the_flux_architecture_in_memory_and_times_it(tmp_path):
     report = _bench(tmp_path, "--family", "flux", "--batch", "1", "--work", str(tmp_path / "flux"),
                     "--cases", "flux-balanced:1:1")

@@ -12,7 +12,7 @@ from tight_pipeline.data import checks, scores, storage
 from tight_pipeline.review import decisions
 from tight_pipeline.review.publish import publish
 from tight_pipeline.review.queue import Queue
-from tests.test_review import _output, _rows
+from tests.test_review import _output
 
 
 def _studio(backdrop=(255, 255, 255), size=(200, 160), box=(30, 20, 150, 140)):

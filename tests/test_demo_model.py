@@ -72,6 +72,7 @@ def test_saved_model_loads_through_load_pipeline_unchanged(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.drill  # the lab's training / a benchmark's build: make drills (make test stays near 7 minutes)
 def test_training_is_resumable_to_the_same_weights(tmp_path):
     from safetensors.torch import load_file
 
@@ -169,6 +170,7 @@ def test_colour_edits_land_and_keep_the_shape_at_catalog_balanced(demo_engine):
 
 
 @pytest.mark.slow
+@pytest.mark.drill  # the lab's training / a benchmark's build: make drills (make test stays near 7 minutes)
 def test_evaluation_writes_the_report_and_calibrated_presets(tmp_path, demo_engine):
     import json
     import shutil

@@ -88,7 +88,7 @@ def test_kuberay_manifests_validate_strictly_against_the_crd_schemas():
 
     schemas = {"RayCluster": _crd_schema("rayclusters"), "RayJob": _crd_schema("rayjobs")}
     checked = 0
-    for name, doc in _manifests().items():
+    for doc in _manifests().values():
         if doc["kind"] in schemas:
             jsonschema.validate(doc, _strict(schemas[doc["kind"]]))
             checked += 1

@@ -53,7 +53,7 @@ def _walk(scheduler, schedule, to_theirs=lambda z, a: z, from_theirs=lambda x, a
 def test_ancestral_step_equals_diffusers_euler_ancestral_with_the_same_noise():
     schedule = inversion.make_schedule(_turbo_scheduler(), 4, "euler_ancestral")
     # the Euler scheduler's own sample is variance-exploding: x = z / sqrt(ᾱ)
-    for k, t, z, eps, noise, theirs in _walk(_turbo_scheduler(), schedule, lambda z, a: z / a**0.5,
+    for _k, t, z, eps, noise, theirs in _walk(_turbo_scheduler(), schedule, lambda z, a: z / a**0.5,
                                              lambda x, a: x * a**0.5):
         ours = inversion.ancestral_move(z, eps, schedule.alpha(t), schedule.alpha(schedule.below(t)), "epsilon", noise)
         assert torch.allclose(ours, theirs, atol=1e-5), (t, float((ours - theirs).abs().max()))

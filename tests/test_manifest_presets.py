@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pandas as pd
@@ -104,7 +105,7 @@ def test_presets_are_complete_frozen_and_hashed():
             assert (a.hash == b.hash) == (a.settings() == b.settings()), (a.name, b.name)
     assert len({p.hash for p in presets.values()}) >= 9
     assert load_preset("balanced").hash == load_preset("balanced").hash
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         presets["balanced"].steps = 3  # frozen
     scaled = load_preset("balanced@0.7")
     assert scaled.inversion_scale == scaled.edit_scale == 0.7 and scaled.hash != presets["balanced"].hash

@@ -4,7 +4,6 @@ run writes one (scores parts + PNGs), no model needed."""
 from __future__ import annotations
 
 import hashlib
-import io
 import threading
 
 import numpy as np

@@ -139,7 +139,11 @@ def test_resume_redoes_changed_requests_and_with_recheck_replaced_photos(tmp_pat
 def test_an_item_that_kills_its_worker_ends_as_an_error_row(tmp_path, ray_session):
     n = 12
     manifest = _jsonl(tmp_path / "in" / "m.jsonl", _write(tmp_path / "in", n, poison={5}))
-    config = JobConfig(manifest=str(manifest), output=str(tmp_path / "out"), preset="draft", model="passthrough",
+    # the passthrough engine, except that a "!crash" prompt kills its worker: a test engine, loaded by the spec
+    spec = tmp_path / "crash-passthrough.yaml"
+    spec.write_text("name: crash-passthrough\nfamily: passthrough\nbase: none\nresolution: 64\n"
+                    "engine: tight_pipeline.testing.engines:CrashingPassthrough\n")
+    config = JobConfig(manifest=str(manifest), output=str(tmp_path / "out"), preset="draft", model=str(spec),
                        actor_cpus=0.5, batch_size=4, max_attempts=2)
     result = run_job(config)  # returns: the poison item is not retried forever
     rows = result.rows

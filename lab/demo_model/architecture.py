@@ -163,7 +163,7 @@ def init_adapter(unet, image_encoder, seed: int) -> None:
         else:
             proj[key] = torch.randn(shape, generator=gen) * (shape[-1] ** -0.5)
     state = {"image_proj": proj, "ip_adapter": {}}
-    for n, (name, hidden) in enumerate(cross_attention_layers(unet)):
+    for n, (_name, hidden) in enumerate(cross_attention_layers(unet)):
         state["ip_adapter"][f"{2 * n + 1}.to_k_ip.weight"] = torch.randn(hidden, unet.config.cross_attention_dim, generator=gen) * 0.02
         state["ip_adapter"][f"{2 * n + 1}.to_v_ip.weight"] = torch.randn(hidden, unet.config.cross_attention_dim, generator=gen) * 0.02
     unet._load_ip_adapter_weights([state], low_cpu_mem_usage=False)

@@ -80,8 +80,17 @@ def prefix(output: str) -> str:
     return storage.join(output, "scores")
 
 
+class UnknownColumns(ValueError):
+    """Rows carry a column ``SCHEMA`` does not have (a misspelt name would otherwise vanish from the dataset)."""
+
+
 def rows_to_table(rows: pd.DataFrame | list[dict]) -> pa.Table:
-    frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows, columns=SCHEMA.names)
+    """Rows as a table of ``SCHEMA``: a column the schema lacks is an error, one it has and the rows lack is null."""
+    names = set(rows.columns) if isinstance(rows, pd.DataFrame) else {k for r in rows for k in r}
+    unknown = sorted(names - set(SCHEMA.names))
+    if unknown:
+        raise UnknownColumns(f"score rows carry columns the scores schema does not have: {unknown}")
+    frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
     frame = frame.reindex(columns=SCHEMA.names)
     return pa.Table.from_pandas(frame, schema=SCHEMA, preserve_index=False)
 

@@ -6,13 +6,11 @@ Each item is checked like a real one (prompts, aspect ratio), fitted to the spec
 its own reconstruction and edits; scores are empty (nothing was inverted). Everything around it — manifest
 streaming, Ray, PNG writes, score parts, resume, retries — is the real code path.
 
-Fault drill: an item whose source prompt starts with ``!crash`` ends its worker process (``os._exit``), as an
-out-of-memory kill or a segfault in native code would — how the bounded-attempts guarantee is tested.
+The fault drills' crashing engine is a subclass the tests load (``tight_pipeline/testing/engines.py``).
 """
 
 from __future__ import annotations
 
-import os
 import time
 
 from PIL import Image
@@ -43,8 +41,6 @@ class PassthroughEngine:
         out: list[ItemResult | Exception] = []
         for req in requests:
             t0 = time.perf_counter()
-            if req.source_prompt.startswith("!crash"):
-                os._exit(70)  # the fault drill: the worker dies mid-batch
             try:
                 for what, prompt in [("source prompt", req.source_prompt)] + [(f"edit {e!r} prompt", p) for e, p in req.edits]:
                     if not isinstance(prompt, str):

@@ -30,7 +30,8 @@ COMPILE_MODES = ("", "default", "reduce-overhead", "max-autotune")
 SCHEDULERS = ("ddim", "euler_ancestral", "euler", "lcm")
 SPACINGS = ("leading", "trailing", "linspace")
 # Fields added later and the value at which each is left out of the digest (the digests of older specs stay).
-_OMITTED_FROM_DIGEST = {"clip": None, "scheduler": None, "timestep_spacing": None, "lora": None, "lora_scale": 1.0}
+_OMITTED_FROM_DIGEST = {"clip": None, "scheduler": None, "timestep_spacing": None, "lora": None, "lora_scale": 1.0,
+                        "engine": None}
 RUNTIME_FIELDS = ("max_batch", "vae_batch", "tf32", "channels_last", "compile", "hold_s")  # speed, not results
 
 
@@ -83,6 +84,8 @@ class ModelSpec:
         channels_last: run the UNet / VAE in channels-last memory format (often faster convolutions on GPUs).
         compile: ``torch.compile`` the UNet / transformer (``""`` = off, or a mode: ``default``,
             ``reduce-overhead``, ``max-autotune``); the first calls at each new batch shape pay the compile.
+        engine: ``package.module:Class`` loaded instead of the family's engine (``method/factory.py``: an engine
+            outside this package, or a test's); ``None``: the family's.
         hold_s: ``passthrough`` only: hold each batch this many seconds per item without using the CPU, a stand-in
             for accelerator time (benchmarks/bench_overlap.py).
     """
@@ -110,8 +113,11 @@ class ModelSpec:
     channels_last: bool = False
     compile: str = ""
     hold_s: float = 0.0
+    engine: str | None = None
 
     def __post_init__(self) -> None:
+        if self.engine is not None and (":" not in self.engine or not all(self.engine.partition(":")[::2])):
+            raise ModelError(f"model {self.name!r}: engine {self.engine!r} must be 'package.module:Class'")
         if self.family not in FAMILIES:
             raise ModelError(f"model {self.name!r}: unknown family {self.family!r}; expected one of {FAMILIES}")
         if self.dtype not in DTYPES:

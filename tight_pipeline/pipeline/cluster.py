@@ -12,9 +12,9 @@ import os
 from tight_pipeline.method.specs import ModelSpec
 from tight_pipeline.method.fingerprints import WeightsNotFound, model_digest
 
-log = logging.getLogger("tight_pipeline.pipeline.cluster")
-
 from tight_pipeline.pipeline.config import JobConfig
+
+log = logging.getLogger("tight_pipeline.pipeline.cluster")
 
 
 # -- Ray ----------------------------------------------------------------------------------------------

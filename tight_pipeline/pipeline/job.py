@@ -38,13 +38,12 @@ from tight_pipeline.pipeline.actor import SUMMARY_COLUMNS, AttemptLedger, DoneFi
 from tight_pipeline.method.specs import ModelSpec, resolve_model_spec
 from tight_pipeline.pipeline.lease import RunLease
 from tight_pipeline.method.presets import Preset, load_preset
-
-log = logging.getLogger("tight_pipeline.pipeline.job")
-
 from tight_pipeline.pipeline.cluster import (ClusterError, actor_pool, check_compute, connect_ray, gpus_per_actor,
                                             inside_ray_job, resolve_digest)
 from tight_pipeline.pipeline.config import JobConfig
 from tight_pipeline.pipeline.planner import Plan, plan_job
+
+log = logging.getLogger("tight_pipeline.pipeline.job")
 
 
 @dataclass
@@ -94,8 +93,10 @@ class JobResult:
 
 
 # -- the job -------------------------------------------------------------------------------------------
-def run_job(config: JobConfig, progress: Callable[[int, int], None] | None = None) -> JobResult:
-    """Plan the manifest, run the to-do items through the actor pool; returns counts (rows stay on storage)."""
+def run_job(config: JobConfig, progress: Callable[[int, int], None] | None = None,
+            on_plan: Callable[[Plan], None] | None = None) -> JobResult:
+    """Plan the manifest (once per run), run the to-do items through the actor pool; returns counts (rows stay on
+    storage). ``on_plan(plan)`` is called when the plan is made, before Ray starts (a flow logs it there)."""
     t_start = time.perf_counter()
     config = config.with_run_id()
     default = load_preset(config.preset)
@@ -112,6 +113,8 @@ def run_job(config: JobConfig, progress: Callable[[int, int], None] | None = Non
             log.info("%d items run again: %d of their edits were done before for another request (prompt, mask, "
                      "photo URI or region changed under the same ids), e.g. %s", plan.changed_items,
                      plan.changed_edits, ", ".join(plan.changed_sample[:5]))
+        if on_plan is not None:
+            on_plan(plan)
         counts = {"invalid": plan.invalid_rows} if plan.invalid_rows else {}
         processed = redone_candidate_rows = 0
         if plan.files:

@@ -258,11 +258,13 @@ class _LogFollower:
 
 
 def run_anywhere(config: JobConfig, progress: Callable[[int, int], None] | None = None,
-                 log_line: Callable[[str], None] | None = None, metadata: dict | None = None) -> JobResult:
+                 log_line: Callable[[str], None] | None = None, metadata: dict | None = None,
+                 on_plan: Callable | None = None) -> JobResult:
     """``run_job`` here (embedded Ray, or a driver on a Ray node), or ``submit_job`` when ``RAY_ADDRESS`` is the job
-    API: what every flow and ``run`` call, so a scale-out is configuration."""
+    API: what every flow and ``run`` call, so a scale-out is configuration. ``on_plan(plan)``: here, called with the
+    run's plan before Ray starts; submitted, the job's own plan lines come through ``log_line``."""
     from tight_pipeline.pipeline.job import run_job
 
     if ray_mode() == "submit":
         return submit_job(config, progress=progress, log_line=log_line, metadata=metadata)
-    return run_job(config, progress=progress)
+    return run_job(config, progress=progress, on_plan=on_plan)
