@@ -16,5 +16,5 @@ from tight_pipeline.method.presets import load_presets
 
 PresetName = Literal[tuple(load_presets())]  # type: ignore[valid-type]
 ChecksProfile = Literal[tuple(load_profiles())]  # type: ignore[valid-type]
-Strength = Annotated[float, Field(ge=0.0, le=1.0, description="the image condition's strength (adapter scale): low "
-                                  "keeps more of the photo, high lets the edit move further")]
+Strength = Annotated[float, Field(ge=0.0, le=1.0, description="the image condition's strength (adapter scale): high "
+                                  "keeps more of the photo, low lets the edit move further")]

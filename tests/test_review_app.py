@@ -53,6 +53,20 @@ def test_the_undecided_queue_drops_an_edit_once_decided_and_worst_first_puts_the
     assert [o.state for o in q.card("b", "blue").outputs] == ["undecided", "approved", "undecided"]
 
 
+def test_the_app_s_own_decision_applies_at_once_without_reading_the_output_again(tmp_path):
+    out = _sweep(tmp_path)
+    q = Queue(out)
+    made = decisions.Decision.about(q.row("c", "blue", "h2"), "reject", "ana", note="smeared")
+    decisions.write(out, [made])
+    q.record(made)  # what the app does after each button (a reload reads everything: the same result)
+    assert [o.state for o in q.card("c", "blue").outputs] == ["undecided", "undecided", "rejected"]
+    assert q.keys("undecided") == [("a", "blue"), ("b", "blue")]
+    recorded = q.row("c", "blue", "h2")
+    q.reload()
+    assert [o.state for o in q.card("c", "blue").outputs] == ["undecided", "undecided", "rejected"]
+    assert (recorded["reviewer"], recorded["note"]) == (q.row("c", "blue", "h2")["reviewer"], "smeared")
+
+
 def test_pages_hold_at_most_a_page_of_keys(tmp_path):
     out = str(tmp_path / "out")
     rows = [{"item_id": f"i{n:04d}", "edit_id": "e", "preset": "p", "preset_hash": "h", "status": "ok",

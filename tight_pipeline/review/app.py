@@ -59,6 +59,15 @@ def tradeoff_png(card: Card, shown: str) -> bytes:
         right.plot(xs, [100 * o.change if o.change is not None else float("nan") for o in pts], "s--",
                    color="#d62728")
         right.set_ylabel("edit change (%)", color="#d62728", fontsize=8)
+        for axis in (ax, right):  # plain numbers: an offset ("+8.358") reads as a change a reviewer cannot place
+            axis.ticklabel_format(axis="y", useOffset=False, style="plain")
+        # Honest scales: the change from 0 and the kept dB over at least 10 dB, so noise never looks like a trend.
+        changes = [100 * o.change for o in pts if o.change is not None]
+        right.set_ylim(0, max(1.0, 1.25 * max(changes, default=0.0)))
+        kept = [o.kept_db for o in pts if o.kept_db is not None]
+        if kept:
+            mid, span = (max(kept) + min(kept)) / 2, max(10.0, 1.2 * (max(kept) - min(kept)))
+            ax.set_ylim(mid - span / 2, mid + span / 2)
         for o in pts:
             if o.preset_hash == shown:
                 ax.axvline(o.strength, color="0.3", lw=1)
@@ -141,7 +150,7 @@ def build(output: str, preset_hash_of=None, on_decision=None):
         decisions.write(output, [made])
         if on_decision is not None:
             on_decision()
-        q.reload()
+        q.record(made)  # this decision only; "reload" reads everything again (other reviewers' decisions too)
         verb = {"approve": "approved", "reject": "rejected", "redo": f"redo asked ({made.redo_preset})"}[kind]
         if kind == "approve" and row.get("checks_failed"):
             verb += (" despite failed checks (override recorded)" if made.override_checks else
@@ -151,13 +160,14 @@ def build(output: str, preset_hash_of=None, on_decision=None):
 
     with gr.Blocks(title="tight-pipeline review") as app:
         gr.Markdown(f"## Review · `{storage.redact(output)}`  \nMove the **strength** slider to see the edit at each "
-                    f"rendered strength: low keeps more of the photo, high lets the edit move further. Approve what "
+                    f"rendered strength: high keeps more of the photo, low lets the edit move further. Approve what "
                     f"may go to the shop; only approved outputs are published.")
         shown = gr.State(None)
         with gr.Row():
             queue = gr.Radio(list(QUEUES), value="all", label="queue")
             page = gr.Number(value=0, precision=0, minimum=0, label="page (from 0)")
             counts = gr.Markdown(f"{q.count('all')} edits in “all” · page 1 of {q.pages('all')}")
+            refresh = gr.Button("reload (others' decisions, new renderings)", elem_id="reload")
         with gr.Row():
             first = choices("all", 0)
             item = gr.Dropdown(choices=first, value=first[0] if first else None, label="item / edit",
@@ -189,14 +199,22 @@ def build(output: str, preset_hash_of=None, on_decision=None):
         strength.input(lambda k, s: show(k, strength=s), [item, strength], card_out, trigger_mode="always_last")
         rendered.input(lambda k, h: show(k, preset_hash=h), [item, rendered], card_out)
         queue.change(on_queue, queue, [item, page, counts])
+
+        def on_reload(queue_name: str, key: str):
+            q.reload()
+            return (*on_queue(queue_name)[1:], *show(key)) if key else (*on_queue(queue_name)[1:], *card_blank())
+
+        refresh.click(on_reload, [queue, item], [page, counts, *card_out])
         page.submit(on_page, [queue, page], [item, counts])
         prev_btn.click(lambda qq, p, k: step_item(qq, p, k, -1), [queue, page, item], item)
         next_btn.click(lambda qq, p, k: step_item(qq, p, k, 1), [queue, page, item], item)
         for button, kind in ((approve, "approve"), (reject, "reject"), (redo, "redo")):
             button.click(lambda k, h, r, n, p, o, kind=kind: decide(kind, k, h, r, n, p, o),
                          [item, shown, reviewer, note, redo_preset, override], [result, *card_out])
-        app.load(lambda k: show(k) if k else (None, "no ok outputs in this output yet", None, gr.Slider(),
-                                                gr.Radio(), None, ""), item, card_out)
+        def card_blank():
+            return None, "no ok outputs in this output yet", None, gr.Slider(), gr.Radio(), None, ""
+
+        app.load(lambda k: show(k) if k else card_blank(), item, card_out)
     app.queue_model = q
     return app
 

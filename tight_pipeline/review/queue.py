@@ -116,6 +116,20 @@ class Queue:
             "worst first": list(worst.sort_values(["ok", "kept"], kind="stable", na_position="first").index),
         }
 
+    def record(self, made: decisions.Decision) -> None:
+        """Apply a decision this app just wrote without re-reading the output (``reload`` reads everything again,
+        other reviewers' decisions included): its output's state, and the undecided queue without its edit."""
+        key = (made.item_id, made.edit_id)
+        at = self.rows.index.get_locs(list(key))
+        hit = at[(self.rows["preset_hash"].to_numpy()[at] == made.preset_hash)]
+        state = {"approve": "approved", "reject": "rejected", "redo": "redo"}[made.decision]
+        for column, value in (("review_state", state), ("decision", made.decision), ("reviewer", made.reviewer),
+                              ("decided_at", made.decided_at), ("note", made.note), ("redo_preset", made.redo_preset),
+                              ("override_checks", made.override_checks), ("png_sha256", made.png_sha256)):
+            self.rows.iloc[hit, self.rows.columns.get_loc(column)] = value
+        if key in self._order["undecided"]:
+            self._order["undecided"].remove(key)
+
     def __len__(self) -> int:
         return len(self._order["all"])
 
