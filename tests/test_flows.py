@@ -95,6 +95,10 @@ def test_catalog_localization_on_s3_tracks_everything_and_leaks_nothing(s3, ray_
             "catalog-localization-summary", "catalog-localization-failures"} <= keys
     links = next(a for a in found if a.key == "catalog-localization-links").data
     assert "succeeded" in links and "contact_sheet.png" in links and "mlflow ui --backend-store-uri" in links
+    # what is left for a person: the review's counts, the command that opens it, the contact sheet
+    review = next(a for a in found if a.key == "catalog-localization-review").data
+    assert "tight-pipeline review --output s3://catalog/out" in review and "| undecided |" in review
+    assert "contact_sheet.png" in review
     worst_table = json.loads(next(a for a in found if a.key == "catalog-localization-worst-items").data)
     assert worst_table[0]["item_id"] == "sku-bad" and worst_table[1]["psnr_vs_input"]
 

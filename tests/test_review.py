@@ -160,6 +160,7 @@ def test_decide_and_publish_from_the_command_line(tmp_path):
     assert decisions.current(out).loc[0, "note"] == "label sharp"
 
 
+@pytest.mark.drill  # end to end through Ray and Prefect: make drills (the browser drill runs the same loop)
 def test_the_loop_sweep_decide_redo_publish(tmp_path, tiny_model_dir, prefect_env, ray_env, monkeypatch):
     """A run on three photos at two strengths (one job); one edit approved, one rejected, one asked again at another
     strength; `redo` renders it into the same output beside the old ones; `publish` writes exactly the approved PNG,

@@ -41,8 +41,11 @@ def test_passthrough_run_resume_and_dry_run(tmp_path, ray_session):
                        actor_cpus=0.5, batch_size=64)
     first = run_job(config)
     assert first.counts == {"ok": 3 * n} and first.processed_items == n
-    stored = scores.read(str(tmp_path / "out"), scores.KEY).to_pandas()
-    assert len(stored) == 3 * n and not stored.duplicated().any()  # each key once, written by the workers
+    stored = scores.read(str(tmp_path / "out"), scores.KEY + ["checks_profile", "checks_failed", "checks"]).to_pandas()
+    assert len(stored[scores.KEY]) == 3 * n and not stored[scores.KEY].duplicated().any()  # each key once, by workers
+    # every output measured by the run's automatic checks (basic: the photo's size; no region to keep outside)
+    assert (stored["checks_profile"] == "basic").all() and (stored["checks_failed"] == "").all()
+    assert stored["checks"].map(lambda text: json.loads(text)["size"]).map(tuple).nunique() == 1
     assert len(list((tmp_path / "out" / "scores" / first.config.run_id).glob("part-*.parquet"))) >= n // 64
 
     plan = plan_job(config)  # what --dry-run prints
