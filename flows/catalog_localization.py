@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
@@ -16,10 +17,9 @@ from prefect.runtime import flow_run
 from flows.tasks import edit_items, flow_timeout_s, open_tracking, publish_summary, track_run, write_contact_sheet
 from tight_pipeline.reporting import tracking
 from tight_pipeline.method.specs import resolve_model_spec
-from flows.choices import ChecksProfile, PresetName, Strength
+from flows.choices import ChecksProfile, Count, Fraction, PngLevel, PresetName, Strength
 from flows.publish_approved import review_state, summary_markdown
 from tight_pipeline.data import storage
-from tight_pipeline.data.checks import DEFAULT as DEFAULT_CHECKS
 from tight_pipeline.pipeline.config import JobConfig, default_preset, join_preset
 from tight_pipeline.pipeline.cluster import check_compute, ray_mode
 
@@ -32,23 +32,23 @@ def catalog_localization(
     strength: Strength | None = None,
     auto_strength: bool = False,
     model: str | None = None,
-    actors: int = 1,
-    actor_cpus: float = 1.0,
-    max_failure_rate: float = 1.0,
-    item_timeout_s: float = 0.0,
-    max_pixels: int = 40_000_000,
-    min_actors: int = 0,
-    gpus_per_actor: float | None = None,
-    batch_size: int = 0,
-    actor_wait_s: float = 900.0,
-    output_size: str = "input",
-    png_level: int = 2,
-    recheck_photos: bool = False,
+    actors: Count = JobConfig.actors,
+    actor_cpus: float = JobConfig.actor_cpus,
+    max_failure_rate: Fraction = JobConfig.max_failure_rate,
+    item_timeout_s: float = JobConfig.item_timeout_s,
+    max_pixels: int = JobConfig.max_pixels,
+    min_actors: int = JobConfig.min_actors,
+    gpus_per_actor: float | None = JobConfig.gpus_per_actor,
+    batch_size: int = JobConfig.batch_size,
+    actor_wait_s: float = JobConfig.actor_wait_s,
+    output_size: Literal["input", "working"] = JobConfig.output_size,
+    png_level: PngLevel = JobConfig.png_level,
+    recheck_photos: bool = JobConfig.recheck_photos,
     strengths: list[Strength] | None = None,
-    checks: ChecksProfile = DEFAULT_CHECKS,
+    checks: ChecksProfile = JobConfig.checks,
     flow_label: str = "catalog-localization",
 ) -> dict:
-    """One catalog run; the compute settings are ``JobConfig``'s (deployments set them per cluster). ``preset``
+    """One catalog run; the compute settings are ``JobConfig``'s, with its defaults (deployments set them per cluster). ``preset``
     (one of the shipped presets) at ``strength`` (its own when not given) or with automatic strength; items may name
     their own; ``strengths``: also render every item at these; ``checks``: the automatic checks' profile."""
     # No preset: the model family's default (flux-balanced for a FLUX model, else balanced).

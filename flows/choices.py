@@ -16,5 +16,8 @@ from tight_pipeline.method.presets import load_presets
 
 PresetName = Literal[tuple(load_presets())]  # type: ignore[valid-type]
 ChecksProfile = Literal[tuple(load_profiles())]  # type: ignore[valid-type]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+PngLevel = Annotated[int, Field(ge=0, le=9, description="zlib level of the output PNGs (2: fast, ~23 % larger than 6)")]
+Count = Annotated[int, Field(ge=1)]
 Strength = Annotated[float, Field(ge=0.0, le=1.0, description="the image condition's strength (adapter scale): high "
                                   "keeps more of the photo, low lets the edit move further")]

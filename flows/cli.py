@@ -92,7 +92,7 @@ def edit(
     regions = _edit_regions(mask, region, photo.size, edit_list)
     _ensure_default_model(model, spec)
     engine = load_engine(spec, clip_model=os.environ.get("TIGHT_PIPELINE_CLIP_MODEL"))
-    separate = chosen.inversion_scale != chosen.edit_scale or spec.family == "flux"
+    separate = chosen.inversion_scale != chosen.edit_scale or spec.traits.separate_edit_pass
     phases = 3 if separate and edits else 2
     with tqdm(total=chosen.steps * phases, desc=f"{image.name} [{chosen.name}]", unit="step", file=sys.stderr) as bar:
         result = engine.edit_items([ItemRequest(photo, source_prompt, edit_list, regions=regions,
@@ -416,9 +416,9 @@ def demo(
     spec = resolve_model_spec(model)
     _ensure_default_model(model, spec, notice=False)
     if preset is None:
-        preset = "catalog-cfgpp" if not photos and "catalog-cfgpp" in load_presets() else "balanced"
-        if spec.family == "flux":
-            preset = "flux-balanced"
+        preset = "catalog-cfgpp" if not photos and "catalog-cfgpp" in load_presets() else spec.traits.default_preset
+        if spec.traits.default_preset != "balanced":  # a family with its own default (FLUX) keeps it
+            preset = spec.traits.default_preset
     folder = str(state_dir() / "demo" / ("photos" if photos else "catalog"))
     manifest = write_demo_inputs(folder) if photos else write_catalog_demo_inputs(folder)
     out = output or str(state_dir() / "demo" / "out")

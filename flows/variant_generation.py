@@ -14,17 +14,17 @@ from prefect import flow
 from flows.catalog_localization import run_tracked
 from flows.tasks import flow_timeout_s
 from tight_pipeline.method.specs import resolve_model_spec
-from flows.choices import ChecksProfile, PresetName, Strength
-from tight_pipeline.data.checks import DEFAULT as DEFAULT_CHECKS
+from flows.choices import ChecksProfile, Count, Fraction, PresetName, Strength
 from tight_pipeline.pipeline.config import JobConfig, default_preset, join_preset
 
 
 @flow(name="variant-generation", log_prints=True, timeout_seconds=flow_timeout_s())
 def variant_generation(manifest: str, output: str, n: int = 4, styles: str = "", preset: PresetName | None = None,
-                       strength: Strength | None = None, model: str | None = None, actors: int = 1, actor_cpus: float = 1.0,
-                       max_failure_rate: float = 1.0, min_actors: int = 0, gpus_per_actor: float | None = None,
-                       batch_size: int = 0, actor_wait_s: float = 900.0, recheck_photos: bool = False,
-                       checks: ChecksProfile = DEFAULT_CHECKS) -> dict:
+                       strength: Strength | None = None, model: str | None = None, actors: Count = JobConfig.actors,
+                       actor_cpus: float = JobConfig.actor_cpus, max_failure_rate: Fraction = JobConfig.max_failure_rate,
+                       min_actors: int = JobConfig.min_actors, gpus_per_actor: float | None = JobConfig.gpus_per_actor,
+                       batch_size: int = JobConfig.batch_size, actor_wait_s: float = JobConfig.actor_wait_s,
+                       recheck_photos: bool = JobConfig.recheck_photos, checks: ChecksProfile = JobConfig.checks) -> dict:
     # none given: the model family's default
     preset = join_preset(default_preset(preset, resolve_model_spec(model)), strength)
     config = JobConfig(manifest=manifest, output=output, preset=preset, model=model, actors=actors,

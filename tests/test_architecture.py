@@ -147,3 +147,14 @@ def test_tracking_takes_plain_values_not_job_types():
     graph = imports()
     wrong = _hits(graph["tight_pipeline.reporting.tracking"], ["tight_pipeline.pipeline.job", "tight_pipeline.pipeline.actor", *SERVICES[:2]])
     assert not wrong, f"reporting/tracking.py reaches into the job or the services: {wrong}"
+
+
+def test_a_family_s_name_is_compared_only_in_its_own_loader_and_the_traits_table():
+    """What other code needs of a family is a trait (``specs.FAMILY_TRAITS``), never ``family == "flux"``."""
+    import re
+
+    root = Path(__file__).resolve().parents[1] / "tight_pipeline"
+    own = {"method/specs.py", "method/models.py", "method/engine.py"}  # the table, the loaders, the engine's guard
+    found = [str(p.relative_to(root)) for p in root.rglob("*.py") if str(p.relative_to(root)) not in own
+             and re.search(r"family\s*(==|!=|\bin\b|\bnot in\b)", p.read_text())]
+    assert not found, found

@@ -237,11 +237,13 @@ def test_ledits_is_refused_where_it_cannot_run():
     from tight_pipeline.method.items import InputError
     from tight_pipeline.method.ledits import check
     from tight_pipeline.method.presets import PresetError, load_preset
+    from tight_pipeline.method.specs import ModelSpec
 
     with pytest.raises(PresetError, match="LEDITS"):
         load_preset("ledits-pp@auto")
-    with pytest.raises(InputError, match="needs an SDXL model"):
-        check("flux", load_preset("ledits-pp"))
+    with pytest.raises(InputError, match="needs an SDXL model; this one is flux"):
+        check(ModelSpec(name="f", base="none", family="flux"), load_preset("ledits-pp"))
+    check(ModelSpec(name="s", base="none", family="sdxl"), load_preset("ledits-pp"))  # runs on SDXL
 
 
 def test_ledits_runs_on_the_engines_weights_and_gives_them_back():

@@ -122,6 +122,16 @@ def test_the_run_form_offers_the_shipped_presets_and_profiles_as_choices_and_bou
         catalog_localization.validate_parameters({"manifest": "m", "output": "o", "strength": 1.5})
     with pytest.raises(Exception, match="preset"):
         catalog_localization.validate_parameters({"manifest": "m", "output": "o", "preset": "balanced@0.3"})
+    for bad in ({"png_level": 12}, {"actors": 0}, {"max_failure_rate": 1.5}, {"output_size": "large"}):
+        with pytest.raises(Exception, match=next(iter(bad))):
+            catalog_localization.validate_parameters({"manifest": "m", "output": "o", **bad})
+    # the run form's defaults are JobConfig's own (one place), not copies
+    from tight_pipeline.pipeline.config import JobConfig
+
+    defaults = {k: v.get("default") for k, v in
+                parameter_schema(catalog_localization.fn).model_dump_for_openapi()["properties"].items()}
+    assert (defaults["actors"], defaults["png_level"], defaults["actor_wait_s"], defaults["checks"]) == \
+        (JobConfig.actors, JobConfig.png_level, JobConfig.actor_wait_s, JobConfig.checks)
 
 
 def _enum(schema, prop) -> list:

@@ -75,7 +75,7 @@ def weights_digest(spec: ModelSpec) -> str:
     """
     h = hashlib.sha256()
     missing: list[str] = []
-    if spec.family == "passthrough":
+    if not spec.traits.weights:
         return hashlib.sha256(b"passthrough").hexdigest()[:12]
     _tree_fingerprint(h, "base", _local_root(spec.base), missing)
     if spec.adapter is not None:

@@ -37,10 +37,10 @@ def concepts(source_prompt: str, prompt: str) -> tuple[list[str], list[bool]]:
     return ([c for c, _ in out], [r for _, r in out]) if out else ([prompt], [False])
 
 
-def check(spec_family: str, preset) -> None:
-    if spec_family != "sdxl":
+def check(spec, preset) -> None:
+    if not spec.traits.ledits:
         raise InputError(f"preset {preset.name!r} runs LEDITS++ (ledits_pp), which needs an SDXL model; this one is "
-                         f"{spec_family}")
+                         f"{spec.family}")
 
 
 @contextmanager

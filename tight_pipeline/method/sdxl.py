@@ -66,7 +66,7 @@ class TightInversion(Engine):
 
     def check_method(self, preset: Preset) -> None:
         if preset.method == "ledits_pp":
-            ledits.check(self.spec.family, preset)
+            ledits.check(self.spec, preset)
         if preset.method == "rf_inversion":
             raise InputError(f"preset {preset.name!r} uses rf_inversion, a FLUX method; model {self.spec.name!r} is "
                              f"{self.spec.family} (use ddim, renoise or ddpm_ef, or a flux model)")

@@ -20,7 +20,25 @@ import yaml
 
 from tight_pipeline.settings import configs_dir, state_dir
 
-FAMILIES = ("sdxl", "sd", "flux", "passthrough")
+@dataclass(frozen=True)
+class Family:
+    """What the code outside a family's own engine and loader may know of it (``ModelSpec.traits``): nothing else
+    compares a family's name (the engines themselves are in ``method/factory.py``'s registry)."""
+
+    default_preset: str = "balanced"  # what a run without --preset gets
+    weights: bool = True  # has weight files to fingerprint (passthrough: none)
+    lora: bool = False  # a LoRA fuses into its UNet
+    ledits: bool = False  # LEDITS++ (diffusers' SDXL pipeline) runs on its weights
+    separate_edit_pass: bool = False  # edits always run their own denoising pass (FLUX: true CFG per edit)
+
+
+FAMILY_TRAITS = {
+    "sdxl": Family(lora=True, ledits=True),
+    "sd": Family(lora=True),
+    "flux": Family(default_preset="flux-balanced", separate_edit_pass=True),
+    "passthrough": Family(weights=False),
+}
+FAMILIES = tuple(FAMILY_TRAITS)
 DEFAULT_MODEL = "catalog-demo"
 DTYPES = ("float32", "float16", "bfloat16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -115,6 +133,10 @@ class ModelSpec:
     hold_s: float = 0.0
     engine: str | None = None
 
+    @property
+    def traits(self) -> Family:
+        return FAMILY_TRAITS[self.family]
+
     def __post_init__(self) -> None:
         if self.engine is not None and (":" not in self.engine or not all(self.engine.partition(":")[::2])):
             raise ModelError(f"model {self.name!r}: engine {self.engine!r} must be 'package.module:Class'")
@@ -133,7 +155,7 @@ class ModelSpec:
         if self.timestep_spacing is not None and self.timestep_spacing not in SPACINGS:
             raise ModelError(f"model {self.name!r}: unknown timestep_spacing {self.timestep_spacing!r}; expected one "
                              f"of {SPACINGS}")
-        if self.lora is not None and self.family not in ("sdxl", "sd"):
+        if self.lora is not None and not FAMILY_TRAITS[self.family].lora:
             raise ModelError(f"model {self.name!r}: lora is for SD/SDXL UNets (family {self.family})")
         if not 32 <= self.resolution <= 4096:
             raise ModelError(f"model {self.name!r}: resolution {self.resolution} out of range 32..4096")

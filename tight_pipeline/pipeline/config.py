@@ -133,7 +133,7 @@ class JobConfig:
 def default_preset(preset: str | None, spec: ModelSpec) -> str:
     """``preset`` or, when not given, the model family's default (``flux-balanced`` for FLUX, else ``balanced``):
     the CLI and the flows (deployments) both choose it here."""
-    return preset or ("flux-balanced" if spec.family == "flux" else "balanced")
+    return preset or spec.traits.default_preset
 
 
 
