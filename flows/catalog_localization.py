@@ -18,7 +18,7 @@ from flows.tasks import edit_items, flow_timeout_s, open_tracking, publish_summa
 from tight_pipeline.reporting import tracking
 from tight_pipeline.method.specs import resolve_model_spec
 from flows.choices import ChecksProfile, Count, Fraction, PngLevel, PresetName, Strength
-from flows.publish_approved import review_state, summary_markdown
+from flows.review_state import review_state, summary_markdown
 from tight_pipeline.data import storage
 from tight_pipeline.pipeline.config import JobConfig, default_preset, join_preset
 from tight_pipeline.pipeline.cluster import check_compute, ray_mode

@@ -581,7 +581,7 @@ def decide(
                 if d.decision == "approve" and isinstance(why, str) and why else "")
         typer.echo(f"{d.decision}: {d.item_id}/{d.edit_id} ({d.preset}, {d.preset_hash}) sha256 "
                    f"{d.png_sha256[:12]}{held}")
-    from flows.publish_approved import mirror
+    from flows.review_state import mirror
 
     typer.echo(mirror(output))
 
@@ -626,7 +626,7 @@ def publish(
     """Copy exactly the approved, not re-rendered outputs (sha256-checked); idempotent."""
     from tight_pipeline.review.publish import publish as publish_approved
 
-    from flows.publish_approved import mirror
+    from flows.review_state import mirror
 
     for line in publish_approved(output, to).lines():
         typer.echo(line)
@@ -655,7 +655,7 @@ def review(
 
     import threading
 
-    from flows.publish_approved import mirror
+    from flows.review_state import mirror
 
     def on_decision() -> None:  # the review's copy in MLflow follows each decision, off the reviewer's click
         threading.Thread(target=lambda: print(mirror(output)), daemon=True).start()

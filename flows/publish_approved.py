@@ -24,13 +24,9 @@ from prefect.input import RunInput
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
-from tight_pipeline.data import scores, storage
-from tight_pipeline.reporting import tracking
-from tight_pipeline.review import decisions
+from flows.review_state import mirror, review_state, summary_markdown
+from tight_pipeline.data import storage
 from tight_pipeline.review.publish import publish
-
-STATE_COLUMNS = ["run_id", "status", "edit_uri", "preset", "adapter_scale", "checks_failed"]
-
 
 class PublishInput(RunInput):
     """The form the run waits on."""
@@ -38,34 +34,6 @@ class PublishInput(RunInput):
     action: Literal["publish", "hold"] = "hold"
     reviewer: str
 
-
-def review_state(output: str):
-    """The output's current ok outputs with their decisions (``decisions.with_state``; bytes not re-read)."""
-    rows = scores.read_latest(output, STATE_COLUMNS)
-    return decisions.with_state(output, rows[rows["status"] == "ok"], check_bytes=False)
-
-
-def mirror(output: str) -> str:
-    """Mirror the output's review to MLflow; one line saying where (or why not: MLflow down never stops a review)."""
-    try:
-        found = tracking.mirror_review(review_state(output))
-    except Exception as exc:  # noqa: BLE001 - the decisions are written; the mirror is a copy
-        return f"review not mirrored to MLflow ({type(exc).__name__}: {storage.redact(str(exc))[:200]})"
-    return (f"review mirrored to MLflow run(s) {', '.join(found.values())}" if found else
-            "review not mirrored: no MLflow run of this output's runs was found")
-
-
-def summary_markdown(output: str, state) -> str:
-    counts = state["review_state"].value_counts()
-    failed = int(((state["review_state"] == "approved") & (state["checks_failed"].fillna("") != "")
-                  & ~state["override_checks"].fillna(False).astype(bool)).sum())
-    lines = [f"### Review of `{storage.redact(output)}`", "", "| state | outputs |", "| --- | --- |"]
-    lines += [f"| {name} | {int(counts.get(name, 0))} |" for name in tracking.REVIEW_STATES]
-    lines += ["", f"{failed} approved outputs failed their automatic checks without an override: they are not "
-                  f"published." if failed else "",
-              f"Open the review: `tight-pipeline review --output {storage.redact(output)}`. "
-              f"**Publish** copies exactly the approved outputs; **hold** publishes nothing."]
-    return "\n".join(lines)
 
 
 @flow(name="publish-approved", log_prints=True)

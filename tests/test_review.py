@@ -40,6 +40,26 @@ def _rows(out):
     return {(r.preset_hash, r.item_id): r for _, r in frame.iterrows()}
 
 
+def three_photos(tmp_path, monkeypatch, env: dict):
+    """Three random photos and a manifest asking one edit of each under ``tmp_path/in``; ``env`` (the session's
+    Prefect and Ray) set for the CLI, as a deployment sets it. Returns the folder (``manifest.jsonl`` in it)."""
+    import json
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    lines = []
+    for i in range(3):
+        pixels = np.random.default_rng(i).integers(0, 255, (48, 40, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"p{i}.png")
+        lines.append(json.dumps({"item_id": f"p{i}", "image_uri": f"p{i}.png", "source_prompt": "a mug",
+                                 "edits": [{"edit_id": "blue", "prompt": "a blue mug"}]}))
+    (folder / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    return folder
+
+
 def _sha(uri):
     return hashlib.sha256(storage.read_bytes(uri)).hexdigest()
 
@@ -165,22 +185,10 @@ def test_the_loop_sweep_decide_redo_publish(tmp_path, tiny_model_dir, prefect_en
     """A run on three photos at two strengths (one job); one edit approved, one rejected, one asked again at another
     strength; `redo` renders it into the same output beside the old ones; `publish` writes exactly the approved PNG,
     and again nothing."""
-    import json
 
     from flows.cli import app
 
-    folder = tmp_path / "in"
-    folder.mkdir()
-    lines = []
-    for i in range(3):
-        pixels = np.random.default_rng(i).integers(0, 255, (48, 40, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(folder / f"p{i}.png")
-        lines.append(json.dumps({"item_id": f"p{i}", "image_uri": f"p{i}.png", "source_prompt": "a mug",
-                                 "edits": [{"edit_id": "blue", "prompt": "a blue mug"}]}))
-    (folder / "manifest.jsonl").write_text("\n".join(lines) + "\n")
-    for key, value in {**prefect_env, **ray_env}.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    folder = three_photos(tmp_path, monkeypatch, {**prefect_env, **ray_env})
     out, shop = str(tmp_path / "out"), str(tmp_path / "shop")
     runner = CliRunner()
     sweep = ["--manifest", str(folder / "manifest.jsonl"), "--output", out, "--preset", "smoke", "--model",

@@ -87,7 +87,6 @@ def test_the_whole_loop_in_a_browser_sweep_slider_decide_redo_publish(tmp_path, 
     """A run renders three photos at three strengths (one job); in the review app a reviewer moves the slider and
     sees that strength's PNG, approves it, rejects the next edit and asks a redo of the third; `redo` renders it;
     `publish` writes exactly the approved PNG and its list, and a second `publish` copies nothing."""
-    import json
     import urllib.request
 
     import pyarrow.parquet as pq
@@ -101,19 +100,9 @@ def test_the_whole_loop_in_a_browser_sweep_slider_decide_redo_publish(tmp_path, 
     from flows.cli import app as cli
     from tight_pipeline.method.presets import load_preset
     from tight_pipeline.review.app import launch
+    from tests.test_review import three_photos
 
-    folder = tmp_path / "in"
-    folder.mkdir()
-    lines = []
-    for i in range(3):
-        pixels = np.random.default_rng(i).integers(0, 255, (48, 40, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(folder / f"p{i}.png")
-        lines.append(json.dumps({"item_id": f"p{i}", "image_uri": f"p{i}.png", "source_prompt": "a mug",
-                                 "edits": [{"edit_id": "blue", "prompt": "a blue mug"}]}))
-    (folder / "manifest.jsonl").write_text("\n".join(lines) + "\n")
-    for key, value in {**prefect_env, **ray_env}.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    folder = three_photos(tmp_path, monkeypatch, {**prefect_env, **ray_env})
     out, shop = str(tmp_path / "out"), str(tmp_path / "shop")
     runner = CliRunner()
     ran = runner.invoke(cli, ["run", "--manifest", str(folder / "manifest.jsonl"), "--output", out, "--preset", "smoke",
