@@ -7,6 +7,7 @@ from __future__ import annotations
 from tight_pipeline.data import scores, storage
 from tight_pipeline.reporting import tracking
 from tight_pipeline.review import decisions
+from tight_pipeline.review.publish import held_back
 
 STATE_COLUMNS = ["run_id", "status", "edit_uri", "preset", "adapter_scale", "checks_failed"]
 
@@ -29,8 +30,7 @@ def mirror(output: str) -> str:
 
 def summary_markdown(output: str, state) -> str:
     counts = state["review_state"].value_counts()
-    failed = int(((state["review_state"] == "approved") & (state["checks_failed"].fillna("") != "")
-                  & ~state["override_checks"].fillna(False).astype(bool)).sum())
+    failed = int(held_back(state).sum())
     lines = [f"### Review of `{storage.redact(output)}`", "", "| state | outputs |", "| --- | --- |"]
     lines += [f"| {name} | {int(counts.get(name, 0))} |" for name in tracking.REVIEW_STATES]
     lines += ["", f"{failed} approved outputs failed their automatic checks without an override: they are not "

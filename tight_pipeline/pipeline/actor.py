@@ -405,16 +405,17 @@ class EditorActor:
             tiles.append((re.sub(r"{[A-Za-z_][A-Za-z0-9_]*}", "", style).strip(" ,"), image))
         return sheets.side_by_side(tiles, tile=256)
 
-    def check(self, pixels: np.ndarray, photo_size: tuple[int, int], scores: dict, photo: np.ndarray | None) -> dict:
+    def check(self, pixels: np.ndarray, photo_size: tuple[int, int], scores: dict, photo_product) -> dict:
         """The output's automatic checks (``data/checks.py``) as its scores row's columns. The product (for the
-        backdrop and frame-share checks) is the studio-shot product of the output, else of the photo."""
+        backdrop and frame-share checks) is the studio-shot product of the output, else ``photo_product()`` (the
+        photo's, found once per item)."""
         from tight_pipeline.method import region
 
         product = None
         if self.checks.needs_product:
             product = region.studio_product(pixels)
-            if product is None and photo is not None:
-                product = region.studio_product(photo)
+            if product is None:
+                product = photo_product()
         kept = scores.get("psnr_outside_region") if scores.get("region_source") not in (None, "whole") else None
         return self.checks.evaluate(pixels, photo_size, kept, product).columns()
 
@@ -441,13 +442,20 @@ class EditorActor:
         recon_image = png.submit(Image.fromarray(result.full_reconstruction) if full else result.reconstruction)
         edit_images, region_images, sizes, checked = {}, {}, {}, {}
         photo_size = (result.photo.shape[1], result.photo.shape[0]) if result.photo is not None else result.input.size
+        found: list = []
+
+        def photo_product():  # the photo's studio product, looked for at most once per item
+            if not found:
+                from tight_pipeline.method import region
+
+                found.append(region.studio_product(result.photo) if full and result.photo is not None else None)
+            return found[0]
         for edit in item.edits:
             pixels = result.full_edits[edit.edit_id] if full else np.asarray(result.edits[edit.edit_id])
             image = Image.fromarray(pixels)
             edit_images[edit.edit_id] = png.submit(image)
             sizes[edit.edit_id] = image.size
-            checked[edit.edit_id] = self.check(pixels, photo_size, result.edit_scores[edit.edit_id],
-                                               result.photo if full else None)
+            checked[edit.edit_id] = self.check(pixels, photo_size, result.edit_scores[edit.edit_id], photo_product)
             mask = result.region_masks.get(edit.edit_id)
             if mask is not None and result.edit_scores[edit.edit_id].get("region_source") != "whole":
                 # the region as a picture (white = changed; at the photo's size): sheets outline it

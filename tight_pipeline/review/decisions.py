@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from tight_pipeline.data import storage
 
 DECISIONS = ("approve", "reject", "redo")
+STATE_OF = {"approve": "approved", "reject": "rejected", "redo": "redo"}  # a decision's review state
 KEY = ["preset_hash", "item_id", "edit_id"]
 SCHEMA = pa.schema([
     ("preset_hash", pa.string()), ("item_id", pa.string()), ("edit_id", pa.string()),
@@ -148,7 +149,7 @@ def with_state(output: str, rows: pd.DataFrame, check_bytes: bool = True) -> pd.
     cols = ["decision", "png_sha256", "reviewer", "decided_at", "note", "redo_preset", "override_checks"]
     merged = rows.merge(decided[KEY + cols + ["edit_uri"]].rename(columns={"edit_uri": "decided_uri"}), on=KEY,
                         how="left")
-    names = merged["decision"].map({"approve": "approved", "reject": "rejected", "redo": "redo"})
+    names = merged["decision"].map(STATE_OF)
     fresh = (merged["decided_uri"] == merged["edit_uri"]).to_numpy().copy()
     if check_bytes:
         for i in (fresh & names.notna().to_numpy()).nonzero()[0]:

@@ -58,6 +58,12 @@ class PublishSummary:
         return out
 
 
+def held_back(state: pd.DataFrame) -> pd.Series:
+    """Approved outputs that failed their automatic checks and whose approval does not override them."""
+    failed = state["checks_failed"].fillna("").astype(str) != ""
+    return (state["review_state"] == "approved") & failed & ~state["override_checks"].fillna(False).astype(bool)
+
+
 def destination(to: str, item_id: str, edit_id: str) -> str:
     return storage.join(to, storage.check_id(item_id, "item_id"), f"{storage.check_id(edit_id, 'edit_id')}.png")
 
@@ -68,8 +74,7 @@ def publish(output: str, to: str) -> PublishSummary:
     state = decisions.with_state(output, rows)
     summary = PublishSummary(skipped={s: int(n) for s, n in state["review_state"].value_counts().items()
                                       if s != "approved"})
-    failed = state["checks_failed"].fillna("").astype(str) != ""
-    blocked = (state["review_state"] == "approved") & failed & ~state["override_checks"].fillna(False).astype(bool)
+    blocked = held_back(state)
     if blocked.any():
         summary.skipped["approved but failed checks (no override)"] = int(blocked.sum())
         state = state[~blocked]

@@ -122,7 +122,7 @@ class Queue:
         key = (made.item_id, made.edit_id)
         at = self.rows.index.get_locs(list(key))
         hit = at[(self.rows["preset_hash"].to_numpy()[at] == made.preset_hash)]
-        state = {"approve": "approved", "reject": "rejected", "redo": "redo"}[made.decision]
+        state = decisions.STATE_OF[made.decision]
         for column, value in (("review_state", state), ("decision", made.decision), ("reviewer", made.reviewer),
                               ("decided_at", made.decided_at), ("note", made.note), ("redo_preset", made.redo_preset),
                               ("override_checks", made.override_checks), ("png_sha256", made.png_sha256)):
